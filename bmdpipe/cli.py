@@ -1,0 +1,226 @@
+"""Command line: ``bmdpipe run``, ``calibrate``, ``synth`` ... Thin: parse, call, print.
+
+Heavy imports live inside the commands so that ``--help`` is instant.
+Exit status of ``run``: 0 every CT series processed, 1 at least one failed,
+2 usage or configuration error (nothing written).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="bmdpipe",
+    help="Vertebral bone mineral density (vBMD, mg/cm3) and pedicle-screw loosening on CT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _fail_usage(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"bmdpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                           help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """bmdpipe: QCT bone density per vertebra (ROIs A, B, C) and screw halos on follow-up CT."""
+
+
+@app.command()
+def run(
+    inputs: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="DICOM folders (searched recursively, any file names), NIfTI files, or both. "
+            "May be omitted when --manifest lists the paths.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if absent).")] = ...,
+    phantom: Annotated[
+        Optional[str],
+        typer.Option(help="Calibration phantom: a shipped definition name (see `bmdpipe phantoms`), "
+                     "a definition FILE.yaml with your phantom's certificate, or 'none' for "
+                     "phantomless (internal) calibration. Default: phantomless, with a warning."),
+    ] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(help="Vertebra labels on this CT: a VerSe label map, a TotalSegmentator "
+                     "multilabel file or a TotalSegmentator output folder (vertebrae_L4.nii.gz ...). "
+                     "Default: vertebrae are localised automatically."),
+    ] = None,
+    levels: Annotated[
+        Optional[str],
+        typer.Option(help="Names of the auto-localised vertebrae, superior to inferior, e.g. L3,L4,L5. "
+                     "Default: V1, V2 ... from superior to inferior."),
+    ] = None,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(help="CSV with per-series settings: path, study_id, timepoint, phantom, labels, "
+                     "levels (an empty cell = the command-line value)."),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(help="Settings YAML overriding configs/default.yaml (only the keys you change)."),
+    ] = None,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option(help="Reuse a saved asynchronous calibration (from `bmdpipe calibrate --save`) "
+                     "instead of a phantom in the scan."),
+    ] = None,
+    db: Annotated[
+        Optional[str],
+        typer.Option(help="Database URL. Default sqlite:///OUT/bmdpipe.sqlite; "
+                     "postgresql+psycopg://user:pass@host/db for a server."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Start a local Dask cluster with N worker processes "
+                          "(0 = process in this process).")
+    ] = 0,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option(help="Address of an existing Dask distributed scheduler, e.g. tcp://10.0.0.5:8786."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume",
+                           help="Skip series already processed with the same files and settings.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each stage.")] = False,
+) -> None:
+    """Measure vBMD (ROIs A, B, C) and screw halos for every CT series found in INPUT.
+
+    Writes series.csv, calibration.csv, vbmd.csv, screws.csv, rois/*.nii.gz and qc/*.png
+    under --out (see docs/output-contract.md). Exit status 0 when every CT series was
+    processed, 1 when at least one failed (listed in series.csv with its reason), 2 for a
+    usage or configuration error.
+    """
+    _setup_logging(verbose)
+    from .batch import RunOptions, run_batch
+    from .config import load_settings
+    from .errors import ConfigError
+    from .ingest import discover
+    from .manifest import parse_levels, read_manifest
+
+    if workers and scheduler:
+        _fail_usage("give either --workers or --scheduler, not both")
+    try:
+        settings = load_settings(config)
+        rows = tuple(read_manifest(manifest)) if manifest else ()
+        level_names = parse_levels(levels)
+        if phantom and phantom.lower() != "none":
+            from .calibrate import load_phantom
+
+            load_phantom(phantom)  # validate before any work
+    except ConfigError as exc:
+        _fail_usage(str(exc))
+    paths = list(inputs or []) + [r.path for r in rows if not any(
+        r.path == Path(p).resolve() or Path(p).resolve() in r.path.parents for p in (inputs or []))]
+    if not paths:
+        _fail_usage("no INPUT given (pass folders/files or a --manifest with paths)")
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        _fail_usage(f"input not found: {', '.join(missing)}")
+    if labels is not None and not labels.exists():
+        _fail_usage(f"--labels {labels} does not exist")
+    if calibration is not None and not calibration.exists():
+        _fail_usage(f"--calibration {calibration} does not exist")
+
+    options = RunOptions(
+        out_dir=out,
+        phantom=phantom,
+        labels=str(labels) if labels else None,
+        levels=level_names,
+        calibration_file=str(calibration) if calibration else None,
+        manifest=rows,
+        db_url=db,
+        workers=workers,
+        scheduler=scheduler,
+        resume=resume,
+    )
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("discovering files", total=None)
+
+        def on_file(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        discovery = discover(paths, settings.ingest, settings.pseudonym, progress=on_file)
+        bar.update(task, description="series", completed=0, total=len(discovery.series))
+        failed = 0
+
+        def on_series(result, done: int, total: int) -> None:
+            nonlocal failed
+            failed += result.status == "failed"
+            bar.update(task, completed=done, total=total,
+                       description=f"series ({failed} failed)")
+
+        summary = run_batch(discovery, options, settings, progress=on_series)
+
+    console.print(
+        f"{summary.processed} processed, {summary.failed} failed, {summary.skipped} skipped"
+        + (f", {summary.resumed} already done" if summary.resumed else "")
+    )
+    for uid, stage, reason in summary.failures:
+        console.print(f"[red]failed[/red] {uid} at {stage}: {reason}")
+    console.print(f"outputs in {out.resolve()} (series.csv, calibration.csv, vbmd.csv, screws.csv, rois/, qc/)")
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def phantoms() -> None:
+    """List the shipped calibration phantom definitions."""
+    from .calibrate import list_phantoms
+
+    for name, description in list_phantoms():
+        typer.echo(f"{name:32s} {description}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write synthetic sample cases into.")],
+    seed: Annotated[int, typer.Option(help="Random seed of the first case.")] = 1,
+) -> None:
+    """Write synthetic lumbar-spine CT cases (DICOM + VerSe labels + truth JSON) for demos and tests."""
+    from .synthetic import write_sample_data
+
+    for path in write_sample_data(out, seed=seed):
+        typer.echo(str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

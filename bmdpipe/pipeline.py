@@ -1,0 +1,321 @@
+"""``process_series``: the one place where the stages meet.
+
+One CT series -> :class:`SeriesResult` (rows, ROI maps, QC images, status). The function
+never raises for a bad series: the failure is recorded with its stage and reason so
+that a batch goes on. It reads the series' files (through :mod:`bmdpipe.ingest`) but
+writes nothing: :mod:`bmdpipe.batch` hands the result to the single writer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings
+from .errors import BmdpipeError
+from .results import Calibration, Material, Roi, Screw, Vertebra
+from .volume import Volume
+
+__all__ = ["SeriesJob", "SeriesResult", "process_series", "process_volume"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeriesJob:
+    """What to do with one series (command-line values merged with its manifest row).
+
+    Attributes
+    ----------
+    ref : bmdpipe.ingest.SeriesRef
+        The series found by discovery (files, UID, pseudonymised study_id).
+    study_id, timepoint : str
+        Manifest values; empty = keep the pseudonym from ingest / no timepoint.
+    phantom : str or None
+        Shipped phantom name, a definition YAML path, ``"none"`` (phantomless) or None
+        (phantomless, with a warning that no phantom was named).
+    labels : str or None
+        Vertebra label file or TotalSegmentator folder on this CT.
+    levels : tuple of str
+        Names of auto-localised vertebrae, superior to inferior.
+    calibration_file : str or None
+        A saved asynchronous calibration (``bmdpipe calibrate --save``) to reuse.
+    """
+
+    ref: object
+    study_id: str = ""
+    timepoint: str = ""
+    phantom: str | None = None
+    labels: str | None = None
+    levels: tuple[str, ...] = ()
+    calibration_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """Everything one series produced; picklable (sent back from Dask workers)."""
+
+    series_uid: str
+    path: str
+    study_id: str = ""
+    timepoint: str = ""
+    status: str = "processed"  # processed | failed
+    stage: str = ""
+    reason: str = ""
+    n_files: int = 0
+    modality: str = ""
+    description: str = ""
+    calibration_row: dict | None = None
+    vbmd_rows: tuple[dict, ...] = ()
+    screw_rows: tuple[dict, ...] = ()
+    roi_maps: dict = field(default_factory=dict)  # "A"/"B"/"C" -> NIfTI (.nii.gz) bytes
+    qc_images: dict = field(default_factory=dict)  # file suffix -> PNG bytes
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def series_row(self) -> dict:
+        """The row of ``series.csv``."""
+        return {
+            "series_uid": self.series_uid,
+            "path": self.path,
+            "n_files": self.n_files,
+            "modality": self.modality,
+            "description": self.description,
+            "status": self.status,
+            "reason": self.reason if self.status == "failed" else "; ".join(self.warnings),
+            "stage": self.stage,
+        }
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class InternalError(BmdpipeError):
+    """An unexpected exception inside a stage (a bug): recorded with the stage's name."""
+
+
+@contextmanager
+def _stage(name: str):
+    """Tag unexpected exceptions with the stage they came from."""
+    try:
+        yield
+    except (BmdpipeError, MemoryError):
+        raise
+    except Exception as exc:
+        logger.exception("unexpected error in stage %s", name)
+        err = InternalError(
+            f"internal error in stage {name} ({type(exc).__name__}: {exc}); "
+            "please report it with the log"
+        )
+        err.stage = name
+        raise err from exc
+
+
+def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibration:
+    from .calibrate import calibrate_internal, calibrate_with_phantom, load_phantom, to_ha_equivalent
+
+    if job.calibration_file:
+        from .calibrate import check_compatible, load_calibration
+
+        cal, kvp, kernel = load_calibration(Path(job.calibration_file))
+        notes = check_compatible(kvp, kernel, volume.meta.kvp, volume.meta.kernel)
+        cal = replace(cal, warnings=cal.warnings + tuple(notes))
+    elif job.phantom is None or job.phantom.lower() == "none":
+        cal = calibrate_internal(volume, settings.calibration)
+        if job.phantom is None:
+            cal = replace(
+                cal,
+                warnings=cal.warnings
+                + ("no --phantom given: phantomless (internal) calibration used",),
+            )
+    else:
+        cal = calibrate_with_phantom(volume, load_phantom(job.phantom), settings.calibration)
+    if settings.calibration.convert_to_ha and cal.material == Material.K2HPO4:
+        cal = to_ha_equivalent(cal, volume.meta.kvp)
+    return cal
+
+
+def _vertebrae(volume: Volume, job: SeriesJob, settings: Settings) -> list[Vertebra]:
+    from .anatomy import localize_vertebrae, vertebrae_from_labels
+
+    if job.labels:
+        return vertebrae_from_labels(Path(job.labels), volume, settings.anatomy)
+    return localize_vertebrae(volume, settings.anatomy, levels=job.levels or None)
+
+
+def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> list[Screw]:
+    from .screws import detect_screws, measure_screws
+
+    screws = detect_screws(volume, settings.screws, vertebrae=vertebrae)
+    return measure_screws(volume, screws, settings.halo) if screws else []
+
+
+def _calibration_row(cal: Calibration) -> dict:
+    return {
+        "method": cal.method,
+        "phantom": cal.phantom,
+        "material": cal.material,
+        "slope_hu_per_mg_cm3": cal.slope_hu_per_mg_cm3,
+        "intercept_hu": cal.intercept_hu,
+        "r2": cal.r2,
+        "n_references": cal.n_references,
+        "references": "; ".join(f"{r.name}={r.hu_mean:.1f}HU" for r in cal.references),
+        "warnings": "; ".join(cal.warnings),
+    }
+
+
+def _vbmd_row(volume: Volume, roi: Roi, cal: Calibration) -> dict:
+    from .measure import measure_roi
+
+    m = measure_roi(volume, roi, cal)
+    return {
+        "vertebra": roi.vertebra,
+        "region": roi.region,
+        "side": roi.side,
+        "vbmd_mg_cm3": m["vbmd_mg_cm3"],
+        "material": cal.material,
+        "hu_mean": m["hu_mean"],
+        "hu_median": m["hu_median"],
+        "hu_sd": m["hu_sd"],
+        "n_voxels": m["n_voxels"],
+        "volume_mm3": m["volume_mm3"],
+        "excluded_fraction": m["excluded_fraction"],
+        "calibration": cal.method,
+        "roi_source": roi.source,
+        "vbmd_median_mg_cm3": m.get("vbmd_median_mg_cm3"),
+        "vbmd_sd_mg_cm3": m.get("vbmd_sd_mg_cm3"),
+        "label_code": roi.label_code,
+    }
+
+
+def _screw_row(screw: Screw) -> dict:
+    h = screw.halo
+    return {
+        "vertebra": screw.vertebra,
+        "side": screw.side,
+        "length_mm": screw.length_mm,
+        "diameter_mm": screw.diameter_mm,
+        "entry_x_mm": screw.entry_lps[0],
+        "entry_y_mm": screw.entry_lps[1],
+        "entry_z_mm": screw.entry_lps[2],
+        "tip_x_mm": screw.tip_lps[0],
+        "tip_y_mm": screw.tip_lps[1],
+        "tip_z_mm": screw.tip_lps[2],
+        "halo_max_mm": h.max_width_mm if h else None,
+        "halo_mean_mm": h.mean_width_mm if h else None,
+        "halo_circumference_fraction": h.circumference_fraction if h else None,
+        "loosened": h.loosened if h else None,
+        "sclerotic_rim": h.sclerotic_rim if h else None,
+        "halo_location": h.location if h else "",
+    }
+
+
+def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
+    """Encode a label map on the CT grid as a gzipped NIfTI with the CT's RAS affine."""
+    import gzip
+
+    import nibabel as nib
+
+    # Volume.affine maps (k, j, i); NIfTI wants (i, j, k) -> RAS.
+    a = volume.affine
+    ijk = np.column_stack([a[:, 2], a[:, 1], a[:, 0], a[:, 3]])
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk
+    img = nib.Nifti1Image(np.ascontiguousarray(label_map.transpose(2, 1, 0)), ras)
+    img.set_qform(ras, code=1)
+    img.set_sform(ras, code=1)
+    img.header.set_xyzt_units("mm")
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _qc_images(volume, cal, vertebrae, rois, screws) -> dict[str, bytes]:
+    from .report import calibration_figure, roi_figure, screw_figure
+
+    images = {"calibration": _png(calibration_figure(volume, cal))}
+    for vert in vertebrae:
+        images[f"roi_{vert.name}"] = _png(roi_figure(volume, vert, rois))
+    for screw in screws:
+        images[f"screw_{screw.vertebra}_{screw.side.value}"] = _png(screw_figure(volume, screw))
+    return images
+
+
+def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
+    """Run calibration, anatomy, screws, ROIs and measurement on a loaded volume.
+
+    Returns the fields of :class:`SeriesResult` that depend on the image. Raises
+    :class:`~bmdpipe.errors.BmdpipeError` subclasses; ``process_series`` catches them.
+    """
+    from .measure import roi_label_map
+    from .roi import place_rois
+
+    with _stage("calibrate"):
+        cal = _calibrate(volume, job, settings)
+    with _stage("anatomy"):
+        vertebrae = _vertebrae(volume, job, settings)
+    with _stage("screws"):
+        screws = _screws(volume, vertebrae, settings)
+    with _stage("roi"):
+        rois = place_rois(volume, vertebrae, settings, screws=screws)
+    ident = {"study_id": volume.meta.study_id, "timepoint": volume.meta.timepoint,
+             "series_uid": volume.meta.series_uid}
+    with _stage("measure"):
+        vbmd_rows = tuple({**ident, **_vbmd_row(volume, roi, cal)} for roi in rois)
+        screw_rows = tuple({**ident, **_screw_row(s)} for s in screws)
+    out = {
+        "calibration_row": {**ident, **_calibration_row(cal)},
+        "vbmd_rows": vbmd_rows,
+        "screw_rows": screw_rows,
+        "warnings": tuple(volume.meta.warnings) + tuple(cal.warnings),
+        "roi_maps": {},
+        "qc_images": {},
+    }
+    if settings.output.roi_maps:
+        out["roi_maps"] = {
+            region: roi_map_nifti_bytes(volume, roi_label_map(volume.shape, rois, region))
+            for region in ("A", "B", "C")
+        }
+    if settings.output.qc_images:
+        with _stage("report"):
+            out["qc_images"] = _qc_images(volume, cal, vertebrae, rois, screws)
+    return out
+
+
+def process_series(job: SeriesJob, settings: Settings) -> SeriesResult:
+    """Process one CT series end to end; failures become a ``failed`` result, never an exception."""
+    from .ingest import load_volume
+
+    ref = job.ref
+    base = SeriesResult(
+        series_uid=ref.series_uid,
+        path=str(ref.path),
+        n_files=ref.n_files,
+        modality=ref.modality,
+        description=ref.description,
+        study_id=job.study_id or ref.study_id,
+        timepoint=job.timepoint,
+    )
+    try:
+        with _stage("load"):
+            volume = load_volume(ref, settings.ingest)
+        volume = volume.with_meta(study_id=base.study_id, timepoint=job.timepoint)
+        return replace(base, **process_volume(volume, job, settings))
+    except BmdpipeError as exc:
+        logger.warning("series %s failed at stage %s: %s", ref.series_uid, exc.stage, exc)
+        return replace(base, status="failed", stage=exc.stage, reason=str(exc))
+    except MemoryError:
+        return replace(base, status="failed", stage="pipeline",
+                       reason="out of memory while processing; run with fewer --workers")
+

@@ -1,0 +1,52 @@
+"""Settings: defaults load, overrides merge, bad values are named."""
+
+import pytest
+
+from bmdpipe.config import DEFAULT_CONFIG, load_settings, settings_digest
+from bmdpipe.errors import ConfigError
+
+
+def test_default_yaml_matches_models():
+    """Every key of configs/default.yaml is known to the models (extra keys are forbidden)."""
+    s = load_settings()
+    assert s.halo.min_width_mm == 1.0
+    assert s.calibration.r2_refuse == 0.90
+
+
+def test_override_merges_one_key(tmp_path):
+    p = tmp_path / "my.yaml"
+    p.write_text("halo:\n  min_width_mm: 1.5\n")
+    s = load_settings(p)
+    assert s.halo.min_width_mm == 1.5
+    assert s.halo.min_circumference_fraction == load_settings().halo.min_circumference_fraction
+    assert settings_digest(s) != settings_digest(load_settings())
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("halo:\n  min_width_mm: -1\n", "halo.min_width_mm"),
+        ("halo:\n  min_widht_mm: 1\n", "halo.min_widht_mm"),
+        ("- just a list\n", "mapping"),
+        ("halo: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_invalid_override_names_the_key_and_file(tmp_path, text, fragment):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(p)
+    assert fragment in str(info.value)
+    assert "bad.yaml" in str(info.value) or "YAML" in str(info.value)
+
+
+def test_default_config_file_documents_every_threshold():
+    """Each numeric setting line in default.yaml carries a comment (unit / source)."""
+    lines = DEFAULT_CONFIG.read_text().splitlines()
+    undocumented = [
+        ln for ln in lines
+        if ":" in ln and not ln.strip().startswith("#")
+        and ln.split(":", 1)[1].strip()[:1] in "-.0123456789" and ln.split(":", 1)[1].strip()
+        and "#" not in ln
+    ]
+    assert not undocumented, f"settings without a unit/source comment: {undocumented}"
