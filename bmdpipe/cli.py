@@ -212,14 +212,33 @@ def phantoms() -> None:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write synthetic sample cases into.")],
-    seed: Annotated[int, typer.Option(help="Random seed of the first case.")] = 1,
+    out: Annotated[Path, typer.Argument(help="Folder to write the synthetic sample cases into.")],
 ) -> None:
-    """Write synthetic lumbar-spine CT cases (DICOM + VerSe labels + truth JSON) for demos and tests."""
+    """Write synthetic lumbar-spine CT cases (DICOM + VerSe labels + truth JSON) and a manifest.
+
+    Three cases: pre-operative with a Mindways phantom, pre-operative with an HA phantom,
+    post-operative with screws (some with halos). OUT/manifest.csv lists them for
+    `bmdpipe run --manifest OUT/manifest.csv --out RESULTS`.
+    """
+    from .store.csv import write_csv
     from .synthetic import write_sample_data
 
-    for path in write_sample_data(out, seed=seed):
-        typer.echo(str(path))
+    phantoms = {"mindways": "mindways-model3-ct", "ha": "qrm-bdc-6"}
+    written = write_sample_data(out)
+    rows = []
+    for n, (name, files) in enumerate(sorted(written.items()), start=1):
+        phantom = next((v for k, v in phantoms.items() if k in name), phantoms["mindways"])
+        rows.append({
+            "path": files["dicom"].relative_to(out).as_posix(),
+            "study_id": f"DEMO{n:02d}",
+            "timepoint": "month_12" if "postop" in name else "baseline",
+            "phantom": phantom,
+            "labels": files["labels"].relative_to(out).as_posix(),
+            "levels": "",
+        })
+        typer.echo(f"{name}: {files['dicom']}")
+    write_csv(out / "manifest.csv", rows, ("path", "study_id", "timepoint", "phantom", "labels", "levels"))
+    typer.echo(f"manifest: {out / 'manifest.csv'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,17 @@ class IngestSettings(_Section):
     slice_spacing_tolerance: float = 0.05
     orientation_tolerance: float = 1.0e-3
     max_gantry_tilt_deg: float = 0.5
+    pixel_spacing_tolerance_mm: float = Field(1.0e-3, ge=0)
+    duplicate_position_tolerance_mm: float = Field(0.01, ge=0)
+    max_missing_slices: int = Field(2, ge=0)
+    max_axial_angle_deg: float = Field(45.0, ge=0, le=90)
+    localizer_image_types: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW")
+    non_hu_image_types: tuple[str, ...] = (
+        "PERFUSION", "RCBF", "RCBV", "MTT", "TTP", "TMAX", "IODINE", "EFFECTIVE_Z", "ZEFF",
+    )
+    dose_report_descriptions: tuple[str, ...] = ("DOSE REPORT", "DOSE INFO", "PATIENT PROTOCOL")
+    accept_nifti_in_folders: bool = False
+    simpleitk_fallback: bool = True
 
 
 class CalibrationSettings(_Section):
@@ -53,27 +64,145 @@ class CalibrationSettings(_Section):
     mindways_sigma_offset: float = 0.2174
     mindways_beta_offset: float = 999.6
     convert_to_ha: bool = False
+    # rod finding (bmdpipe.calibrate.phantom)
+    rod_min_diameter_mm: float = Field(8.0, gt=0)
+    rod_max_diameter_mm: float = Field(40.0, gt=0)
+    rod_slab_mm: float = Field(20.0, gt=0)
+    rod_edge_sigma_mm: float = Field(1.0, gt=0)
+    rod_edge_low_hu: float = 10.0
+    rod_edge_high_hu: float = 30.0
+    rod_hough_threshold: float = Field(0.35, gt=0, le=1)
+    rod_max_candidates: int = Field(40, ge=2)
+    rod_min_hu: float = -300.0
+    rod_max_hu: float = 2500.0
+    rod_min_contrast_hu: float = 20.0
+    rod_max_core_spread_hu: float = 120.0
+    rod_core_fraction: float = Field(0.6, gt=0, lt=1)
+    rod_edge_margin_mm: float = Field(2.0, ge=0)
+    rod_radius_tolerance: float = Field(0.2, gt=0)
+    rod_row_tolerance_fraction: float = Field(0.6, gt=0)
+    rod_min_slab_fraction: float = Field(0.3, ge=0, le=1)
+    rod_visible_tolerance_hu: float = Field(60.0, gt=0)
+    rod_streak_k: float = Field(3.5, gt=0)
+    rod_streak_min_hu: float = Field(8.0, gt=0)
+    rod_min_slices: int = Field(3, ge=1)
+    rod_padding_hu: float = -1500.0
+    rod_infer_max_residual_hu: float = Field(10.0, gt=0)
+    # phantomless calibration (bmdpipe.calibrate.internal)
+    internal_grid_mm: float = Field(1.5, gt=0)
+    internal_smooth_mm: float = Field(1.5, gt=0)
+    internal_object_hu: float = -500.0
+    internal_body_opening_mm: float = Field(4.0, gt=0)
+    internal_air_margin_mm: float = Field(10.0, ge=0)
+    internal_fat_min_hu: float = -250.0
+    internal_fat_max_hu: float = -40.0
+    internal_fat_max_depth_mm: float = Field(40.0, gt=0)
+    internal_erosion_mm: float = Field(3.0, ge=0)
+    internal_bone_hu: float = 200.0
+    internal_muscle_min_hu: float = 10.0
+    internal_muscle_max_hu: float = 90.0
+    internal_muscle_posterior_mm: float = 15.0
+    internal_kev_min: float = Field(40.0, ge=25)
+    internal_kev_max: float = Field(120.0, le=150)
+    internal_max_rms_hu: float = Field(5.0, gt=0)
 
 
 class AnatomySettings(_Section):
-    pass
+    labels_format: str = Field("auto", pattern="^(auto|verse|totalseg_v1|totalseg_v2|totalseg_pp)$")
+    label_min_mean_hu: float = 80.0
+    label_min_bone_fraction: float = Field(0.2, ge=0, le=1)
+    label_min_inside_fraction: float = Field(0.5, ge=0, le=1)
+    label_max_centroid_step_mm: float = Field(60.0, gt=0)
+    bone_threshold_hu: float = 100.0
+    smoothing_sigma_mm: float = Field(1.0, ge=0)
+    body_opening_radius_mm: float = Field(8.0, gt=0)
+    cortex_thickness_mm: float = Field(1.0, ge=0)
+    default_canal_depth_mm: float = Field(17.0, gt=0)
+    default_canal_width_mm: float = Field(22.0, gt=0)
+    max_pedicle_convergence_deg: float = Field(35.0, gt=0)
+    max_pedicle_sagittal_deg: float = Field(30.0, gt=0)
+    trajectory_depth_fraction: float = Field(0.8, gt=0, le=1)
+    spine_search_halfwidth_mm: float = Field(60.0, gt=0)
+    canal_min_area_mm2: float = Field(60.0, gt=0)
+    canal_max_area_mm2: float = Field(900.0, gt=0)
+    canal_max_hu: float = 60.0
+    gap_close_mm: float = Field(3.0, ge=0)
+    body_probe_radius_mm: float = Field(10.0, gt=0)
+    body_fill_fraction: float = Field(0.25, gt=0, lt=1)
+    min_body_height_mm: float = Field(18.0, gt=0)
+    max_body_height_mm: float = Field(45.0, gt=0)
+    fov_edge_margin_mm: float = Field(2.0, ge=0)
 
 
 class RoiSettings(_Section):
-    pass
+    a_width_fraction: float = Field(0.5, gt=0, lt=1)
+    a_depth_fraction: float = Field(0.45, gt=0, lt=1)
+    a_height_mm: float = Field(9.0, gt=0)
+    a_posterior_clearance_mm: float = Field(8.0, ge=0)
+    b_half_length_mm: float = Field(5.0, gt=0)
+    screw_diameter_mm: float = Field(6.5, gt=0)
+    postop_shell_mm: float = Field(3.0, gt=0)
 
 
 class MaskingSettings(_Section):
-    pass
+    psf_sigma_mm: float = Field(0.5, gt=0)
+    margin_sigmas: float = Field(3.0, ge=0)
+    min_margin_mm: float = Field(1.0, ge=0)
+    smoothing_sigma_mm: float = Field(0.6, ge=0)
+    dense_k_sd: float = Field(4.0, gt=0)
+    dense_min_delta_hu: float = Field(90.0, gt=0)
+    min_voxels: int = Field(5, ge=1)
+
+    def margin_mm(self, spacing) -> float:
+        """Clearance kept between ROI voxels and cortex / sclerosis / the bone surface, mm."""
+        return max(self.margin_sigmas * self.psf_sigma_mm, self.min_margin_mm)
 
 
 class ScrewSettings(_Section):
-    pass
+    metal_threshold_hu: float = 2500.0
+    min_metal_volume_mm3: float = Field(150.0, ge=0)
+    inlier_radius_mm: float = Field(4.5, gt=0)
+    min_run_length_mm: float = Field(18.0, gt=0)
+    min_run_voxels: int = Field(30, ge=3)
+    max_length_mm: float = Field(75.0, gt=0)
+    max_axis_tilt_deg: float = Field(45.0, gt=0, le=90)
+    max_gap_mm: float = Field(3.0, gt=0)
+    bulk_shell_mm: float = Field(3.0, gt=0)
+    max_bulk_fraction: float = Field(0.5, gt=0)
+    ransac_hypotheses: int = Field(256, ge=8)
+    max_runs_per_component: int = Field(12, ge=1)
+    ransac_seed: int = 0
+    esf_max_radius_mm: float = Field(10.0, gt=2)
+    metal_hu: float = 6500.0
+    thread_depth_mm: float = Field(0.9, ge=0)
+    nominal_diameter_mm: float | None = None
 
 
 class HaloSettings(_Section):
     min_width_mm: float = Field(1.0, gt=0)
     min_circumference_fraction: float = Field(0.5, gt=0, le=1)
+    n_angles: int = Field(72, ge=8)
+    position_step_mm: float = Field(1.0, gt=0)
+    radial_step_mm: float = Field(0.1, gt=0)
+    search_mm: float = Field(7.0, gt=1)
+    block_length_mm: float = Field(6.0, gt=0)
+    skip_entry_mm: float = Field(3.0, ge=0)
+    skip_tip_mm: float = Field(3.0, ge=0)
+    min_bone_hu: float = 60.0
+    max_width_mm: float = Field(4.0, gt=0)
+    width_grid_step_mm: float = Field(0.05, gt=0)
+    lucent_hu: float = 30.0
+    min_contrast_hu: float = Field(30.0, ge=0)
+    streak_drop_fraction: float = Field(0.5, gt=0, le=1)
+    rim_width_mm: float = Field(1.0, gt=0)
+    rim_min_contrast_hu: float = Field(150.0, gt=0)
+    rim_min_fraction: float = Field(0.3, gt=0, le=1)
+    angle_smoothing: int = Field(3, ge=1)
+    max_metal_excess_hu: float = Field(1500.0, gt=0)
+    metal_hu: float = 6500.0
+    thread_depth_mm: float = Field(0.9, ge=0)
+    min_valid_fraction: float = Field(0.3, gt=0, le=1)
+    max_smoothing: int = Field(3, ge=1)
 
 
 class OutputSettings(_Section):

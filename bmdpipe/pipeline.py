@@ -193,28 +193,6 @@ def _vbmd_row(volume: Volume, roi: Roi, cal: Calibration) -> dict:
     }
 
 
-def _screw_row(screw: Screw) -> dict:
-    h = screw.halo
-    return {
-        "vertebra": screw.vertebra,
-        "side": screw.side,
-        "length_mm": screw.length_mm,
-        "diameter_mm": screw.diameter_mm,
-        "entry_x_mm": screw.entry_lps[0],
-        "entry_y_mm": screw.entry_lps[1],
-        "entry_z_mm": screw.entry_lps[2],
-        "tip_x_mm": screw.tip_lps[0],
-        "tip_y_mm": screw.tip_lps[1],
-        "tip_z_mm": screw.tip_lps[2],
-        "halo_max_mm": h.max_width_mm if h else None,
-        "halo_mean_mm": h.mean_width_mm if h else None,
-        "halo_circumference_fraction": h.circumference_fraction if h else None,
-        "loosened": h.loosened if h else None,
-        "sclerotic_rim": h.sclerotic_rim if h else None,
-        "halo_location": h.location if h else "",
-    }
-
-
 def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
     """Encode a label map on the CT grid as a gzipped NIfTI with the CT's RAS affine."""
     import gzip
@@ -242,13 +220,10 @@ def _png(fig) -> bytes:
 
 
 def _qc_images(volume, cal, vertebrae, rois, screws) -> dict[str, bytes]:
-    from .report import calibration_figure, roi_figure, screw_figure
+    """QC figures as PNG bytes, keyed by the file-name suffix (``qc/<uid>_<key>.png``)."""
+    from .report.calibration_plot import plot_calibration
 
-    images = {"calibration": _png(calibration_figure(volume, cal))}
-    for vert in vertebrae:
-        images[f"roi_{vert.name}"] = _png(roi_figure(volume, vert, rois))
-    for screw in screws:
-        images[f"screw_{screw.vertebra}_{screw.side.value}"] = _png(screw_figure(volume, screw))
+    images = {"calibration": _png(plot_calibration(cal, volume))}
     return images
 
 
@@ -260,6 +235,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     """
     from .measure import roi_label_map
     from .roi import place_rois
+    from .screws import screw_row
 
     with _stage("calibrate"):
         cal = _calibrate(volume, job, settings)
@@ -273,7 +249,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
              "series_uid": volume.meta.series_uid}
     with _stage("measure"):
         vbmd_rows = tuple({**ident, **_vbmd_row(volume, roi, cal)} for roi in rois)
-        screw_rows = tuple({**ident, **_screw_row(s)} for s in screws)
+        screw_rows = tuple({**ident, **screw_row(s)} for s in screws)
     out = {
         "calibration_row": {**ident, **_calibration_row(cal)},
         "vbmd_rows": vbmd_rows,

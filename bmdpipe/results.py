@@ -160,6 +160,8 @@ class Vertebra:
     body_height_mm: float | None = None  # superior-inferior
     pedicles: tuple[PedicleAxis, ...] = ()
     source: str = "labels"  # labels | localized
+    canal_width_mm: float | None = None  # left-right, at the pedicles (anatomy)
+    canal_depth_mm: float | None = None  # anterior-posterior (anatomy)
 
     @property
     def label_code_base(self) -> int:

@@ -1,0 +1,23 @@
+"""Vertebrae: labels (VerSe / TotalSegmentator) or automatic localisation, and their geometry."""
+
+from .frame import CanonicalFrame
+from .labels import (
+    load_labels,
+    read_label_table,
+    resample_labels,
+    vertebrae_from_label_map,
+    vertebrae_from_labels,
+)
+from .localize import localize_vertebrae
+from .vertebra import vertebra_geometry
+
+__all__ = [
+    "CanonicalFrame",
+    "load_labels",
+    "read_label_table",
+    "resample_labels",
+    "vertebrae_from_labels",
+    "vertebrae_from_label_map",
+    "localize_vertebrae",
+    "vertebra_geometry",
+]

@@ -10,6 +10,7 @@ import csv
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from pathlib import Path
 
 __all__ = [
@@ -71,14 +72,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _format(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, Enum):
+        return str(value.value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         if value != value:  # NaN
             return ""
         return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.1f}"
-    if hasattr(value, "value") and not isinstance(value, (int, str)):  # Enum
-        return str(value.value)
     return str(value)
 
 

@@ -24,3 +24,13 @@ def test_rewrite_leaves_no_temp_files(tmp_path):
     write_csv(p, [{"a": 2}, {"a": None}], ("a",))
     assert [r["a"] for r in read_csv_rows(p)] == ["2", ""]
     assert sorted(x.name for x in Path(tmp_path).iterdir()) == ["s.csv"]
+
+
+def test_enums_written_as_their_values(tmp_path):
+    """str-Enums (Region, Side, Material) appear as 'A', 'left', 'K2HPO4', not 'Region.A'."""
+    from bmdpipe.results import Material, Region, Side
+
+    p = tmp_path / "e.csv"
+    write_csv(p, [{"region": Region.A, "side": Side.left, "material": Material.K2HPO4}],
+              ("region", "side", "material"))
+    assert read_csv_rows(p)[0] == {"region": "A", "side": "left", "material": "K2HPO4"}

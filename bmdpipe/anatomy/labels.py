@@ -1,0 +1,421 @@
+"""Vertebra labels: VerSe maps, TotalSegmentator v1/v2 multilabel files and output folders.
+
+Labels are resampled onto the CT grid through the two affines (nearest neighbour), never by
+array index, and then checked against the CT: each level must fall mostly inside the CT
+grid, lie on bone (mean HU and share of bone voxels), and the levels must run superior to
+inferior in the order their names say. Labels that fail (wrong origin, flipped axis,
+another patient's labels, mixed-up ids) are refused with an :class:`AnatomyError` that
+names the file and the problem.
+
+The label scheme comes from the class names in the NIfTI header extension when present
+(TotalSegmentator ``--ml`` writes a CaretExtension XML label table), from the file names in
+a TotalSegmentator output folder, else from ``AnatomySettings.labels_format``; with
+``auto`` each known scheme is tried and the one whose lumbar levels lie on bone in the right
+superior-inferior order wins.
+
+The pure kernels take arrays; :func:`load_labels` / :func:`vertebrae_from_labels` are the
+file-reading entry points the pipeline calls.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..config import AnatomySettings
+from ..errors import AnatomyError
+from ..results import Vertebra, VERSE_IDS
+from ..volume import Volume
+from .frame import CanonicalFrame
+from .vertebra import largest_component, vertebra_geometry
+
+__all__ = [
+    "SCHEMES",
+    "LUMBAR",
+    "read_label_table",
+    "level_from_class_name",
+    "resample_labels",
+    "load_labels",
+    "check_labels",
+    "vertebrae_from_labels",
+    "vertebrae_from_label_map",
+    "vertebrae_from_masks",
+]
+
+LUMBAR = ("L1", "L2", "L3", "L4", "L5", "L6")
+
+#: id -> level name for each known scheme.
+SCHEMES: dict[str, dict[int, str]] = {
+    "verse": {v: k for k, v in VERSE_IDS.items()},
+    # TotalSegmentator v1 "total": L5 18 ... L1 22, T12 23 ... T1 34, C7 35 ... C1 41
+    "totalseg_v1": {
+        **{18 + i: f"L{5 - i}" for i in range(5)},
+        **{23 + i: f"T{12 - i}" for i in range(12)},
+        **{35 + i: f"C{7 - i}" for i in range(7)},
+    },
+    # TotalSegmentator v2 "total": S1 26, L5 27 ... L1 31, T12 32 ... T1 43, C7 44 ... C1 50
+    "totalseg_v2": {
+        26: "S1",
+        **{27 + i: f"L{5 - i}" for i in range(5)},
+        **{32 + i: f"T{12 - i}" for i in range(12)},
+        **{44 + i: f"C{7 - i}" for i in range(7)},
+    },
+}
+# TotalSegmentator "vertebrae_pp" body labels use the VerSe numbering (19 T12, 20 L1 ... 24 L5).
+SCHEMES["totalseg_pp"] = SCHEMES["verse"]
+
+_CARET = re.compile(r'<Label\s+Key="(\d+)"[^>]*>\s*<!\[CDATA\[([^\]]*)\]\]>', re.S)
+_LEVEL = re.compile(r"(?:^|_)(C[1-7]|T1[0-2]|T[1-9]|L[1-6]|S1)$", re.I)
+
+
+def read_label_table(header_extensions) -> dict[int, str] | None:
+    """Class names from a NIfTI header's extensions (CaretExtension XML label table).
+
+    Parameters
+    ----------
+    header_extensions : iterable of nibabel extensions (or bytes)
+
+    Returns
+    -------
+    dict of int to str, or None when no table is present.
+    """
+    for ext in header_extensions:
+        content = ext if isinstance(ext, (bytes, str)) else ext.get_content()
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", errors="replace")
+        if not isinstance(content, str):
+            continue
+        table = {int(k): v.strip() for k, v in _CARET.findall(content)}
+        if table:
+            return table
+    return None
+
+
+def level_from_class_name(name: str) -> str | None:
+    """``'vertebrae_L4'`` -> ``'L4'``; None for non-vertebra classes (``'sacrum'``, ``'liver'``)."""
+    m = _LEVEL.search(name.strip().removesuffix(".nii.gz").removesuffix(".nii"))
+    if not m or "vertebra" not in name.lower() and not re.fullmatch(r"[CTLS]\d+", name.strip(), re.I):
+        return None
+    return m.group(1).upper()
+
+
+def _lps_affine(img) -> np.ndarray:
+    """NIfTI affine (index i, j, k -> RAS) converted to index -> LPS."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(img.affine, float)
+
+
+def resample_labels(data: np.ndarray, affine_lps: np.ndarray, volume: Volume) -> np.ndarray:
+    """Nearest-neighbour resampling of a label array onto the CT grid through the affines.
+
+    Parameters
+    ----------
+    data : (I, J, K) ndarray of int
+        Label array in NIfTI index order.
+    affine_lps : (4, 4) ndarray
+        Maps the label array's (i, j, k, 1) to LPS mm.
+    volume : Volume
+        Target grid.
+
+    Returns
+    -------
+    (K, J, I) ndarray of uint16 on ``volume``'s grid; 0 outside the label image.
+    """
+    t = np.linalg.inv(affine_lps) @ volume.affine  # CT (k, j, i) -> label (i, j, k)
+    data = np.asarray(data)
+    if data.dtype.kind == "f":
+        data = np.rint(data)
+    data = data.astype(np.uint16)
+    # exact signed-permutation + integer shift: pure indexing (fast, exact)
+    rot = t[:3, :3]
+    return ndi.affine_transform(data, rot, offset=t[:3, 3], output_shape=volume.shape, order=0,
+                                mode="constant", cval=0, prefilter=False)
+
+
+def _scheme_from_table(table: dict[int, str]) -> dict[int, str]:
+    out = {}
+    for k, v in table.items():
+        lvl = level_from_class_name(v)
+        if lvl:
+            out[k] = lvl
+    return out
+
+
+def load_labels(path: Path, volume: Volume, settings: AnatomySettings | None = None
+                ) -> tuple[dict[str, np.ndarray], dict[str, float], str]:
+    """Read labels from ``path`` and resample them onto ``volume``'s grid.
+
+    Parameters
+    ----------
+    path : Path
+        A label NIfTI (VerSe or TotalSegmentator multilabel) or a TotalSegmentator output
+        folder holding ``vertebrae_<LEVEL>.nii.gz`` files.
+    volume : Volume
+        The CT the labels belong to.
+    settings : AnatomySettings, optional
+
+    Returns
+    -------
+    masks : dict of str to (K, J, I) ndarray of bool
+        One whole-grid mask per level found (all levels, C1..S1).
+    inside : dict of str to float
+        Share of each level's source volume that lies inside the CT grid.
+    scheme : str
+        How the ids were named (``header``, ``folder`` or a key of :data:`SCHEMES`).
+
+    Raises
+    ------
+    AnatomyError
+        File missing or unreadable, no vertebra label, ambiguous scheme.
+    """
+    import nibabel as nib
+
+    settings = settings or AnatomySettings()
+    path = Path(path)
+    if not path.exists():
+        raise AnatomyError(f"labels {path} do not exist; pass a label NIfTI or a TotalSegmentator output folder")
+    ratio_vox = None
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("vertebrae_*.nii*"))
+            if not files:
+                raise AnatomyError(f"labels folder {path} holds no vertebrae_<LEVEL>.nii.gz files "
+                                   "(expected a TotalSegmentator output folder)")
+            masks, inside = {}, {}
+            for f in files:
+                lvl = level_from_class_name(f.name)
+                if lvl is None:
+                    continue
+                img = nib.load(str(f))
+                data = np.asanyarray(img.dataobj) > 0
+                n_src = int(data.sum())
+                if n_src == 0:
+                    continue
+                res = resample_labels(data, _lps_affine(img), volume) > 0
+                vr = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
+                masks[lvl] = res
+                inside[lvl] = float(res.sum() / (n_src * vr))
+            return masks, inside, "folder"
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise AnatomyError(f"labels {path} have {data.ndim} dimensions; expected a 3-D label map")
+        table = read_label_table(img.header.extensions)
+        ratio_vox = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
+    except AnatomyError:
+        raise
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise AnatomyError(f"labels {path} could not be read as NIfTI: {exc}") from exc
+    resampled = resample_labels(data, _lps_affine(img), volume)
+    ids_src, counts_src = np.unique(np.rint(data).astype(np.int64), return_counts=True)
+    n_src = dict(zip(ids_src.tolist(), counts_src.tolist()))
+    ids_res, counts_res = np.unique(resampled, return_counts=True)
+    n_res = dict(zip(ids_res.tolist(), counts_res.tolist()))
+
+    def build(mapping: dict[int, str]):
+        masks, inside = {}, {}
+        for vid, lvl in mapping.items():
+            if n_src.get(vid, 0) == 0:
+                continue
+            inside[lvl] = float(n_res.get(vid, 0) / (n_src[vid] * ratio_vox))
+            masks[lvl] = resampled == vid
+        return masks, inside
+
+    if table:
+        mapping = _scheme_from_table(table)
+        if not mapping:
+            raise AnatomyError(f"labels {path}: the header's label table names no vertebra "
+                               f"(classes {sorted(set(table.values()))[:8]} ...)")
+        return (*build(mapping), "header")
+    fmt = settings.labels_format
+    if fmt != "auto":
+        return (*build(SCHEMES[fmt]), fmt)
+    # auto: try each scheme, keep the one whose lumbar levels lie on bone in the right order
+    best, scores = None, {}
+    for key in ("verse", "totalseg_v1", "totalseg_v2"):
+        masks, inside = build(SCHEMES[key])
+        lum = [lvl for lvl in LUMBAR if lvl in masks and masks[lvl].any()]
+        if not lum:
+            continue
+        problems = check_labels(volume, {k: masks[k] for k in lum}, {k: inside[k] for k in lum}, settings)
+        scores[key] = len(lum) - 10 * len(problems)
+        if best is None or scores[key] > scores[best]:
+            best = key
+    if best is None or scores[best] <= 0:
+        raise AnatomyError(f"labels {path}: no lumbar vertebra label found under any known id scheme "
+                           "(VerSe 20-24, TotalSegmentator v1 18-22, v2 27-31) that lies on bone; "
+                           "set anatomy.labels_format or check that the labels belong to this CT")
+    tied = [k for k, v in scores.items() if v == scores[best] and k != best]
+    if tied:
+        raise AnatomyError(f"labels {path}: ids fit several schemes equally ({best}, {', '.join(tied)}); "
+                           "set anatomy.labels_format")
+    return (*build(SCHEMES[best]), best)
+
+
+def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str, float],
+                 settings: AnatomySettings) -> list[str]:
+    """Problems of resampled lumbar labels against the CT (empty list = plausible).
+
+    Checks, per level: share inside the CT grid, mean HU and bone share under the label;
+    across levels: superior-inferior order of the centroids and their spacing.
+    """
+    problems: list[str] = []
+    cents = {}
+    for lvl, m in masks.items():
+        if inside.get(lvl, 1.0) < settings.label_min_inside_fraction:
+            problems.append(f"{lvl}: only {100 * inside.get(lvl, 0):.0f} % of the label lies inside the CT grid "
+                            "(wrong origin or labels of another series)")
+            continue
+        vals = volume.array[m]
+        if vals.size == 0:
+            problems.append(f"{lvl}: empty on the CT grid")
+            continue
+        mean = float(vals.mean())
+        bone = float((vals > settings.bone_threshold_hu).mean())
+        if mean < settings.label_min_mean_hu or bone < settings.label_min_bone_fraction:
+            problems.append(f"{lvl}: mean {mean:.0f} HU and {100 * bone:.0f} % bone under the label "
+                            f"(expected >= {settings.label_min_mean_hu:.0f} HU, "
+                            f">= {100 * settings.label_min_bone_fraction:.0f} %): not on a vertebra "
+                            "(misaligned: wrong origin or flipped axis?)")
+            continue
+        idx = np.argwhere(m).mean(axis=0)
+        cents[lvl] = volume.index_to_lps(idx)
+    order = [lvl for lvl in LUMBAR if lvl in cents]
+    for a, b in zip(order, order[1:]):
+        za, zb = cents[a][2], cents[b][2]
+        if not za > zb:
+            problems.append(f"{a} is not superior to {b} (z {za:.1f} vs {zb:.1f} mm): levels mislabelled "
+                            "or a flipped axis")
+        step = float(np.linalg.norm(cents[a] - cents[b]))
+        n_between = LUMBAR.index(b) - LUMBAR.index(a)
+        if step > settings.label_max_centroid_step_mm * n_between:
+            problems.append(f"{a}-{b} centroids are {step:.0f} mm apart: a level is missing or mislabelled")
+    return problems
+
+
+def _box(mask: np.ndarray, pad: int = 2) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
+    return tuple(int(v) for v in lo), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def vertebrae_from_labels(path: Path, volume: Volume, settings: AnatomySettings | None = None,
+                          *, levels=None) -> list[Vertebra]:
+    """Lumbar vertebrae (L1..L6) from a label file or folder, with their geometry.
+
+    Parameters
+    ----------
+    path : Path
+        Label NIfTI or TotalSegmentator output folder.
+    volume : Volume
+        The CT.
+    settings : AnatomySettings, optional
+    levels : sequence of str, optional
+        Keep only these levels (e.g. ``('L3', 'L4', 'L5')``); an absent one is an error.
+
+    Returns
+    -------
+    list of Vertebra, superior to inferior, ``source='labels'``.
+
+    Raises
+    ------
+    AnatomyError
+        Naming the file and the problem: unreadable, no lumbar level, labels outside the
+        grid or not on bone (misaligned), levels in the wrong order, a requested level absent.
+    """
+    settings = settings or AnatomySettings()
+    masks, inside, scheme = load_labels(path, volume, settings)
+    return vertebrae_from_masks(masks, volume, settings, inside=inside, levels=levels,
+                                what=f"labels {path}", scheme=scheme)
+
+
+def vertebrae_from_label_map(label_map: np.ndarray, volume: Volume, settings: AnatomySettings | None = None,
+                             *, scheme: str = "verse", levels=None) -> list[Vertebra]:
+    """Lumbar vertebrae from a label array already on ``volume``'s grid (e.g. a synthetic case).
+
+    Parameters
+    ----------
+    label_map : (K, J, I) ndarray of int
+        Label ids on the CT grid.
+    scheme : str
+        Key of :data:`SCHEMES` naming the ids (default VerSe).
+    """
+    settings = settings or AnatomySettings()
+    if label_map.shape != volume.shape:
+        raise AnatomyError(f"label map shape {label_map.shape} differs from the CT {volume.shape}; "
+                           "resample it onto the CT grid (load_labels does so from a file)")
+    masks = {lvl: label_map == vid for vid, lvl in SCHEMES[scheme].items() if lvl in LUMBAR}
+    return vertebrae_from_masks(masks, volume, settings, levels=levels, what="label map", scheme=scheme)
+
+
+def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings: AnatomySettings,
+                         *, inside: dict[str, float] | None = None, levels=None, what: str = "labels",
+                         scheme: str = "") -> list[Vertebra]:
+    """Check whole-grid level masks against the CT and measure each lumbar vertebra."""
+    inside = inside or {}
+    path = what
+    lum = {lvl: masks[lvl] for lvl in LUMBAR if lvl in masks and masks[lvl].any()}
+    if not lum:
+        found = sorted(k for k, v in masks.items() if v.any())
+        outside = [k for k in masks if inside.get(k, 1) < settings.label_min_inside_fraction]
+        hint = " (the labels fall outside the CT grid: wrong origin?)" if outside and not found else ""
+        raise AnatomyError(f"{path}: no lumbar vertebra on this CT{hint}; levels present: "
+                           f"{', '.join(found) or 'none'}")
+    problems = check_labels(volume, lum, {k: inside.get(k, 1.0) for k in lum}, settings)
+    if problems:
+        raise AnatomyError(f"{path} do not fit the CT ({scheme} ids): " + "; ".join(problems))
+    if levels:
+        missing = [lvl for lvl in levels if lvl not in lum]
+        if missing:
+            raise AnatomyError(f"{path}: requested level(s) {', '.join(missing)} absent; "
+                               f"labelled lumbar levels: {', '.join(lum)}")
+        lum = {lvl: lum[lvl] for lvl in levels}
+    frame = CanonicalFrame.of(volume)
+    hu_c_full = frame.to_canonical(volume.array)
+    bone_pad_mm = 30.0
+    out = []
+    for lvl, m in lum.items():
+        m_c = frame.to_canonical(m)
+        pad = [int(np.ceil(bone_pad_mm / s)) for s in frame.spacing]
+        idx = np.argwhere(m_c)
+        lo = np.maximum(idx.min(0) - [2, 2, 2], 0)
+        hi = np.minimum(idx.max(0) + 3, m_c.shape)
+        # room posteriorly for posterior elements of body-only labels
+        hi[1] = min(m_c.shape[1], hi[1] + pad[1] * 2)
+        lo[2] = max(0, lo[2] - pad[2])
+        hi[2] = min(m_c.shape[2], hi[2] + pad[2])
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        mk = largest_component(m_c[sl])
+        hu = np.asarray(hu_c_full[sl], dtype=np.float32)
+        mk = _complete_posterior(mk, hu, frame.spacing, settings)
+        out.append(vertebra_geometry(volume, frame, hu, mk, tuple(int(v) for v in lo), lvl,
+                                     VERSE_IDS[lvl], settings, source="labels"))
+    return out
+
+
+def _complete_posterior(mask: np.ndarray, hu: np.ndarray, spacing, settings: AnatomySettings) -> np.ndarray:
+    """Add the posterior elements from the CT when a label holds the body only.
+
+    A whole lumbar vertebra reaches > 30 mm posterior of its centroid (spinous process);
+    a body-only label (TotalSegmentator ``vertebrae_body`` / ``_pp``) does not.
+    """
+    cy = np.argwhere(mask)[:, 1].mean()
+    ymax = np.flatnonzero(mask.any(axis=(0, 2))).max()
+    if (ymax - cy) * spacing[1] > 30.0:
+        return mask
+    sig = [settings.smoothing_sigma_mm / s for s in spacing]
+    bone = ndi.gaussian_filter(hu, sig) > settings.bone_threshold_hu
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    bone[: zs.min()] = False
+    bone[zs.max() + 1:] = False
+    yy = np.arange(mask.shape[1])[None, :, None]
+    bone &= yy >= np.argwhere(mask)[:, 1].max() - 1
+    comb = mask | bone
+    lab, _ = ndi.label(comb)
+    keep = np.unique(lab[mask])
+    return np.isin(lab, keep[keep > 0])

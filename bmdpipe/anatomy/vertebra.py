@@ -1,0 +1,279 @@
+"""Per-vertebra geometry: body (cortex + cancellous core), canal, pedicle axes and isthmi.
+
+Works on a canonical box (axes superior, posterior, left; see :mod:`.frame`) holding the
+CT values and the whole-vertebra mask, and returns a :class:`bmdpipe.results.Vertebra` on the
+original grid. All lengths in mm.
+
+Method
+------
+1. Body: morphological opening of the (hole-filled) vertebra mask with a ball of
+   ``body_opening_radius_mm`` removes pedicles, laminae and processes (all thinner than
+   the ball) and keeps the body; the largest remaining component is the body.
+   Cancellous core = body eroded by ``cortex_thickness_mm``.
+2. Canal: along the body midline, posterior to the posterior wall, the gap in the mask up
+   to the lamina; its centre and AP depth; its width from the gap in the mask left-right.
+3. Pedicles: the mask lateral to the canal, between the posterior wall and the lamina,
+   in the body's height range, one connected part per side. Its coronal cross-sections give
+   the axis (least-squares line through their centroids) and the isthmus (smallest section).
+   Entry = where the axis leaves the bone posteriorly; target = ``trajectory_depth_fraction``
+   of the body depth along the axis, from the posterior wall.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..config import AnatomySettings
+from ..errors import AnatomyError
+from ..results import PedicleAxis, Side, Vertebra
+from ..volume import Volume
+from .frame import CanonicalFrame
+
+__all__ = ["vertebra_geometry", "ball", "largest_component"]
+
+
+def ball(radius_mm: float, spacing) -> np.ndarray:
+    """Ellipsoidal structuring element of physical radius ``radius_mm`` on an anisotropic grid."""
+    r = [max(0, int(np.floor(radius_mm / s + 1e-6))) for s in spacing]
+    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    d2 = (zz * spacing[0]) ** 2 + (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2
+    return d2 <= radius_mm ** 2 + 1e-9
+
+
+def open_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
+    """Morphological opening with a ball of ``radius_mm`` via Euclidean distance transforms (fast for big balls)."""
+    inner = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > radius_mm
+    if not inner.any():
+        return inner
+    return (ndi.distance_transform_edt(~inner, sampling=spacing) <= radius_mm) & mask
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(mask)
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def _erode_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
+    if radius_mm <= 0:
+        return mask.copy()
+    dist = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return dist > radius_mm
+
+
+def _ray(mask: np.ndarray, start_vox: np.ndarray, direction_mm: np.ndarray, spacing, max_mm: float,
+         step_mm: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``mask`` (nearest voxel) along a ray; returns (t_mm, inside bool)."""
+    t = np.arange(0.0, max_mm, step_mm)
+    pts = start_vox[None, :] + t[:, None] * (direction_mm / np.asarray(spacing))[None, :]
+    idx = np.rint(pts).astype(int)
+    ok = np.all((idx >= 0) & (idx < np.array(mask.shape)), axis=1)
+    inside = np.zeros(len(t), bool)
+    inside[ok] = mask[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
+    return t, inside
+
+
+def _last_run_end(t, inside) -> float:
+    """Distance along the ray at which the first run of inside voxels (from t=0) ends."""
+    if not inside[0]:
+        first = np.flatnonzero(inside)
+        if first.size == 0:
+            return 0.0
+        inside = inside[first[0]:]
+        t = t[first[0]:]
+    out = np.flatnonzero(~inside)
+    return float(t[out[0] - 1]) if out.size else float(t[-1])
+
+
+def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spacing, settings, body_depth_mm):
+    """One pedicle in canonical voxel coordinates: (entry, isthmus, target, width, height) or None."""
+    nz, ny, nx = mask.shape
+    sz, sy, sx = spacing
+    zz, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij", sparse=True)
+    lateral = (xx - xc) * sx * side_sign
+    sel = (
+        mask
+        & ~ndi.binary_dilation(body, iterations=1)
+        & (yy >= y_bp) & (yy <= max(y_lam, y_bp + 2))
+        & (lateral > 0.5 * canal_half_w) & (lateral < canal_half_w + 25.0)
+        & (zz >= zc_rng[0]) & (zz <= zc_rng[1])
+    )
+    if sel.sum() < 2:
+        # thin/low-resolution data: allow overlap with the body's dilation
+        sel = mask & ~body & (yy >= y_bp - 1) & (yy <= max(y_lam, y_bp + 2)) & (lateral > 0.4 * canal_half_w) \
+            & (lateral < canal_half_w + 25.0) & (zz >= zc_rng[0]) & (zz <= zc_rng[1])
+        if sel.sum() < 2:
+            return None
+    ped = largest_component(sel)
+    ys = np.flatnonzero(ped.any(axis=(0, 2)))
+    cents, areas = [], []
+    for y in ys:
+        sl = ped[:, y, :]
+        zi, xi = np.nonzero(sl)
+        cents.append((zi.mean(), y, xi.mean()))
+        areas.append(sl.sum())
+    cents = np.array(cents, float)
+    areas = np.array(areas, float)
+    # isolated pedicle sections: not widened by the transverse / articular processes or the body
+    k0 = int(np.argmin(areas[1:-1])) + 1 if len(ys) >= 3 else int(np.argmin(areas))
+    a_ref = areas[k0]
+    lo = k0
+    while lo > 0 and areas[lo - 1] <= 1.35 * a_ref:
+        lo -= 1
+    hi = k0
+    while hi < len(ys) - 1 and areas[hi + 1] <= 1.35 * a_ref:
+        hi += 1
+    run = np.arange(lo, hi + 1)
+    k = int(run[len(run) // 2])
+    isth = cents[k]
+    sl = ped[:, ys[k], :]
+    zi, xi = np.nonzero(sl)
+    width = float((xi.max() - xi.min() + 1) * sx)
+    height = float((zi.max() - zi.min() + 1) * sz)
+    # axis: least-squares line x(y), z(y) through the isolated section centroids, in mm
+    if len(run) >= 3:
+        py = cents[run, 1] * sy
+        dxdy = np.polyfit(py, cents[run, 2] * sx, 1)[0]
+        dzdy = np.polyfit(py, cents[run, 0] * sz, 1)[0]
+        # the sections of an oblique bar are widened by 1/cos: width_x = w / cos(conv)
+    else:
+        dxdy = dzdy = 0.0
+    # anterior direction (-y); convergence = medial tilt going anteriorly
+    d = np.array([-dzdy, -1.0, -dxdy])
+    conv = np.degrees(np.arctan(abs(dxdy)))
+    sag = np.degrees(np.arctan(abs(dzdy)))
+    medial_anteriorly = np.sign(-dxdy) == -side_sign or dxdy == 0
+    if conv > settings.max_pedicle_convergence_deg or not medial_anteriorly:
+        d[2] = side_sign * -np.tan(np.radians(10.0))  # typical 10 deg convergence
+    if sag > settings.max_pedicle_sagittal_deg:
+        d[0] = 0.0
+    d /= np.linalg.norm(d)
+    # entry: leave the bone posteriorly (mask filled), from the isthmus
+    t_b, in_b = _ray(mask, isth, -d, spacing, 60.0)
+    t_entry = _last_run_end(t_b, in_b)
+    entry = isth - t_entry * d / np.asarray(spacing)
+    # target: on the axis, at trajectory_depth_fraction of the body depth (AP) from the posterior wall
+    y_target_mm = (y_bp + 0.5) * sy - settings.trajectory_depth_fraction * body_depth_mm
+    t_target = (isth[1] * sy - y_target_mm) / max(-d[1], 1e-3)
+    target = isth + t_target * d / np.asarray(spacing)
+    return entry, isth, target, width, height
+
+
+def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, mask_c: np.ndarray,
+                      offset_c, name: str, verse: int | None, settings: AnatomySettings,
+                      *, source: str = "labels") -> Vertebra:
+    """Measure one vertebra from its canonical box.
+
+    Parameters
+    ----------
+    volume : Volume
+        The CT (for the LPS mapping only).
+    frame : CanonicalFrame
+        Canonical frame of ``volume``.
+    hu_c : (Z, Y, X) ndarray of float
+        HU in the canonical box.
+    mask_c : (Z, Y, X) ndarray of bool
+        Whole-vertebra mask in the same box.
+    offset_c : tuple of int
+        Canonical index of the box's first voxel.
+    name, verse : str, int or None
+        Level name and VerSe id.
+    settings : AnatomySettings
+
+    Returns
+    -------
+    Vertebra
+        Masks on the original grid (box), centres in LPS mm, sizes in mm.
+
+    Raises
+    ------
+    AnatomyError
+        When no vertebral body can be found in the mask.
+    """
+    sp = frame.spacing
+    mask = ndi.binary_fill_holes(mask_c)
+    body = open_mm(mask, settings.body_opening_radius_mm, sp)
+    if not body.any():
+        body = open_mm(mask, 0.5 * settings.body_opening_radius_mm, sp)
+    if not body.any():
+        raise AnatomyError(f"{name}: no vertebral body found in its mask ({int(mask.sum())} voxels); "
+                           "check the labels or the localisation")
+    lab, n = ndi.label(body)
+    if n > 1:
+        sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+        ant = np.array([ndi.center_of_mass(lab == i)[1] for i in range(1, n + 1)])
+        # largest, ties broken by the most anterior
+        score = sizes - 1e-3 * ant
+        body = lab == (int(np.argmax(score)) + 1)
+    body = ndi.binary_fill_holes(body)
+    cz, cy, cx = ndi.center_of_mass(body)
+    zs = np.flatnonzero(body.any(axis=(1, 2)))
+    # central column: height
+    zc = int(round(cz))
+    col = body[:, max(0, int(cy) - 1):int(cy) + 2, max(0, int(cx) - 1):int(cx) + 2].any(axis=(1, 2))
+    zcol = np.flatnonzero(col)
+    z_lo, z_hi = (zcol.min(), zcol.max()) if zcol.size else (zs.min(), zs.max())
+    height = float((z_hi - z_lo + 1) * sp[0])
+    zmid = int(round(0.5 * (z_lo + z_hi)))
+    slab = body[max(0, zmid - 1):zmid + 2].any(axis=0)
+    row = slab[int(round(cy))]
+    colx = slab[:, int(round(cx))]
+    xr = np.flatnonzero(row)
+    yr = np.flatnonzero(colx)
+    width = float((xr.max() - xr.min() + 1) * sp[2]) if xr.size else float(slab.any(0).sum() * sp[2])
+    depth = float((yr.max() - yr.min() + 1) * sp[1]) if yr.size else float(slab.any(1).sum() * sp[1])
+    y_bp = int(yr.max()) if yr.size else int(round(cy))
+    x_mid = float(xr.mean()) if xr.size else cx
+    # canal: gap along the midline posterior to the body, in the upper half of the body
+    zr = (int(round(0.5 * (z_lo + z_hi))) - 1, z_hi)
+    zr = (max(0, min(zr[0], z_hi)), z_hi)
+    xi = int(round(x_mid))
+    band = mask[zr[0]:zr[1] + 1, :, max(0, xi - 1):xi + 2].any(axis=(0, 2))
+    post = np.flatnonzero(band[y_bp + 1:]) + y_bp + 1
+    gap_start = y_bp + 1
+    lam = [y for y in post if y > gap_start + max(1, int(round(6.0 / sp[1])))]
+    if lam:
+        y_lam = int(lam[0])
+    else:
+        y_lam = int(round(y_bp + settings.default_canal_depth_mm / sp[1]))
+    canal_depth = (y_lam - y_bp - 1) * sp[1]
+    y_canal = 0.5 * (y_bp + y_lam)
+    # canal width at its centre row, upper half of the body
+    sl = mask[zr[0]:zr[1] + 1, int(round(min(y_canal, mask.shape[1] - 1))), :].any(axis=0)
+    left = np.flatnonzero(sl[xi:])
+    right = np.flatnonzero(sl[:xi + 1][::-1])
+    if left.size and right.size and left[0] > 0 and right[0] > 0:
+        canal_w = (left[0] + right[0] - 1) * sp[2]
+    else:
+        canal_w = settings.default_canal_width_mm
+    canal_w = float(np.clip(canal_w, 10.0, 40.0))
+    pedicles = []
+    z_rng = (max(0, z_lo - 1), min(mask.shape[0] - 1, z_hi + 1))
+    for side, sign in ((Side.left, 1.0), (Side.right, -1.0)):
+        res = _pedicle(mask, body, sign, z_rng, y_bp, y_lam, x_mid, 0.5 * canal_w, sp, settings, depth)
+        if res is None:
+            continue
+        entry, isth, target, w, h = res
+        off = np.asarray(offset_c, float)
+        to_lps = lambda p: tuple(float(v) for v in frame.canonical_to_lps(volume, p + off))  # noqa: E731
+        pedicles.append(PedicleAxis(side=side, entry_lps=to_lps(entry), isthmus_lps=to_lps(isth),
+                                    target_lps=to_lps(target), isthmus_width_mm=w, isthmus_height_mm=h))
+    cancellous = _erode_mm(body, settings.cortex_thickness_mm, sp)
+    off = np.asarray(offset_c, float)
+    lps = lambda p: tuple(float(v) for v in frame.canonical_to_lps(volume, np.asarray(p, float) + off))  # noqa: E731
+    o_off, o_mask = frame.box_to_original(offset_c, mask)
+    _, o_body = frame.box_to_original(offset_c, body)
+    _, o_canc = frame.box_to_original(offset_c, cancellous)
+    cen = ndi.center_of_mass(mask)
+    return Vertebra(
+        name=name, verse_id=verse, offset=o_off, mask=o_mask, centroid_lps=lps(cen),
+        body_mask=o_body, cancellous_mask=o_canc,
+        canal_center_lps=lps((cz, y_canal, x_mid)), body_center_lps=lps((cz, cy, cx)),
+        body_width_mm=width, body_depth_mm=depth, body_height_mm=height,
+        pedicles=tuple(pedicles), source=source,
+        canal_width_mm=canal_w, canal_depth_mm=float(canal_depth),
+    )

@@ -1,0 +1,225 @@
+"""Phantomless (internal) calibration from reference tissues and an effective-energy fit.
+
+Reference tissues are found automatically: air outside the body, subcutaneous fat and
+paraspinal muscle (optionally blood in the aorta / vena cava). Their mean HU are fitted to
+the theoretical HU of the same tissues at an effective energy E
+(``H_t = a + b * HU_t(E)``, :mod:`bmdpipe.calibrate.attenuation`); E is the energy whose
+fit leaves the smallest residual. The bone-mineral calibration then follows from the same
+physics: ``HU = a + b * HU_mineral(E, density)``.
+
+Method: Michalski AS, Besler BA, Michalak GJ, Boyd SK. CT-based internal density
+calibration for opportunistic skeletal assessment using abdominal CT scans. Med Eng Phys
+78:55-63 (2020). Mass attenuation data: ICRU-44 compositions / NIST (NISTIR 5632), see
+:mod:`bmdpipe.calibrate.attenuation`.
+
+Known weakness: the effective energy is set mostly by the fat HU (fat moves ~1 HU per keV
+near 70 keV, the mineral slope ~3 % per keV), so a fat whose composition differs from
+ICRU-44 adipose tissue biases the slope. Reported errors of such methods: 5-10 % without
+pre-calibration (science.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..config import CalibrationSettings
+from ..errors import CalibrationError
+from ..results import Calibration, Material, ReferenceMeasurement
+from ..volume import Volume
+from .attenuation import hu_of, mineral_slope_hu_per_mg_cm3
+
+__all__ = ["measure_reference_tissues", "fit_effective_energy", "calibrate_internal"]
+
+
+def _ball(radius_vox: np.ndarray) -> np.ndarray:
+    r = np.maximum(np.asarray(radius_vox, dtype=float), 0.5)
+    n = np.ceil(r).astype(int)
+    zz, yy, xx = np.mgrid[-n[0]:n[0] + 1, -n[1]:n[1] + 1, -n[2]:n[2] + 1]
+    return (zz / r[0]) ** 2 + (yy / r[1]) ** 2 + (xx / r[2]) ** 2 <= 1.0
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def _stats(values: np.ndarray, robust: bool = False) -> tuple[float, float, int]:
+    v = values.astype(float)
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    if robust:
+        return float(np.median(v)), float(1.4826 * np.median(np.abs(v - np.median(v)))), int(v.size)
+    return float(v.mean()), float(v.std()), int(v.size)
+
+
+def _lps_y_of_plane(volume: Volume) -> np.ndarray:
+    """LPS y (posterior +) of every (j, i) pixel of the middle slice, mm."""
+    nk, nj, ni = volume.shape
+    jj, ii = np.mgrid[0:nj, 0:ni]
+    idx = np.stack([np.full(jj.shape, (nk - 1) / 2.0), jj, ii], axis=-1)
+    return volume.index_to_lps(idx)[..., 1]
+
+
+def measure_reference_tissues(volume: Volume, settings: CalibrationSettings | None = None) -> dict[str, ReferenceMeasurement]:
+    """Find and measure the reference tissues of phantomless calibration.
+
+    Tissue masks are chosen on a smoothed image and eroded away from every boundary;
+    HU are measured on the original voxels (so selection does not bias the mean). Air uses
+    the median (robust to clipping at -1024 HU).
+
+    Returns
+    -------
+    dict of str -> ReferenceMeasurement
+        Keys among ``air``, ``fat``, ``muscle``, ``blood``; a tissue that could not be found
+        is absent.
+    """
+    s = settings or CalibrationSettings()
+    arr = np.asarray(volume.array, dtype=np.float32)
+    sp = np.array(volume.spacing, dtype=float)
+    step = np.maximum(1, np.round(s.internal_grid_mm / sp)).astype(int)
+    sub = arr[:: step[0], :: step[1], :: step[2]]
+    ssp = sp * step
+    smooth = ndi.gaussian_filter(np.clip(sub, -1024, 3071), sigma=s.internal_smooth_mm / ssp)
+    fov = sub > s.rod_padding_hu
+    objects = smooth > s.internal_object_hu
+    # body: largest object after an opening that detaches the table and the phantom
+    opened = ndi.binary_opening(objects, structure=_ball(s.internal_body_opening_mm / ssp))
+    body = _largest_component(opened)
+    body = ndi.binary_fill_holes(body) if body.any() else body
+    for k in range(body.shape[0]):
+        body[k] = ndi.binary_fill_holes(body[k])
+    if body.sum() < 1000:
+        raise CalibrationError("phantomless calibration: no patient body found in the image")
+    out: dict[str, ReferenceMeasurement] = {}
+    centre = lambda m: tuple(float(v) for v in volume.index_to_lps(np.argwhere(m).mean(0) * step))  # noqa: E731
+
+    # air: inside the field of view, far from any object
+    dist_obj = ndi.distance_transform_edt(~objects, sampling=ssp)
+    air = fov & (dist_obj >= s.internal_air_margin_mm)
+    if air.sum() >= 50:
+        m, sd, n = _stats(sub[air], robust=True)
+        out["air"] = ReferenceMeasurement("air", m, sd, n, center_lps=centre(air))
+
+    # subcutaneous fat: fat-range band under the skin, eroded
+    depth = ndi.distance_transform_edt(body, sampling=ssp)
+    fat = body & (smooth >= s.internal_fat_min_hu) & (smooth <= s.internal_fat_max_hu) & (depth <= s.internal_fat_max_depth_mm)
+    fat = ndi.binary_erosion(fat, structure=_ball(s.internal_erosion_mm / ssp))
+    if fat.sum() >= 50:
+        m, sd, n = _stats(sub[fat])
+        out["fat"] = ReferenceMeasurement("fat", m, sd, n, center_lps=centre(fat))
+
+    # paraspinal muscle: soft tissue posterior to the spine
+    bone = body & (smooth > s.internal_bone_hu)
+    spine = _largest_component(bone) if bone.any() else bone
+    soft = body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
+    soft = ndi.binary_erosion(soft, structure=_ball(s.internal_erosion_mm / ssp))
+    if spine.any():
+        ylps = _lps_y_of_plane(volume)[:: step[1], :: step[2]]
+        spine_y = float(np.median(ylps[np.any(spine, axis=0)]))
+        posterior = ylps > spine_y + s.internal_muscle_posterior_mm
+        musc = soft & posterior[None]
+        if musc.sum() >= 50:
+            m, sd, n = _stats(sub[musc])
+            out["muscle"] = ReferenceMeasurement("muscle", m, sd, n, center_lps=centre(musc))
+    if "muscle" not in out and soft.sum() >= 50:
+        m, sd, n = _stats(sub[soft])
+        out["muscle"] = ReferenceMeasurement("muscle", m, sd, n, center_lps=centre(soft))
+    return out
+
+
+def fit_effective_energy(measured_hu: dict[str, float], *, kev_range=(40.0, 120.0), kev_step: float = 0.25):
+    """Effective energy and linear scanner response from tissue HU.
+
+    Parameters
+    ----------
+    measured_hu : dict of str -> float
+        Mean HU per tissue (names understood by :func:`attenuation.hu_of`); at least 3.
+    kev_range : (2,) tuple of float
+        Energies searched, keV.
+
+    Returns
+    -------
+    kev, a, b, rms : float
+        Effective energy (keV), offset a (HU) and gain b of ``H = a + b * HU_theory(E)``,
+        and the RMS residual (HU).
+    """
+    names = list(measured_hu)
+    if len(names) < 3:
+        raise CalibrationError(f"phantomless calibration needs at least 3 reference tissues, found {names}")
+    h = np.array([measured_hu[n] for n in names], dtype=float)
+    energies = np.arange(kev_range[0], kev_range[1] + 1e-9, kev_step)
+    best = None
+    for e in energies:
+        t = np.array([hu_of(n, e) for n in names])
+        A = np.stack([np.ones_like(t), t], axis=1)
+        coef, *_ = np.linalg.lstsq(A, h, rcond=None)
+        rms = float(np.sqrt(np.mean((A @ coef - h) ** 2)))
+        if best is None or rms < best[3]:
+            best = (float(e), float(coef[0]), float(coef[1]), rms)
+    return best
+
+
+def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = None, *,
+                       material: Material | str = Material.K2HPO4) -> Calibration:
+    """Phantomless calibration of one series.
+
+    Parameters
+    ----------
+    volume : Volume
+    settings : CalibrationSettings
+    material : Material
+        Mineral the calibration is expressed in (K2HPO4 default, or HA).
+
+    Returns
+    -------
+    Calibration
+        method ``internal``, phantom ``internal``; ``references`` are the tissues used with
+        their HU and fit residuals; ``details`` hold kev, a, b, rms.
+
+    Raises
+    ------
+    CalibrationError
+        When fewer than 3 tissues are found or a tissue HU is implausible.
+    """
+    s = settings or CalibrationSettings()
+    mat = Material(material)
+    sid = volume.meta.series_uid or "this series"
+    tissues = measure_reference_tissues(volume, s)
+    warnings: list[str] = []
+    plausible = {"air": (-1100.0, -900.0), "fat": (-200.0, -30.0), "muscle": (0.0, 100.0), "blood": (10.0, 90.0)}
+    for name, (lo, hi) in plausible.items():
+        if name in tissues and not (lo <= tissues[name].hu_mean <= hi):
+            warnings.append(f"{name} HU {tissues[name].hu_mean:.0f} outside {lo:.0f}..{hi:.0f}; not used")
+            del tissues[name]
+    if "air" not in tissues or "fat" not in tissues or len(tissues) < 3:
+        raise CalibrationError(
+            f"phantomless calibration of {sid} failed: found reference tissues {sorted(tissues)}, need air, fat and "
+            "muscle (or blood). Is the whole body cross-section in the field of view? Use a phantom (--phantom NAME)"
+        )
+    kev, a, b, rms = fit_effective_energy({k: v.hu_mean for k, v in tissues.items()},
+                                         kev_range=(s.internal_kev_min, s.internal_kev_max))
+    if kev <= s.internal_kev_min + 0.5 or kev >= s.internal_kev_max - 0.5:
+        warnings.append(f"effective energy {kev:.1f} keV at the edge of the search range; calibration unreliable")
+    slope = b * mineral_slope_hu_per_mg_cm3(mat.value, kev)
+    intercept = a  # mineral in a water-equivalent matrix: 0 HU at zero density (ideal), times gain, plus offset
+    refs = []
+    for name, r in tissues.items():
+        fitted = a + b * hu_of(name, kev)
+        refs.append(ReferenceMeasurement(name=name, hu_mean=r.hu_mean, hu_sd=r.hu_sd, n_voxels=r.n_voxels,
+                                         nominal_mg_cm3=None, center_lps=r.center_lps,
+                                         residual_hu=float(r.hu_mean - fitted)))
+    if rms > s.internal_max_rms_hu:
+        warnings.append(f"tissue HU fit RMS {rms:.1f} HU > {s.internal_max_rms_hu} HU: tissues do not match the attenuation model")
+    return Calibration(
+        method="internal", phantom="internal", material=mat, slope_hu_per_mg_cm3=float(slope),
+        intercept_hu=float(intercept), r2=None, n_references=len(refs), references=tuple(refs),
+        warnings=tuple(warnings),
+        details={"kev": kev, "a_hu": a, "b": b, "rms_hu": rms,
+                 "tissues_hu": {k: v.hu_mean for k, v in tissues.items()},
+                 "source": "effective-energy method, Michalski et al. Med Eng Phys 2020; ICRU-44/NIST attenuation"},
+    )

@@ -1,0 +1,568 @@
+"""Find the rods of an in-scan calibration phantom and calibrate with them.
+
+No hints about where the phantom lies: rods are found as round, uniform, z-parallel
+cylinders of similar size lying in one row (straight or gently curved, below or beside the
+patient). Circles come from a Hough transform on edges of slab-averaged axial images;
+circles are linked across slabs into 3-D rods; the largest group of rods of one size on a
+smooth row is the phantom (vertebrae, bowel gas and the table do not form such a row of
+uniform discs). Each rod is measured in an eroded core, slice by slice, over every slice
+where it is visible; slices hit by streaks are dropped by a robust outlier test. Rods are
+assigned to the definition by density order and count, never by left-right position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..config import CalibrationSettings
+from ..errors import CalibrationError
+from ..results import Calibration, ReferenceMeasurement
+from ..volume import Volume
+from .definitions import PhantomDefinition
+from .models import fit_linear, fit_quality_warnings, fit_two_component
+
+__all__ = ["RodMeasurement", "find_rods", "assign_rods", "calibrate_with_phantom"]
+
+
+@dataclass(frozen=True)
+class RodMeasurement:
+    """One rod found in the image.
+
+    Attributes
+    ----------
+    center_kji : (3,) tuple of float
+        Rod centre (voxel index) at the middle of its visible z range.
+    axis_ji_per_k : (2,) tuple of float
+        Drift of the centre (rows, columns) per slice (tilted rods).
+    radius_mm : float
+        Outer radius of the rod.
+    core_radius_mm : float
+        Radius of the eroded core that was measured.
+    hu_mean, hu_sd : float
+        Mean and SD (over voxels) of the core HU over the slices used.
+    n_voxels, n_slices : int
+        Voxels and slices used.
+    k_range : (2,) tuple of int
+        First and last slice index where the rod is visible.
+    slice_means : (S,) ndarray
+        Core mean per used slice (QC).
+    score : float
+        Detection strength (normalised Hough accumulator, 0-1).
+    warnings : tuple of str
+    """
+
+    center_kji: tuple[float, float, float]
+    axis_ji_per_k: tuple[float, float]
+    radius_mm: float
+    core_radius_mm: float
+    hu_mean: float
+    hu_sd: float
+    n_voxels: int
+    n_slices: int
+    k_range: tuple[int, int]
+    slice_means: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    score: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class _Circle:
+    slab: int
+    k_center: float
+    y: float  # row, px
+    x: float  # column, px
+    r_px: float
+    score: float
+
+
+def _slab_bounds(nk: int, dz: float, slab_mm: float) -> list[tuple[int, int]]:
+    per = max(1, int(round(slab_mm / dz)))
+    n = max(1, int(round(nk / per)))
+    edges = np.linspace(0, nk, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _circles_in_image(img: np.ndarray, px_mm: float, s: CalibrationSettings, k_center: float, slab: int) -> list[_Circle]:
+    from skimage import feature, transform
+
+    rmin = max(2, int(np.floor(s.rod_min_diameter_mm / 2 / px_mm)))
+    rmax = max(rmin + 1, int(np.ceil(s.rod_max_diameter_mm / 2 / px_mm)))
+    step = max(1, (rmax - rmin) // 30)
+    radii = np.arange(rmin, rmax + 1, step)
+    sigma_px = max(1.0, s.rod_edge_sigma_mm / px_mm)
+    edges = feature.canny(img, sigma=sigma_px, low_threshold=s.rod_edge_low_hu, high_threshold=s.rod_edge_high_hu)
+    if not edges.any():
+        return []
+    acc = transform.hough_circle(edges, radii)
+    peaks = transform.hough_circle_peaks(
+        acc, radii, min_xdistance=rmin, min_ydistance=rmin, threshold=s.rod_hough_threshold,
+        total_num_peaks=s.rod_max_candidates,
+    )
+    out: list[_Circle] = []
+    seen: set[tuple[int, int, int]] = set()
+    for _, cx, cy, _ in zip(*peaks):
+        # every radius that is a local maximum of the votes at this centre is a candidate
+        # (a rod's inner shading can out-vote its true edge; the group step picks the size)
+        y0, x0 = max(0, cy - 1), max(0, cx - 1)
+        prof = acc[:, y0:cy + 2, x0:cx + 2].reshape(len(radii), -1).max(1)
+        for i in range(len(radii)):
+            lo = prof[i - 1] if i > 0 else -1.0
+            hi = prof[i + 1] if i + 1 < len(radii) else -1.0
+            if prof[i] >= s.rod_hough_threshold and prof[i] >= lo and prof[i] >= hi:
+                key = (int(cy), int(cx), int(radii[i]))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(_Circle(slab, k_center, float(cy), float(cx), float(radii[i]), float(prof[i])))
+    return out
+
+
+def _disc_stats(img: np.ndarray, y: float, x: float, r_in: float, r_out: float | None = None):
+    """Values of ``img`` inside a disc (or annulus r_in..r_out) around (y, x), px."""
+    rr = int(np.ceil(r_out if r_out is not None else r_in)) + 1
+    y0, y1 = max(0, int(y) - rr), min(img.shape[0], int(y) + rr + 2)
+    x0, x1 = max(0, int(x) - rr), min(img.shape[1], int(x) + rr + 2)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    d = np.hypot(yy - y, xx - x)
+    m = d <= r_in if r_out is None else (d >= r_in) & (d <= r_out)
+    return img[y0:y1, x0:x1][m]
+
+
+def _candidate_ok(img: np.ndarray, c: _Circle, px_mm: float, s: CalibrationSettings) -> bool:
+    """A circle is a rod candidate when its core is uniform, in range and differs from its surround."""
+    core_r = c.r_px * s.rod_core_fraction
+    core = _disc_stats(img, c.y, c.x, core_r)
+    ring = _disc_stats(img, c.y, c.x, c.r_px * 1.25, c.r_px * 1.6)
+    if core.size < 5 or ring.size < 5:
+        return False
+    m = float(np.median(core))
+    if not (s.rod_min_hu <= m <= s.rod_max_hu):
+        return False
+    contrast = abs(m - float(np.median(ring)))
+    spread = float(np.percentile(core, 90) - np.percentile(core, 10))
+    return contrast >= s.rod_min_contrast_hu and spread <= max(s.rod_max_core_spread_hu, 0.5 * contrast)
+
+
+def _link(circles: list[_Circle], n_slabs: int) -> list[list[_Circle]]:
+    """Group circles of different slabs that describe the same rod (centre within half a radius)."""
+    tracks: list[list[_Circle]] = []
+    for c in sorted(circles, key=lambda c: -c.score):
+        for t in tracks:
+            ref = t[0]
+            if c.slab not in {q.slab for q in t} and np.hypot(c.y - ref.y, c.x - ref.x) <= 0.5 * ref.r_px + 1 and abs(c.r_px - ref.r_px) <= 0.25 * ref.r_px + 1:
+                t.append(c)
+                break
+        else:
+            tracks.append([c])
+    return tracks
+
+
+def _on_row(pts_mm: np.ndarray, tol_mm: float) -> bool:
+    """True when points lie on a straight or gently curved row (quadratic through >= 4 points)."""
+    if len(pts_mm) <= 2:
+        return True
+    c = pts_mm.mean(0)
+    u, sv, vt = np.linalg.svd(pts_mm - c)
+    t = (pts_mm - c) @ vt[0]
+    n = (pts_mm - c) @ vt[1]
+    deg = 2 if len(pts_mm) >= 4 else 1
+    coef = np.polyfit(t, n, deg)
+    res = n - np.polyval(coef, t)
+    if deg == 2 and abs(coef[0]) * (np.ptp(t) / 2) ** 2 > 0.25 * np.ptp(t):
+        return False  # too curved to be a row of rods
+    return bool(np.max(np.abs(res)) <= tol_mm)
+
+
+def _row_members(pts: np.ndarray, cand: list[int], i: int, j: int, tol: float) -> list[int]:
+    """Candidates on the row through seeds i and j: a line first, then a quadratic refit."""
+    u = pts[j] - pts[i]
+    u = u / np.linalg.norm(u)
+    nrm = np.array([-u[1], u[0]])
+    mid = 0.5 * (pts[i] + pts[j])
+    c = np.array(cand)
+    t = (pts[c] - mid) @ u
+    n = (pts[c] - mid) @ nrm
+    # allow a gentle curve: tolerance grows by 10 % of the distance from the seeds' midpoint
+    keep = np.abs(n) <= tol + 0.1 * np.abs(t)
+    for _ in range(3):
+        if keep.sum() < 4:
+            break
+        coef = np.polyfit(t[keep], n[keep], 2)
+        new = np.abs(n - np.polyval(coef, t)) <= tol
+        new[list(c).index(i)] = new[list(c).index(j)] = True
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    return [int(m) for m in c[keep]]
+
+
+def _trim_far_ends(pts: np.ndarray, group: list[int]) -> list[int]:
+    """Drop rods at the ends of a row that sit much further out than the row's pitch."""
+    g = list(group)
+    while len(g) >= 4:
+        p = pts[g]
+        c = p.mean(0)
+        _, _, vt = np.linalg.svd(p - c)
+        order = np.argsort((p - c) @ vt[0])
+        g = [g[o] for o in order]
+        gaps = np.linalg.norm(np.diff(pts[g], axis=0), axis=1)
+        med = float(np.median(gaps))
+        if gaps[0] > 2.6 * med:
+            g = g[1:]
+        elif gaps[-1] > 2.6 * med:
+            g = g[:-1]
+        else:
+            break
+    return g
+
+
+def _best_group(tracks: list[dict], s: CalibrationSettings, px_mm: float) -> list[dict]:
+    """Largest set of similar-size rods on a row, ties broken by detection score."""
+    if not tracks:
+        return []
+    best: list[dict] = [max(tracks, key=lambda t: t["score"])]
+    best_key = (1, best[0]["score"])
+    pts = np.array([[t["y"] * px_mm, t["x"] * px_mm] for t in tracks])
+    for i, j in combinations(range(len(tracks)), 2):
+        ri, rj = tracks[i]["r_mm"], tracks[j]["r_mm"]
+        if abs(ri - rj) > s.rod_radius_tolerance * max(ri, rj):
+            continue
+        r = 0.5 * (ri + rj)
+        d = np.linalg.norm(pts[i] - pts[j])
+        if d < 2 * r:
+            continue
+        members = [m for m in range(len(tracks)) if abs(tracks[m]["r_mm"] - r) <= s.rod_radius_tolerance * r]
+        # keep candidates not overlapping a stronger one
+        members.sort(key=lambda m: -tracks[m]["score"])
+        chosen: list[int] = []
+        for m in members:
+            if all(np.linalg.norm(pts[m] - pts[q]) >= 1.8 * r for q in chosen):
+                chosen.append(m)
+        if i not in chosen or j not in chosen:
+            continue
+        tol = s.rod_row_tolerance_fraction * r + 1.0
+        group = _row_members(pts, chosen, i, j, tol)
+        if len(group) < 2 or not _on_row(pts[group], tol):
+            continue
+        group = _trim_far_ends(pts, group)
+        key = (len(group), float(sum(tracks[g]["score"] for g in group)))
+        if key > best_key:
+            best_key, best = key, [tracks[g] for g in group]
+    return best
+
+
+def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: CalibrationSettings, pad_hu: float) -> RodMeasurement | None:
+    nk = arr.shape[0]
+    ks = np.array([c.k_center for c in t["circles"]])
+    ys = np.array([c.y for c in t["circles"]])
+    xs = np.array([c.x for c in t["circles"]])
+    if len(ks) >= 2 and np.ptp(ks) > 0:
+        ay, by = np.polyfit(ks, ys, 1)
+        ax, bx = np.polyfit(ks, xs, 1)
+    else:
+        ay, by, ax, bx = 0.0, float(ys.mean()), 0.0, float(xs.mean())
+    r_px = t["r_mm"] / px_mm
+    margin_px = s.rod_edge_margin_mm / px_mm
+    core_px = max(1.0, min(s.rod_core_fraction * r_px, r_px - margin_px))
+    warnings: list[str] = []
+    ref = t["hu_ref"]
+    means, counts, sds, used_k = [], [], [], []
+    for k in range(nk):
+        y, x = ay * k + by, ax * k + bx
+        if not (r_px <= y < arr.shape[1] - r_px and r_px <= x < arr.shape[2] - r_px):
+            continue
+        vals = _disc_stats(arr[k], y, x, core_px)
+        outside = _disc_stats(arr[k], y, x, r_px * 1.05)
+        if vals.size < 3 or np.any(outside <= pad_hu):
+            continue
+        med = float(np.median(vals))
+        if abs(med - ref) > max(s.rod_visible_tolerance_hu, 0.25 * abs(ref)):
+            continue  # rod not visible in this slice (ends, cut off)
+        mad = 1.4826 * float(np.median(np.abs(vals - med))) + 1e-6
+        keep = np.abs(vals - med) <= 4 * mad
+        means.append(float(vals[keep].mean()))
+        sds.append(float(vals[keep].std()))
+        counts.append(int(keep.sum()))
+        used_k.append(k)
+    if not means:
+        return None  # seen in slab averages but in no single slice: not a rod
+    means_a = np.array(means)
+    med = np.median(means_a)
+    mad = 1.4826 * np.median(np.abs(means_a - med))
+    ok = np.abs(means_a - med) <= max(s.rod_streak_k * mad, s.rod_streak_min_hu)
+    if (~ok).sum():
+        warnings.append(f"{int((~ok).sum())} slice(s) dropped from a rod as outliers (streaks?)")
+    w = np.array(counts)[ok]
+    mean = float(np.average(means_a[ok], weights=w))
+    sd = float(np.sqrt(np.average(np.array(sds)[ok] ** 2, weights=w)))
+    kk = np.array(used_k)[ok]
+    kc = 0.5 * (kk.min() + kk.max())
+    return RodMeasurement(
+        center_kji=(float(kc), float(ay * kc + by), float(ax * kc + bx)),
+        axis_ji_per_k=(float(ay), float(ax)),
+        radius_mm=float(t["r_mm"]),
+        core_radius_mm=float(core_px * px_mm),
+        hu_mean=mean,
+        hu_sd=sd,
+        n_voxels=int(w.sum()),
+        n_slices=int(ok.sum()),
+        k_range=(int(kk.min()), int(kk.max())),
+        slice_means=means_a[ok],
+        score=float(t["score"]),
+        warnings=tuple(warnings),
+    )
+
+
+def find_rods(volume: Volume, settings: CalibrationSettings | None = None) -> list[RodMeasurement]:
+    """Find and measure every rod of a calibration phantom in a volume, without hints.
+
+    Parameters
+    ----------
+    volume : Volume
+        CT in HU. In-plane pixels are assumed square (the mean of the two is used).
+    settings : CalibrationSettings
+        Rod-finding thresholds (``rod_*``).
+
+    Returns
+    -------
+    list of RodMeasurement
+        Rods of the phantom, sorted by column index (display order only). Empty when no
+        row of at least two similar rods exists.
+    """
+    s = settings or CalibrationSettings()
+    arr = np.asarray(volume.array, dtype=np.float32)
+    dz, dy, dx = volume.spacing
+    px = 0.5 * (dy + dx)
+    pad_hu = s.rod_padding_hu
+    clipped = np.clip(arr, -1000.0, None)
+    circles: list[_Circle] = []
+    slabs = _slab_bounds(arr.shape[0], dz, s.rod_slab_mm)
+    for si, (a, b) in enumerate(slabs):
+        img = clipped[a:b].mean(0)
+        for c in _circles_in_image(img, px, s, 0.5 * (a + b - 1), si):
+            if _candidate_ok(img, c, px, s):
+                circles.append(c)
+    tracks = []
+    for t in _link(circles, len(slabs)):
+        if len(t) < max(1, int(np.ceil(s.rod_min_slab_fraction * len(slabs)))) and len(slabs) > 2:
+            continue
+        imgs = [clipped[slabs[c.slab][0]:slabs[c.slab][1]].mean(0) for c in t[:1]]
+        ref = float(np.median(_disc_stats(imgs[0], t[0].y, t[0].x, t[0].r_px * s.rod_core_fraction)))
+        tracks.append({
+            "circles": t,
+            "y": float(np.mean([c.y for c in t])),
+            "x": float(np.mean([c.x for c in t])),
+            "r_mm": float(np.median([c.r_px for c in t])) * px,
+            "score": float(np.mean([c.score for c in t])) * len(t) / len(slabs),
+            "hu_ref": ref,
+        })
+    group = _best_group(tracks, s, px)
+    if len(group) < 2:
+        return []
+    rods = [r for r in (_measure_rod(arr, t, px, dz, s, pad_hu) for t in group) if r is not None]
+    if len(rods) < 2:
+        return []
+    return sorted(rods, key=lambda r: r.center_kji[2])
+
+
+def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> list[tuple[RodMeasurement, object]]:
+    """Pair measured rods with certificate rods by density order (HU ascending) and count.
+
+    Raises
+    ------
+    CalibrationError
+        When the number of rods found differs from the definition's.
+    """
+    expected = definition.sorted_rods()
+    if len(rods) != len(expected):
+        found = ", ".join(f"{r.hu_mean:.0f}" for r in sorted(rods, key=lambda r: r.hu_mean))
+        if len(rods) < len(expected):
+            what = (f"found {len(rods)} of the {len(expected)} rods of phantom {definition.name!r} "
+                    f"(rod HU: {found or 'none'}): a rod is missing, hidden by metal/streaks or outside "
+                    "the field of view. Check the scan and the phantom definition (--phantom); "
+                    "use --phantom none for phantomless calibration")
+        else:
+            what = (f"found {len(rods)} rods but phantom {definition.name!r} has {len(expected)} "
+                    f"(rod HU: {found}): wrong phantom definition? Give the right one with --phantom")
+        raise CalibrationError(what)
+    by_hu = sorted(rods, key=lambda r: r.hu_mean)
+    return list(zip(by_hu, expected))
+
+
+def _predicted_rod_positions(rods: list[RodMeasurement]) -> list[tuple[float, float, float]]:
+    """Centres (k, j, i) where one more rod of a regular row would sit: a double gap, or either end."""
+    c = np.array([r.center_kji for r in rods])
+    p = c[:, 1:]
+    ctr = p.mean(0)
+    _, _, vt = np.linalg.svd(p - ctr)
+    order = np.argsort((p - ctr) @ vt[0])
+    c = c[order]
+    gaps = np.linalg.norm(np.diff(c[:, 1:], axis=0), axis=1)
+    pitch = float(np.median(gaps))
+    out = []
+    for g, a, b in zip(gaps, c[:-1], c[1:]):
+        if 1.6 * pitch <= g <= 2.4 * pitch:
+            out.append(tuple(0.5 * (a + b)))
+    if not out:
+        out.append(tuple(c[0] - (c[1] - c[0]) * pitch / gaps[0]))
+        out.append(tuple(c[-1] + (c[-1] - c[-2]) * pitch / gaps[-1]))
+    return out
+
+
+def _measure_at(volume: Volume, centre_kji, radius_mm: float, s: CalibrationSettings) -> RodMeasurement | None:
+    """Measure a rod of known position and size that shows no edge (e.g. a water-like rod)."""
+    arr = np.asarray(volume.array, dtype=np.float32)
+    dz, dy, dx = volume.spacing
+    px = 0.5 * (dy + dx)
+    k, y, x = centre_kji
+    r_px = radius_mm / px
+    if not (r_px * 1.6 <= y < arr.shape[1] - r_px * 1.6 and r_px * 1.6 <= x < arr.shape[2] - r_px * 1.6):
+        return None
+    img = np.clip(arr, -1000, None).mean(0)
+    around = _disc_stats(img, y, x, r_px * 1.6)
+    core = _disc_stats(img, y, x, r_px * s.rod_core_fraction)
+    if around.min() < s.rod_min_hu or np.percentile(core, 90) - np.percentile(core, 10) > s.rod_max_core_spread_hu:
+        return None  # not inside uniform phantom material
+    circ = _Circle(0, float(k), float(y), float(x), float(r_px), 0.0)
+    t = {"circles": [circ], "r_mm": radius_mm, "score": 0.0, "hu_ref": float(np.median(core))}
+    return _measure_rod(arr, t, px, dz, s, s.rod_padding_hu)
+
+
+def _row_reaches_edge(rods: list[RodMeasurement], volume: Volume) -> bool:
+    """True when one more rod at the row's pitch beyond either end would leave the image."""
+    if len(rods) < 2:
+        return False
+    c = np.array([[r.center_kji[1], r.center_kji[2]] for r in rods])
+    order = np.argsort(c[:, 1])
+    c = c[order]
+    pitch = float(np.median(np.linalg.norm(np.diff(c, axis=0), axis=1)))
+    ends = [c[0] - (c[1] - c[0]) / np.linalg.norm(c[1] - c[0]) * pitch,
+            c[-1] + (c[-1] - c[-2]) / np.linalg.norm(c[-1] - c[-2]) * pitch]
+    r_px = max(r.radius_mm for r in rods) / min(volume.spacing[1:])
+    ny, nx = volume.shape[1:]
+    arr = volume.array
+    for e in ends:
+        y, x = e
+        if not (r_px <= y < ny - r_px and r_px <= x < nx - r_px):
+            return True
+        if np.median(arr[:, int(y), int(x)]) <= -1500:  # padding outside the reconstructed FOV
+            return True
+    return False
+
+
+def _fit(pairs, definition: PhantomDefinition, s: CalibrationSettings):
+    hu = np.array([r.hu_mean for r, _ in pairs])
+    mineral = np.array([d.mineral_mg_cm3 for _, d in pairs])
+    if definition.model == "two-component":
+        water = np.array([d.water_mg_cm3 for _, d in pairs])
+        return fit_two_component(hu, mineral, water, sigma_offset=s.mindways_sigma_offset, beta_offset=s.mindways_beta_offset)
+    return fit_linear(hu, mineral)
+
+
+def _add_invisible_rod(volume: Volume, rods: list[RodMeasurement], definition: PhantomDefinition,
+                       s: CalibrationSettings) -> tuple[list[RodMeasurement], str]:
+    """One rod short: measure where the row's pitch predicts the last rod (a rod with no contrast to
+    the phantom body shows no edge). Accepted only when the completed set fits the model with every
+    residual below ``rod_infer_max_residual_hu``; otherwise the rods are returned unchanged (and
+    the caller reports the missing rod)."""
+    radius = float(np.median([r.radius_mm for r in rods]))
+    best = None
+    for pos in _predicted_rod_positions(rods):
+        m = _measure_at(volume, pos, radius, s)
+        if m is None:
+            continue
+        trial = rods + [m]
+        try:
+            fit = _fit(assign_rods(trial, definition), definition, s)
+        except CalibrationError:
+            continue
+        if np.max(np.abs(fit.residuals_hu)) <= s.rod_infer_max_residual_hu and (best is None or fit.r2 > best[0]):
+            best = (fit.r2, trial, m)
+    if best is None:
+        return rods, ""
+    m = best[2]
+    note = (f"one rod showed no edge (HU {m.hu_mean:.0f}, like the phantom body); it was measured at the position "
+            "the row's pitch predicts and the fit accepted it: check the QC plot")
+    return sorted(best[1], key=lambda r: r.center_kji[2]), note
+
+
+def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settings: CalibrationSettings | None = None) -> Calibration:
+    """Phantom calibration of one series: find rods, assign them, fit, apply the R^2 gates.
+
+    Parameters
+    ----------
+    volume : Volume
+    definition : PhantomDefinition
+        Certificate of the phantom in the scan.
+    settings : CalibrationSettings
+
+    Returns
+    -------
+    Calibration
+        method ``phantom``; slope/intercept are sigma_CT/beta_CT for a two-component
+        phantom; ``references`` are the rods with HU, nominal density, centre (LPS),
+        radius and residual.
+
+    Raises
+    ------
+    CalibrationError
+        No phantom found, a rod missing or cut off, or R^2 below the refusal gate.
+    """
+    s = settings or CalibrationSettings()
+    rods = find_rods(volume, s)
+    sid = volume.meta.series_uid or "this series"
+    if not rods:
+        raise CalibrationError(
+            f"no calibration phantom found in {sid}: no row of round uniform rods. Is the phantom in the "
+            f"scan (field of view, scan range)? Use --phantom none for phantomless calibration"
+        )
+    n_expected = len(definition.rods)
+    inferred_note = ""
+    if len(rods) < max(2, (n_expected + 1) // 2):
+        raise CalibrationError(
+            f"no calibration phantom found in {sid}: expected {n_expected} rods of {definition.name!r}, found at "
+            f"most {len(rods)} round uniform objects in a row. Is the phantom in the scan (field of view, scan "
+            "range)? Use --phantom none for phantomless calibration"
+        )
+    if len(rods) == n_expected - 1 and len(rods) >= 2:
+        rods, note = _add_invisible_rod(volume, rods, definition, s)
+        if note:
+            inferred_note = note
+    try:
+        pairs = assign_rods(rods, definition)
+    except CalibrationError as exc:
+        extra = ""
+        if len(rods) < n_expected and _row_reaches_edge(rods, volume):
+            extra = " The row of rods reaches the edge of the field of view: the phantom is probably cut off."
+        raise CalibrationError(f"{sid}: {exc}.{extra}") from None
+    warnings: list[str] = [inferred_note] if inferred_note else []
+    if definition.example_values:
+        warnings.append(f"phantom definition {definition.name!r} holds EXAMPLE certificate values; use your phantom's certificate")
+    fit = _fit(pairs, definition, s)
+    # density order check: HU must rise with the expected order (it does by construction);
+    # the fit's residuals tell whether the assignment was right.
+    warnings += fit_quality_warnings(fit.r2, warn=s.r2_warn, refuse=s.r2_refuse, what=f"{sid} phantom")
+    for r, _ in pairs:
+        warnings += list(r.warnings)
+        if r.n_slices < s.rod_min_slices:
+            warnings.append(f"rod at HU {r.hu_mean:.0f} measured on only {r.n_slices} slice(s)")
+    refs = []
+    for (r, d), res in zip(pairs, fit.residuals_hu):
+        c = volume.index_to_lps(np.array(r.center_kji))
+        refs.append(ReferenceMeasurement(
+            name=d.name, hu_mean=r.hu_mean, hu_sd=r.hu_sd, n_voxels=r.n_voxels,
+            nominal_mg_cm3=d.mineral_mg_cm3, center_lps=tuple(float(v) for v in c),
+            radius_mm=r.radius_mm, residual_hu=float(res),
+        ))
+    details = dict(fit.details)
+    details.update({"model": fit.model, "rod_core_radius_mm": [r.core_radius_mm for r, _ in pairs],
+                    "rod_n_slices": [r.n_slices for r, _ in pairs],
+                    "rod_water_mg_cm3": [d.water_mg_cm3 for _, d in pairs]})
+    return Calibration(
+        method="phantom", phantom=definition.name, material=definition.material,
+        slope_hu_per_mg_cm3=fit.slope_hu_per_mg_cm3, intercept_hu=fit.intercept_hu, r2=fit.r2,
+        n_references=len(refs), references=tuple(refs), warnings=tuple(warnings), details=details,
+    )

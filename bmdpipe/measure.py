@@ -1,0 +1,100 @@
+"""ROI masks + calibration -> the values of one ``vbmd.csv`` row; ROI label maps.
+
+Partial volume at ROI borders: ROIs are binary sets of voxel centres. The masking step
+(:mod:`bmdpipe.roi.masking`) keeps every ROI voxel at least ``masking.margin_mm`` (3 PSF
+sigma) from cortex, sclerosis, metal and the bone surface, so border voxels hold cancellous
+bone only and need no partial-volume weight; ``volume_mm3`` = voxel count x voxel volume.
+If an ROI carries ``weights`` (e.g. an edited ROI with fractional border voxels), means and
+SD are weighted and the volume is the sum of weights x voxel volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .results import Calibration, Region, Roi
+from .volume import Volume
+
+__all__ = ["roi_values", "measure_roi", "roi_label_map"]
+
+
+def _slices(roi: Roi) -> tuple[slice, ...]:
+    return tuple(slice(o, o + n) for o, n in zip(roi.offset, roi.mask.shape))
+
+
+def roi_values(array: np.ndarray, roi: Roi) -> np.ndarray:
+    """Values of a full-grid ``array`` (HU, truth ...) at the ROI's voxels, 1-D."""
+    return np.asarray(array[_slices(roi)][roi.mask], dtype=np.float64)
+
+
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(x)
+    cw = np.cumsum(w[o])
+    return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
+
+
+def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None) -> dict:
+    """Statistics of one ROI.
+
+    Parameters
+    ----------
+    volume : Volume
+        CT in HU.
+    roi : Roi
+        Masked ROI on ``volume``'s grid.
+    calibration : Calibration or None
+        HU -> mg/cm3; None leaves the density columns NaN.
+
+    Returns
+    -------
+    dict
+        ``hu_mean, hu_median, hu_sd`` (HU), ``vbmd_mg_cm3`` (calibrated mean),
+        ``vbmd_median_mg_cm3``, ``vbmd_sd_mg_cm3`` (mg/cm3), ``n_voxels``, ``volume_mm3``,
+        ``excluded_fraction`` (share of candidates removed as cortex/sclerosis). NaN for an
+        empty ROI.
+    """
+    hu = roi_values(volume.array, roi)
+    n = int(hu.size)
+    nan = float("nan")
+    out = {"n_voxels": n, "excluded_fraction": float(roi.excluded_fraction)}
+    if n == 0:
+        out.update(hu_mean=nan, hu_median=nan, hu_sd=nan, vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan,
+                   vbmd_sd_mg_cm3=nan, volume_mm3=0.0)
+        return out
+    if roi.weights is not None:
+        w = np.asarray(roi.weights[roi.mask], dtype=np.float64)
+        mean = float(np.average(hu, weights=w))
+        sd = float(np.sqrt(np.average((hu - mean) ** 2, weights=w)))
+        median = _weighted_median(hu, w)
+        vol = float(w.sum() * volume.voxel_volume_mm3)
+    else:
+        mean = float(hu.mean())
+        sd = float(hu.std(ddof=1)) if n > 1 else 0.0
+        median = float(np.median(hu))
+        vol = float(n * volume.voxel_volume_mm3)
+    out.update(hu_mean=mean, hu_median=median, hu_sd=sd, volume_mm3=vol)
+    if calibration is not None:
+        out["vbmd_mg_cm3"] = float(calibration.density(mean))
+        out["vbmd_median_mg_cm3"] = float(calibration.density(median))
+        out["vbmd_sd_mg_cm3"] = float(sd / abs(calibration.slope_hu_per_mg_cm3))
+    else:
+        out.update(vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan)
+    return out
+
+
+def roi_label_map(shape, rois: Iterable[Roi], region: Region | str) -> np.ndarray:
+    """Label map (uint16, CT grid) of the ROIs of one region: voxel = ``roi.label_code``.
+
+    Where ROIs of the same region overlap the later one wins (does not happen for A/B; C
+    of neighbouring levels cannot overlap since each is inside its own vertebra).
+    """
+    region = Region(region)
+    out = np.zeros(tuple(shape), np.uint16)
+    for roi in rois:
+        if Region(roi.region) is not region:
+            continue
+        sl = _slices(roi)
+        out[sl][roi.mask] = roi.label_code
+    return out

@@ -1,0 +1,83 @@
+"""Assign each screw to a vertebra and to the patient's left or right (LPS geometry)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from ..results import Screw, Side, Vertebra
+from ..volume import Volume
+
+__all__ = ["screw_points", "assign_screws"]
+
+
+def screw_points(screw: Screw, step_mm: float = 1.0) -> np.ndarray:
+    """(N, 3) LPS points every ``step_mm`` along the screw from entry to tip."""
+    e = np.asarray(screw.entry_lps, dtype=float)
+    t = np.asarray(screw.tip_lps, dtype=float)
+    n = max(2, int(np.ceil(np.linalg.norm(t - e) / step_mm)) + 1)
+    return e + np.linspace(0.0, 1.0, n)[:, None] * (t - e)
+
+
+def _mask_votes(points: np.ndarray, vertebrae: Sequence[Vertebra], volume: Volume) -> np.ndarray:
+    idx = np.rint(volume.lps_to_index(points)).astype(int)
+    votes = np.zeros(len(vertebrae))
+    for n, v in enumerate(vertebrae):
+        rel = idx - np.asarray(v.offset)
+        inside = np.all((rel >= 0) & (rel < np.asarray(v.mask.shape)), axis=1)
+        if inside.any():
+            r = rel[inside]
+            votes[n] = np.count_nonzero(v.mask[r[:, 0], r[:, 1], r[:, 2]])
+    return votes
+
+
+def _segment_distance(points: np.ndarray, c: np.ndarray) -> float:
+    return float(np.min(np.linalg.norm(points - c, axis=1)))
+
+
+def assign_screws(screws: Sequence[Screw], vertebrae: Sequence[Vertebra] = (), *,
+                  volume: Volume | None = None) -> list[Screw]:
+    """Name each screw's vertebra and side.
+
+    Parameters
+    ----------
+    screws : sequence of Screw
+    vertebrae : sequence of Vertebra
+        With masks and ``volume`` given, the vertebra holding most points of the screw wins;
+        otherwise the vertebra whose centroid is nearest to the screw (segment distance).
+    volume : Volume, optional
+        Grid of the vertebra masks (needed to use the masks).
+
+    Returns
+    -------
+    list of Screw
+        Copies with ``vertebra`` and ``side`` set. The side is the sign of the LPS x offset of
+        the screw's entry point from the vertebra's centroid (+x = patient's left). Without
+        vertebrae, ``vertebra`` stays ``''`` and the side is relative to the mean x of all
+        entry points.
+    """
+    screws = list(screws)
+    if not screws:
+        return []
+    out = []
+    if not vertebrae:
+        mid_x = float(np.mean([s.entry_lps[0] for s in screws]))
+        for s in screws:
+            side = Side.left if s.entry_lps[0] > mid_x else Side.right
+            out.append(replace(s, side=side))
+        return out
+    cents = np.array([v.centroid_lps for v in vertebrae], dtype=float)
+    for s in screws:
+        pts = screw_points(s)
+        votes = _mask_votes(pts, vertebrae, volume) if volume is not None else np.zeros(len(vertebrae))
+        if votes.max() > 0:
+            k = int(np.argmax(votes))
+        else:
+            k = int(np.argmin([_segment_distance(pts, c) for c in cents]))
+        v = vertebrae[k]
+        ref_x = v.canal_center_lps[0] if v.canal_center_lps is not None else v.centroid_lps[0]
+        side = Side.left if s.entry_lps[0] > ref_x else Side.right
+        out.append(replace(s, vertebra=v.name, side=side))
+    return out

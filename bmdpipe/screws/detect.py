@@ -1,0 +1,373 @@
+"""Metal segmentation and pedicle-screw detection on CT.
+
+A screw is found as a straight run of metal voxels: the metal mask (HU above
+``metal_threshold_hu``; saturated 3071 HU scanners and extended-HU scanners alike) is split
+into connected components, and each component into straight cylinders by sequential RANSAC
+line fitting, so that screws touching a rod or each other become separate objects. Each run
+is classified: screws are straight, cylindrical and run within ``max_axis_tilt_deg`` of the
+axial plane; rods run cranio-caudally; cages and cement are bulky, not cylindrical.
+
+All geometry is LPS mm (see :mod:`bmdpipe.volume`); the side of a screw comes from LPS x
+(+x = patient's left), never from array index order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..config import ScrewSettings
+from ..results import Screw, Side, Vertebra
+from ..volume import Volume
+from .assign import assign_screws
+
+__all__ = ["metal_mask", "saturation_level", "MetalRun", "find_metal_runs", "detect_screws",
+           "screw_frame"]
+
+
+def saturation_level(image: np.ndarray, *, metal_threshold_hu: float, min_fraction: float = 0.02) -> float | None:
+    """HU at which the scanner clipped metal, or None for an extended-HU (unclipped) image.
+
+    A clipped image holds many metal voxels at exactly its maximum value (3071 HU on a
+    12-bit scale).
+
+    Parameters
+    ----------
+    image : ndarray of float
+        HU values.
+    metal_threshold_hu : float
+        Voxels above this are metal candidates (HU).
+    min_fraction : float
+        Share of metal voxels at the maximum above which the image counts as clipped.
+    """
+    metal = image[image > metal_threshold_hu]
+    if metal.size == 0:
+        return None
+    top = float(metal.max())
+    if np.count_nonzero(metal >= top - 0.5) >= max(3, min_fraction * metal.size):
+        return top
+    return None
+
+
+def metal_mask(image: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """Boolean mask of metal voxels (HU > ``threshold_hu``); works on clipped and extended scales."""
+    return np.asarray(image) > threshold_hu
+
+
+@dataclass(frozen=True)
+class MetalRun:
+    """One straight metal run found in a component (LPS mm).
+
+    Attributes
+    ----------
+    start_lps, end_lps : (3,) ndarray
+        Ends of the run along its axis (outer ends of the metal mask, bloom included).
+    axis : (3,) ndarray
+        Unit vector from start to end.
+    n_points : int
+        Metal voxels assigned to the run.
+    radius_mm : float
+        RMS-based radius of the voxels around the axis (bloomed metal), mm.
+    bulk_fraction : float
+        Metal voxels of the component in a shell just outside the run's cylinder, relative to
+        the run's own voxels (large for cages, cement and blocks).
+    kind : str
+        ``'screw'``, ``'rod'``, ``'bulky'`` (cage/cement/other) or ``'short'``.
+    """
+
+    start_lps: np.ndarray
+    end_lps: np.ndarray
+    axis: np.ndarray
+    n_points: int
+    radius_mm: float
+    bulk_fraction: float
+    kind: str
+
+    @property
+    def length_mm(self) -> float:
+        return float(np.linalg.norm(self.end_lps - self.start_lps))
+
+
+def _pca_axis(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = points.mean(axis=0)
+    _, _, vt = np.linalg.svd(points - c, full_matrices=False)
+    return c, vt[0]
+
+
+def _line_dist2(points: np.ndarray, c: np.ndarray, a: np.ndarray) -> np.ndarray:
+    d = points - c
+    t = d @ a
+    return np.einsum("ij,ij->i", d, d) - t * t
+
+
+def _longest_run(t: np.ndarray, gap_mm: float) -> tuple[float, float]:
+    ts = np.sort(t)
+    breaks = np.flatnonzero(np.diff(ts) > gap_mm)
+    starts = np.r_[0, breaks + 1]
+    ends = np.r_[breaks, ts.size - 1]
+    counts = ends - starts + 1
+    k = int(np.argmax(counts))
+    return float(ts[starts[k]]), float(ts[ends[k]])
+
+
+def find_metal_runs(points_lps: np.ndarray, settings: ScrewSettings, *, rng: np.random.Generator) -> list[MetalRun]:
+    """Split one metal component into straight runs by sequential RANSAC line fitting.
+
+    Parameters
+    ----------
+    points_lps : (N, 3) ndarray
+        LPS positions (mm) of the component's metal voxels.
+    settings : ScrewSettings
+    rng : numpy.random.Generator
+        Seeded generator (results are reproducible for a given seed).
+
+    Returns
+    -------
+    list of MetalRun
+        Every run of at least ``min_run_length_mm`` (any kind); voxels of one run are removed
+        before the next is searched.
+    """
+    pts = np.asarray(points_lps, dtype=float)
+    remaining = np.ones(len(pts), dtype=bool)
+    runs: list[MetalRun] = []
+    r_in = settings.inlier_radius_mm
+    min_pts = max(10, int(settings.min_run_voxels))
+    for _ in range(settings.max_runs_per_component):
+        idx = np.flatnonzero(remaining)
+        if idx.size < min_pts:
+            break
+        p = pts[idx]
+        n_h = settings.ransac_hypotheses
+        i1 = rng.integers(0, len(p), n_h)
+        i2 = rng.integers(0, len(p), n_h)
+        d = p[i2] - p[i1]
+        norm = np.linalg.norm(d, axis=1)
+        ok = norm > settings.min_run_length_mm / 2
+        if not np.any(ok):
+            break
+        c = p[i1[ok]]
+        a = d[ok] / norm[ok, None]
+        # (H, N) squared distances of every point to every hypothesis line, in chunks
+        best_count, best = -1, None
+        for s in range(0, len(c), 64):
+            cc, aa = c[s:s + 64], a[s:s + 64]
+            diff = p[None, :, :] - cc[:, None, :]
+            t = np.einsum("hnk,hk->hn", diff, aa)
+            d2 = np.einsum("hnk,hnk->hn", diff, diff) - t * t
+            cnt = np.count_nonzero(d2 < r_in * r_in, axis=1)
+            k = int(np.argmax(cnt))
+            if cnt[k] > best_count:
+                best_count, best = int(cnt[k]), (cc[k], aa[k])
+        c0, a0 = best
+        for _refine in range(3):
+            inl = _line_dist2(p, c0, a0) < r_in * r_in
+            if np.count_nonzero(inl) < 3:
+                break
+            c0, a0 = _pca_axis(p[inl])
+        inl = _line_dist2(p, c0, a0) < r_in * r_in
+        t = (p - c0) @ a0
+        t0, t1 = _longest_run(t[inl], settings.max_gap_mm)
+        member = inl & (t >= t0) & (t <= t1)
+        if np.count_nonzero(member) >= 3:
+            c0, a0 = _pca_axis(p[member])
+            t = (p - c0) @ a0
+            d2 = _line_dist2(p, c0, a0)
+            tm = t[member]
+            member = (d2 < r_in * r_in) & (t >= tm.min() - 1.0) & (t <= tm.max() + 1.0)
+            t0, t1 = float(t[member].min()), float(t[member].max())
+        else:
+            d2 = _line_dist2(p, c0, a0)
+        n_member = int(np.count_nonzero(member))
+        shell = (d2 >= r_in * r_in) & (d2 < (r_in + settings.bulk_shell_mm) ** 2) & (t >= t0) & (t <= t1)
+        bulk = float(np.count_nonzero(shell)) / max(n_member, 1)
+        radius = float(np.sqrt(2.0 * d2[member].mean())) if n_member else 0.0
+        length = t1 - t0
+        tilt = float(np.degrees(np.arcsin(min(1.0, abs(a0[2])))))  # angle to the axial plane
+        if length < settings.min_run_length_mm or n_member < min_pts:
+            kind = "short"
+        elif bulk > settings.max_bulk_fraction:
+            kind = "bulky"
+        elif tilt > settings.max_axis_tilt_deg or length > settings.max_length_mm:
+            kind = "rod"
+        else:
+            kind = "screw"
+        runs.append(MetalRun(start_lps=c0 + t0 * a0, end_lps=c0 + t1 * a0, axis=a0.copy(),
+                             n_points=n_member, radius_mm=radius, bulk_fraction=bulk, kind=kind))
+        if n_member == 0:
+            break
+        remaining[idx[member]] = False
+        if kind == "short" and n_member < min_pts:
+            # nothing straight left worth a line: stop searching this component
+            break
+    return runs
+
+
+def screw_frame(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors ``(u, v)`` perpendicular to ``axis`` (LPS); ``u`` lies in the axial plane.
+
+    Angle ``theta`` around the screw is measured from ``u`` towards ``v``.
+    """
+    a = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    ref = np.array([0.0, 0.0, 1.0]) if abs(a[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    u = np.cross(a, ref)
+    u /= np.linalg.norm(u)
+    v = np.cross(a, u)
+    return u, v
+
+
+def _fit_end(t: np.ndarray, vals: np.ndarray, edge, lo: float, hi: float, sign: float) -> float:
+    """Position of one metal end along the axis by a grid search of the blurred-step model.
+
+    ``sign`` +1: metal for ``t < end`` (far end); -1: metal for ``t > end`` (near end).
+    """
+    from .esf import step_1d as step
+
+    cand = np.arange(lo, hi + 1e-9, 0.05)
+    if cand.size == 0 or t.size == 0:
+        return float("nan")
+    model = edge.background_hu + edge.amplitude_hu * step(sign * (t[None, :] - cand[:, None]), 0.0, edge.sigma_mm)
+    if edge.clip_hu is not None:
+        model = np.minimum(model, edge.clip_hu)
+    sse = ((model - vals[None, :]) ** 2).sum(axis=1)
+    return float(cand[int(np.argmin(sse))])
+
+
+def _head_end(t: np.ndarray, r: np.ndarray, vals: np.ndarray, radius: float, settings: ScrewSettings,
+              lo: float, hi: float, from_low: bool) -> float | None:
+    """End of a screw head (tulip) along the axis: metal in a ring just outside the shaft.
+
+    Scans 1-mm slabs from the head end (``from_low``: from ``lo`` upwards) and returns the
+    axis position where the ring stops being mostly metal, or None when there is no head.
+    """
+    ring = (r > radius + 1.0) & (r < radius + 2.5)
+    edges = np.arange(lo, hi + 1.0, 1.0)
+    if edges.size < 3 or not ring.any():
+        return None
+    which = np.digitize(t[ring], edges) - 1
+    n = np.bincount(which[(which >= 0) & (which < edges.size - 1)], minlength=edges.size - 1)
+    m_ = np.bincount(which[(which >= 0) & (which < edges.size - 1)],
+                     weights=(vals[ring] > settings.metal_threshold_hu)[(which >= 0) & (which < edges.size - 1)],
+                     minlength=edges.size - 1)
+    frac = np.where(n > 0, m_ / np.maximum(n, 1), 0.0)
+    head = frac > 0.5
+    order = np.arange(head.size) if from_low else np.arange(head.size)[::-1]
+    if not head[order[0]] and not (head.size > 1 and head[order[1]]):
+        return None
+    k_last = None
+    for k in order:
+        if head[k]:
+            k_last = k
+        elif k_last is not None:
+            break
+    if k_last is None:
+        return None
+    return float(edges[k_last + 1]) if from_low else float(edges[k_last])
+
+
+def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """True metal ends and (thread-crest) diameter of one screw run, corrected for blooming.
+
+    The run is oriented head (posterior, larger LPS y) to tip. The voxels around the shaft
+    are fitted with the edge-spread model of a blurred, clipped cylinder
+    (:func:`bmdpipe.screws.esf.fit_edge_spread`); its radius is the mean metal radius of the
+    threaded shaft, so the crest diameter is ``2 R + thread_depth_mm``. The tip comes from the
+    voxels on the axis with the same blur; the entry is where the head (tulip) ends, or the
+    metal end when there is no head.
+    """
+    from .esf import fit_edge_spread, voxels_near_axis
+
+    start, end = run.start_lps, run.end_lps
+    if start[1] < end[1]:  # head = posterior end = larger y
+        start, end = end, start
+    length = float(np.linalg.norm(end - start))
+    a = (end - start) / length
+    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.45 * length, 0.8 * length),
+                                     r_max_mm=settings.esf_max_radius_mm)
+    fixed = None
+    if settings.nominal_diameter_mm is not None:
+        fixed = settings.nominal_diameter_mm / 2.0 - settings.thread_depth_mm / 2.0
+    edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed)
+    radius = edge.radius_mm
+    ext = 4.0
+    t, r, _, vals = voxels_near_axis(volume, start - ext * a, end + ext * a,
+                                     t_range_mm=(0.0, length + 2 * ext), r_max_mm=max(0.5 * radius, 0.6))
+    t = t - ext
+    far = t > 0.7 * length
+    end_pos = _fit_end(t[far], vals[far], edge, 0.7 * length, length + ext, 1.0)
+    if not np.isfinite(end_pos):
+        end_pos = length
+    t2, r2, _, v2 = voxels_near_axis(volume, start, end, t_range_mm=(0.0, 0.6 * length),
+                                     r_max_mm=radius + 3.0)
+    head = _head_end(t2, r2, v2, radius + settings.thread_depth_mm / 2.0, settings, 0.0, 0.6 * length, True)
+    if head is not None:
+        start_pos = head
+    else:
+        near = t < 0.3 * length
+        start_pos = _fit_end(t[near], vals[near], edge, -ext, 0.3 * length, -1.0)
+        if not np.isfinite(start_pos):
+            start_pos = 0.0
+    return start + start_pos * a, start + end_pos * a, 2.0 * radius + settings.thread_depth_mm
+
+
+def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequence[Vertebra] = ()) -> list[Screw]:
+    """Find pedicle screws in a CT volume.
+
+    Parameters
+    ----------
+    volume : Volume
+        CT in HU (clipped at 3071 HU or extended scale).
+    settings : ScrewSettings
+        Section ``screws`` of the settings.
+    vertebrae : sequence of Vertebra, optional
+        Labelled or localised vertebrae; used to name each screw's level and side.
+        Without them ``vertebra`` is ``''`` and the side is relative to the midline of all
+        screws found.
+
+    Returns
+    -------
+    list of Screw
+        One per screw (entry = posterior end at the head, tip = anterior end), ordered
+        superior to inferior, then right to left. ``halo`` is None (see
+        :func:`bmdpipe.screws.halo.measure_screws`). An empty list when there is no metal.
+
+    Notes
+    -----
+    Rods (axis steeper than ``max_axis_tilt_deg`` from the axial plane, or longer than
+    ``max_length_mm``), cages and cement (bulky, not cylindrical) and short fragments are
+    not returned.
+    """
+    img = volume.array
+    mask = metal_mask(img, settings.metal_threshold_hu)
+    if not mask.any():
+        return []
+    clip = saturation_level(img, metal_threshold_hu=settings.metal_threshold_hu)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return []
+    slices = ndimage.find_objects(labels)
+    rng = np.random.default_rng(settings.ransac_seed)
+    vox_mm3 = volume.voxel_volume_mm3
+    found: list[tuple[np.ndarray, np.ndarray, float, int]] = []
+    for lab, sl in enumerate(slices, start=1):
+        if sl is None:
+            continue
+        comp = labels[sl] == lab
+        nvox = int(comp.sum())
+        if nvox * vox_mm3 < settings.min_metal_volume_mm3:
+            continue
+        kji = np.argwhere(comp) + np.array([s.start for s in sl])
+        pts = volume.index_to_lps(kji)
+        for run in find_metal_runs(pts, settings, rng=rng):
+            if run.kind != "screw":
+                continue
+            entry, tip, diameter = _refine_run(volume, run, settings, clip)
+            found.append((entry, tip, diameter, run.n_points))
+    screws = [Screw(entry_lps=tuple(float(x) for x in e), tip_lps=tuple(float(x) for x in t),
+                    length_mm=float(np.linalg.norm(t - e)), diameter_mm=float(d), n_voxels=nv)
+              for e, t, d, nv in found]
+    screws = assign_screws(screws, vertebrae, volume=volume)
+    screws.sort(key=lambda s: (-0.5 * (s.entry_lps[2] + s.tip_lps[2]), s.entry_lps[0]))
+    return screws

@@ -1,0 +1,754 @@
+"""The trial database: SQLAlchemy 2 models, migrations to head, one transaction per series.
+
+SQLite by default (``sqlite:///OUT/bmdpipe.sqlite``), PostgreSQL through
+``postgresql+psycopg://user@host/db``. The schema is created and upgraded by the
+Alembic migrations shipped in ``bmdpipe/store/migrations`` (:func:`open_db` runs them
+to head), never by ``create_all``.
+
+Only pseudonyms are stored: ``Study.study_id`` is the manifest's study id or a keyed
+hash of PatientID; no table has a column for a name, an ID or a birth date.
+
+Measurement rows keep the output contract's columns as typed columns; any further keys
+a row carries are kept in its ``extra`` JSON column and come back after the contract
+columns, so that the CSV files are exact views of the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import math
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from ..errors import StoreError
+from .csv import CALIBRATION_COLUMNS, SCREW_COLUMNS, SERIES_COLUMNS, VBMD_COLUMNS
+
+__all__ = [
+    "Base",
+    "Run",
+    "Study",
+    "Series",
+    "Calibration",
+    "VertebraMeasurement",
+    "ScrewMeasurement",
+    "RoiEdit",
+    "ClinicalVisit",
+    "TIMEPOINTS",
+    "MIGRATIONS_DIR",
+    "default_url",
+    "open_db",
+    "start_run",
+    "finish_run",
+    "save_series_result",
+    "stray_key",
+    "processed_digests",
+    "query_series",
+    "query_calibration",
+    "query_vbmd",
+    "query_screws",
+    "query_contract_rows",
+    "add_roi_edit",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The trial's visits, in order; also the REDCap events (``<timepoint>_arm_1``).
+TIMEPOINTS = ("baseline", "month_3", "month_6", "month_12", "month_24")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+_UTC = dt.timezone.utc
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(_UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every bmdpipe table."""
+
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Run(Base):
+    """One invocation of ``bmdpipe run`` (or review / import): settings, version, time."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    started: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+    finished: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    version: Mapped[str] = mapped_column(sa.String(64))
+    settings: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    settings_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    command: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Study(Base):
+    """A trial participant, known by pseudonym only."""
+
+    __tablename__ = "studies"
+
+    study_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    created: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+
+
+class Series(Base):
+    """A CT series (or stray file) found in the inputs, with its outcome and digests."""
+
+    __tablename__ = "series"
+
+    series_uid: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    study_id: Mapped[str | None] = mapped_column(sa.ForeignKey("studies.study_id"), index=True)
+    timepoint: Mapped[str | None] = mapped_column(sa.String(32))
+    path: Mapped[str | None] = mapped_column(sa.Text)
+    n_files: Mapped[int | None] = mapped_column(sa.Integer)
+    modality: Mapped[str | None] = mapped_column(sa.String(16))
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    stage: Mapped[str | None] = mapped_column(sa.String(32))
+    input_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    settings_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    updated: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+    warnings: Mapped[list] = mapped_column(sa.JSON, default=list)
+    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('processed', 'skipped', 'failed')", name="status"),
+    )
+
+
+class Calibration(Base):
+    """HU <-> mg/cm3 calibration of one series (contract ``calibration.csv``)."""
+
+    __tablename__ = "calibrations"
+
+    series_uid: Mapped[str] = mapped_column(
+        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), primary_key=True
+    )
+    method: Mapped[str | None] = mapped_column(sa.String(32))
+    phantom: Mapped[str | None] = mapped_column(sa.String(128))
+    material: Mapped[str | None] = mapped_column(sa.String(16))
+    slope_hu_per_mg_cm3: Mapped[float | None] = mapped_column(sa.Double)
+    intercept_hu: Mapped[float | None] = mapped_column(sa.Double)
+    r2: Mapped[float | None] = mapped_column(sa.Double)
+    n_references: Mapped[int | None] = mapped_column(sa.Integer)
+    details: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+
+class VertebraMeasurement(Base):
+    """One vertebra x region x side measurement (contract ``vbmd.csv``)."""
+
+    __tablename__ = "vertebra_measurements"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(
+        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(sa.Integer)
+    vertebra: Mapped[str] = mapped_column(sa.String(8))
+    region: Mapped[str] = mapped_column(sa.String(4))
+    side: Mapped[str] = mapped_column(sa.String(8))
+    vbmd_mg_cm3: Mapped[float | None] = mapped_column(sa.Double)
+    material: Mapped[str | None] = mapped_column(sa.String(16))
+    hu_mean: Mapped[float | None] = mapped_column(sa.Double)
+    hu_median: Mapped[float | None] = mapped_column(sa.Double)
+    hu_sd: Mapped[float | None] = mapped_column(sa.Double)
+    n_voxels: Mapped[int | None] = mapped_column(sa.Integer)
+    volume_mm3: Mapped[float | None] = mapped_column(sa.Double)
+    excluded_fraction: Mapped[float | None] = mapped_column(sa.Double)
+    calibration: Mapped[str | None] = mapped_column(sa.String(16))
+    roi_source: Mapped[str | None] = mapped_column(sa.String(16))
+    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+    __table_args__ = (sa.UniqueConstraint("series_uid", "vertebra", "region", "side"),)
+
+
+class ScrewMeasurement(Base):
+    """One pedicle screw found in a series (contract ``screws.csv``).
+
+    ``ordinal`` numbers screws sharing a vertebra and side (0 for the usual single one).
+    """
+
+    __tablename__ = "screw_measurements"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(
+        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(sa.Integer)
+    vertebra: Mapped[str] = mapped_column(sa.String(8))
+    side: Mapped[str] = mapped_column(sa.String(8))
+    ordinal: Mapped[int] = mapped_column(sa.Integer, default=0)
+    length_mm: Mapped[float | None] = mapped_column(sa.Double)
+    diameter_mm: Mapped[float | None] = mapped_column(sa.Double)
+    entry_x_mm: Mapped[float | None] = mapped_column(sa.Double)
+    entry_y_mm: Mapped[float | None] = mapped_column(sa.Double)
+    entry_z_mm: Mapped[float | None] = mapped_column(sa.Double)
+    tip_x_mm: Mapped[float | None] = mapped_column(sa.Double)
+    tip_y_mm: Mapped[float | None] = mapped_column(sa.Double)
+    tip_z_mm: Mapped[float | None] = mapped_column(sa.Double)
+    halo_max_mm: Mapped[float | None] = mapped_column(sa.Double)
+    halo_mean_mm: Mapped[float | None] = mapped_column(sa.Double)
+    halo_circumference_fraction: Mapped[float | None] = mapped_column(sa.Double)
+    loosened: Mapped[bool | None] = mapped_column(sa.Boolean)
+    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+    __table_args__ = (sa.UniqueConstraint("series_uid", "vertebra", "side", "ordinal"),)
+
+
+class RoiEdit(Base):
+    """A manual ROI edit made in the napari review step: who, when, what."""
+
+    __tablename__ = "roi_edits"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    series_uid: Mapped[str] = mapped_column(
+        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True
+    )
+    vertebra: Mapped[str] = mapped_column(sa.String(8))
+    region: Mapped[str] = mapped_column(sa.String(4))
+    side: Mapped[str] = mapped_column(sa.String(8))
+    who: Mapped[str] = mapped_column(sa.String(128))
+    when: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+    what: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+
+class ClinicalVisit(Base):
+    """The trial's clinical data of one study at one timepoint (``import-clinical``).
+
+    ODI section scores are 0-5 (None = not answered); ``odi_index`` is
+    sum / (5 x answered sections) x 100 in %. VAS is 0-10. ``fusion_grade`` is the
+    Bridwell grade 1-4 (I-IV). ``loosening_reader`` is the reader's loosening call.
+    """
+
+    __tablename__ = "clinical_visits"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(sa.ForeignKey("studies.study_id"), index=True)
+    timepoint: Mapped[str] = mapped_column(sa.String(32))
+    arm: Mapped[str | None] = mapped_column(sa.String(64))
+    cement: Mapped[bool | None] = mapped_column(sa.Boolean)
+    cage_type: Mapped[str | None] = mapped_column(sa.String(64))
+    odi_1: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_2: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_3: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_4: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_5: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_6: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_7: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_8: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_9: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_10: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    odi_index: Mapped[float | None] = mapped_column(sa.Double)
+    vas_back: Mapped[float | None] = mapped_column(sa.Double)
+    vas_leg: Mapped[float | None] = mapped_column(sa.Double)
+    fusion_grade: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    loosening_reader: Mapped[bool | None] = mapped_column(sa.Boolean)
+    source: Mapped[str | None] = mapped_column(sa.Text)
+    imported: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+
+    __table_args__ = (sa.UniqueConstraint("study_id", "timepoint"),)
+
+
+#: clinical columns in the order of the import CSV and the exports
+CLINICAL_COLUMNS = (
+    "study_id", "timepoint", "arm", "cement", "cage_type",
+    *(f"odi_{i}" for i in range(1, 11)),
+    "odi_index", "vas_back", "vas_leg", "fusion_grade", "loosening_reader",
+)
+
+
+# ---------------------------------------------------------------- engine + migrations
+
+def default_url(out_dir: str | Path) -> str:
+    """``sqlite:///OUT/bmdpipe.sqlite`` for the output folder ``out_dir``."""
+    return f"sqlite:///{Path(out_dir).resolve() / 'bmdpipe.sqlite'}"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def open_db(url: str, *, migrate: bool = True, echo: bool = False) -> Engine:
+    """Connect to the database at ``url`` and upgrade its schema to the newest migration.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL: ``sqlite:///path/bmdpipe.sqlite`` or
+        ``postgresql+psycopg://user:password@host:port/dbname``.
+    migrate : bool
+        Run the Alembic migrations to head (default). False only checks the connection.
+
+    Returns
+    -------
+    sqlalchemy.engine.Engine
+
+    Raises
+    ------
+    StoreError
+        When the URL is malformed, the server cannot be reached or a migration fails.
+    """
+    try:
+        url_obj = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(
+            f"database URL {url!r} is not valid; use sqlite:///PATH or "
+            "postgresql+psycopg://user:password@host:port/dbname"
+        ) from exc
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    if url_obj.get_backend_name() == "sqlite":
+        if url_obj.database and url_obj.database != ":memory:":
+            Path(url_obj.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = sa.create_engine(url_obj, **kwargs)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"cannot open database {url_obj!r}: {exc}") from exc
+    if url_obj.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        if migrate:
+            from alembic import command
+
+            command.upgrade(_alembic_config(engine), "head")
+        else:
+            with engine.connect():
+                pass
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        raise StoreError(
+            f"cannot connect to database {url_obj!r}: {exc.orig}; check that the server runs "
+            "and the URL's user, password and database name"
+        ) from exc
+    return engine
+
+
+# ---------------------------------------------------------------- value conversion
+
+def _scalar(value: Any) -> Any:
+    """Plain Python value for the DB: enums -> value, numpy -> Python, NaN -> None."""
+    if value is None:
+        return None
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    value = _scalar(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return str(value)
+
+
+def _coerce(column: sa.Column, value: Any) -> Any:
+    value = _scalar(value)
+    if value is None or value == "":
+        return None
+    ptype = column.type.python_type
+    try:
+        if ptype is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("true", "1", "yes"):
+                    return True
+                if low in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if ptype is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if ptype is float:
+            return float(value)
+        if ptype is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"column {column.table.name}.{column.name} cannot hold {value!r} "
+            f"(expected {ptype.__name__})"
+        ) from exc
+    return value
+
+
+def _split_row(model, row: Mapping, skip: Collection[str]) -> tuple[dict, dict]:
+    """Split a contract row into typed column values and the ``extra`` JSON dict."""
+    cols = model.__table__.columns
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in skip:
+            continue
+        if key in cols and key not in ("extra", "id", "position", "details"):
+            values[key] = _coerce(cols[key], value)
+        else:
+            extra[key] = _jsonable(value)
+    return values, extra
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+# ---------------------------------------------------------------- writing
+
+def start_run(
+    session: Session,
+    *,
+    settings: Mapping | None = None,
+    settings_digest: str | None = None,
+    command: str | None = None,
+    version: str | None = None,
+) -> int:
+    """Record the start of a run (committed) and return its id."""
+    if version is None:
+        from .. import __version__ as version
+    run = Run(
+        version=version,
+        settings=_jsonable(dict(settings or {})),
+        settings_digest=settings_digest,
+        command=command,
+        started=_now(),
+    )
+    session.add(run)
+    session.commit()
+    return run.id
+
+
+def finish_run(session: Session, run_id: int) -> None:
+    """Stamp the run's finish time (committed)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise StoreError(f"run {run_id} is not in the database")
+    run.finished = _now()
+    session.commit()
+
+
+def _ensure_study(session: Session, study_id: str | None) -> None:
+    if study_id and session.get(Study, study_id) is None:
+        session.add(Study(study_id=study_id))
+        session.flush()
+
+
+def stray_key(path: str | None) -> str:
+    """Series key of a stray file that has no SeriesInstanceUID: ``file-<sha1 of path>``."""
+    import hashlib
+
+    if not path:
+        raise StoreError("cannot store a series without a series_uid or a path")
+    return "file-" + hashlib.sha1(str(path).encode()).hexdigest()[:20]
+
+
+def save_series_result(
+    session: Session,
+    result: Any,
+    run_id: int | None,
+    *,
+    settings_digest: str | None = None,
+    input_digest: str | None = None,
+    series_info: Mapping | None = None,
+) -> None:
+    """Replace everything stored for one series by ``result`` in ONE committed transaction.
+
+    The series' previous calibration, vertebra and screw rows are deleted and the new
+    ones inserted; on any error the transaction is rolled back and the database keeps the
+    old rows (a killed process leaves the same state: SQLite/PostgreSQL roll back an
+    uncommitted transaction).
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+    result : SeriesResult or mapping
+        Read by attribute or key: ``series_uid, study_id, timepoint, status, stage,
+        reason, input_digest, calibration_row, vbmd_rows, screw_rows, warnings`` and,
+        when present, ``path, n_files, modality, description, settings_digest``.
+    run_id : int or None
+        The run that produced ``result`` (:func:`start_run`).
+    settings_digest, input_digest : str, optional
+        Digests of the settings + job options and of the series' files (for resume);
+        default ``result``'s attributes of the same names, if any.
+    series_info : mapping, optional
+        ``series.csv`` fields (path, n_files, modality, description, ...) that override
+        those of ``result``; keys that are not Series columns are kept in ``extra``.
+    """
+    uid = _get(result, "series_uid") or stray_key(_get(result, "path"))
+    status = _get(result, "status")
+    status = _scalar(status)
+    if status not in ("processed", "skipped", "failed"):
+        raise StoreError(f"series {uid}: status {status!r} is not processed, skipped or failed")
+    info: dict[str, Any] = {}
+    for key in ("path", "n_files", "modality", "description"):
+        if _get(result, key) is not None:
+            info[key] = _get(result, key)
+    reason = _scalar(_get(result, "reason")) or None
+    series_row = getattr(result, "series_row", None)  # SeriesResult: the series.csv row
+    if isinstance(series_row, Mapping):
+        reason = _scalar(series_row.get("reason")) or None
+        info.update(
+            {k: v for k, v in series_row.items() if k not in ("series_uid", "status", "reason", "stage")}
+        )
+    info.update(series_info or {})
+    study_id = _scalar(_get(result, "study_id")) or _scalar(info.pop("study_id", None)) or None
+    timepoint = _scalar(_get(result, "timepoint")) or _scalar(info.pop("timepoint", None)) or None
+    info.pop("study_id", None)
+    info.pop("timepoint", None)
+    try:
+        _ensure_study(session, study_id)
+        for model in (Calibration, VertebraMeasurement, ScrewMeasurement):
+            session.execute(sa.delete(model).where(model.series_uid == uid))
+        series = session.get(Series, uid)
+        if series is None:
+            series = Series(series_uid=uid)
+            session.add(series)
+        base_values, base_extra = _split_row(
+            Series, info, skip=("series_uid", "status", "reason", "run_id", "warnings")
+        )
+        for key, value in base_values.items():
+            setattr(series, key, value)
+        series.extra = base_extra
+        series.study_id = study_id
+        series.timepoint = timepoint
+        series.status = status
+        series.reason = reason
+        series.stage = _scalar(_get(result, "stage")) or None
+        series.input_digest = input_digest or _get(result, "input_digest")
+        series.settings_digest = settings_digest or _get(result, "settings_digest")
+        series.run_id = run_id
+        series.updated = _now()
+        series.warnings = _jsonable(list(_get(result, "warnings") or []))
+        session.flush()
+
+        contract_skip = ("study_id", "timepoint", "series_uid")
+        cal_row = _get(result, "calibration_row")
+        if cal_row:
+            values, extra = _split_row(Calibration, cal_row, skip=contract_skip)
+            session.add(Calibration(series_uid=uid, details={}, extra=extra, **values))
+        for pos, row in enumerate(_get(result, "vbmd_rows") or ()):
+            values, extra = _split_row(VertebraMeasurement, row, skip=contract_skip)
+            session.add(VertebraMeasurement(series_uid=uid, position=pos, extra=extra, **values))
+        seen: dict[tuple, int] = {}
+        for pos, row in enumerate(_get(result, "screw_rows") or ()):
+            values, extra = _split_row(ScrewMeasurement, row, skip=contract_skip + ("ordinal",))
+            key = (values.get("vertebra"), values.get("side"))
+            ordinal = seen.get(key, 0)
+            seen[key] = ordinal + 1
+            session.add(
+                ScrewMeasurement(series_uid=uid, position=pos, ordinal=ordinal, extra=extra, **values)
+            )
+        session.commit()
+    except sa.exc.IntegrityError as exc:
+        session.rollback()
+        raise StoreError(
+            f"series {uid}: rows violate a uniqueness or reference rule ({exc.orig}); "
+            "the series' previous rows are kept"
+        ) from exc
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def processed_digests(session: Session) -> dict[str, tuple[str | None, str | None]]:
+    """``series_uid -> (input_digest, settings_digest)`` of every *processed* series.
+
+    Resume skips a series when both digests match; failed series are tried again.
+    """
+    rows = session.execute(
+        sa.select(Series.series_uid, Series.input_digest, Series.settings_digest).where(
+            Series.status == "processed"
+        )
+    )
+    return {uid: (inp, sett) for uid, inp, sett in rows}
+
+
+def add_roi_edit(
+    session: Session,
+    *,
+    series_uid: str,
+    vertebra: str,
+    region: str,
+    side: str,
+    who: str,
+    what: Mapping,
+    when: dt.datetime | None = None,
+) -> int:
+    """Record one manual ROI edit (committed) and return its id."""
+    edit = RoiEdit(
+        series_uid=series_uid, vertebra=str(_scalar(vertebra)), region=str(_scalar(region)),
+        side=str(_scalar(side)), who=who, what=_jsonable(dict(what)), when=when or _now(),
+    )
+    session.add(edit)
+    session.commit()
+    return edit.id
+
+
+# ---------------------------------------------------------------- reading
+
+def _series_filter(stmt, series_uids: Collection[str] | None, run_id: int | None):
+    if series_uids is not None:
+        stmt = stmt.where(Series.series_uid.in_(list(series_uids)))
+    if run_id is not None:
+        stmt = stmt.where(Series.run_id == run_id)
+    return stmt
+
+
+def _row_dict(columns: tuple[str, ...], values: Mapping, extra: Mapping | None) -> dict:
+    out = {c: values.get(c) for c in columns}
+    for key, value in (extra or {}).items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def _sort_key(row: Mapping, *more) -> tuple:
+    return (row.get("study_id") or "", row.get("timepoint") or "", row.get("series_uid") or "", *more)
+
+
+def _chunks(uids: Collection[str] | None, size: int = 500) -> Iterable[Collection[str] | None]:
+    if uids is None:
+        yield None
+        return
+    uids = list(uids)
+    for i in range(0, len(uids), size):
+        yield uids[i : i + size]
+
+
+def query_series(
+    session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
+) -> list[dict]:
+    """``series.csv`` rows (contract columns first, then study_id, timepoint, stage...)."""
+    out = []
+    for chunk in _chunks(series_uids):
+        stmt = _series_filter(sa.select(Series), chunk, run_id)
+        for s in session.scalars(stmt):
+            values = {c: getattr(s, c) for c in SERIES_COLUMNS}
+            row = _row_dict(SERIES_COLUMNS, values, None)
+            row.update(study_id=s.study_id, timepoint=s.timepoint, stage=s.stage)
+            for key, value in (s.extra or {}).items():
+                row.setdefault(key, value)
+            out.append(row)
+    return sorted(out, key=lambda r: (r["series_uid"],))
+
+
+def query_calibration(
+    session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
+) -> list[dict]:
+    """``calibration.csv`` rows in contract column order (extra keys after)."""
+    out = []
+    for chunk in _chunks(series_uids):
+        stmt = _series_filter(
+            sa.select(Calibration, Series.study_id, Series.timepoint).join(Series), chunk, run_id
+        )
+        for cal, study_id, timepoint in session.execute(stmt):
+            values = {c: getattr(cal, c, None) for c in CALIBRATION_COLUMNS}
+            values.update(study_id=study_id, timepoint=timepoint, series_uid=cal.series_uid)
+            out.append(_row_dict(CALIBRATION_COLUMNS, values, cal.extra))
+    return sorted(out, key=_sort_key)
+
+
+def _query_measurements(session, model, columns, series_uids, run_id) -> list[dict]:
+    out = []
+    for chunk in _chunks(series_uids):
+        stmt = _series_filter(
+            sa.select(model, Series.study_id, Series.timepoint).join(Series), chunk, run_id
+        )
+        for obj, study_id, timepoint in session.execute(stmt):
+            values = {c: getattr(obj, c, None) for c in columns}
+            values.update(study_id=study_id, timepoint=timepoint, series_uid=obj.series_uid)
+            row = _row_dict(columns, values, obj.extra)
+            out.append((_sort_key(row, obj.position), row))
+    return [row for _, row in sorted(out, key=lambda kr: kr[0])]
+
+
+def query_vbmd(
+    session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
+) -> list[dict]:
+    """``vbmd.csv`` rows in contract column order, sorted by study, timepoint, series."""
+    return _query_measurements(session, VertebraMeasurement, VBMD_COLUMNS, series_uids, run_id)
+
+
+def query_screws(
+    session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
+) -> list[dict]:
+    """``screws.csv`` rows in contract column order, sorted by study, timepoint, series."""
+    return _query_measurements(session, ScrewMeasurement, SCREW_COLUMNS, series_uids, run_id)
+
+
+def query_contract_rows(
+    session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
+) -> dict[str, list[dict]]:
+    """All four contract files' rows: ``{"series.csv": [...], "calibration.csv": ...}``."""
+    kw = {"series_uids": series_uids, "run_id": run_id}
+    return {
+        "series.csv": query_series(session, **kw),
+        "calibration.csv": query_calibration(session, **kw),
+        "vbmd.csv": query_vbmd(session, **kw),
+        "screws.csv": query_screws(session, **kw),
+    }
+
+
+def query_clinical(session: Session) -> list[dict]:
+    """Clinical visits as dicts in :data:`CLINICAL_COLUMNS` order, by study and timepoint."""
+    order = {t: i for i, t in enumerate(TIMEPOINTS)}
+    rows = [
+        {c: getattr(v, c) for c in CLINICAL_COLUMNS} for v in session.scalars(sa.select(ClinicalVisit))
+    ]
+    return sorted(rows, key=lambda r: (r["study_id"], order.get(r["timepoint"], 99)))
+
+
+def dumps_settings(settings: Any) -> str:
+    """JSON text of a pydantic settings model or mapping (for logs and run records)."""
+    if hasattr(settings, "model_dump"):
+        settings = settings.model_dump(mode="json")
+    return json.dumps(_jsonable(settings), sort_keys=True)

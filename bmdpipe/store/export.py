@@ -1,0 +1,359 @@
+"""Exports of the database: the contract's CSV files and a REDCap import file.
+
+``export_csvs`` writes ``series.csv``, ``calibration.csv``, ``vbmd.csv`` and
+``screws.csv`` exactly as ``bmdpipe run`` does (both go through the same queries), plus
+``clinical.csv`` when clinical data were imported.
+
+``export_redcap`` writes a longitudinal REDCap project: one record per study
+(``record_id`` = study_id), one event per timepoint (``baseline_arm_1``,
+``month_3_arm_1`` ... ``month_24_arm_1``), and these files:
+
+- ``redcap_import.csv``: the data, one row per record x event (``record_id``,
+  ``redcap_event_name``, then the fields), in REDCap's flat "records" import layout;
+- ``redcap_data_dictionary.csv``: the instruments ``qct``, ``screws`` and ``clinical``
+  in REDCap's data dictionary format (upload it first in Project Setup);
+- ``redcap_events.csv`` and ``redcap_instrument_designations.csv``: the events and which
+  instruments each event holds (REDCap's event and instrument-mapping import formats).
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import io
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .csv import CONTRACT_COLUMNS, _format, atomic_write_bytes, write_csv
+from .db import CLINICAL_COLUMNS, TIMEPOINTS, query_clinical, query_contract_rows
+
+__all__ = [
+    "DICTIONARY_COLUMNS",
+    "RedcapExport",
+    "event_name",
+    "export_csvs",
+    "export_redcap",
+    "redcap_dictionary",
+]
+
+logger = logging.getLogger(__name__)
+
+#: REDCap data dictionary header, in REDCap's order.
+DICTIONARY_COLUMNS = (
+    "Variable / Field Name",
+    "Form Name",
+    "Section Header",
+    "Field Type",
+    "Field Label",
+    "Choices, Calculations, OR Slider Labels",
+    "Field Note",
+    "Text Validation Type OR Show Slider Number",
+    "Text Validation Min",
+    "Text Validation Max",
+    "Identifier?",
+    "Branching Logic (Show field only if...)",
+    "Required Field?",
+    "Custom Alignment",
+    "Question Number (surveys only)",
+    "Matrix Group Name",
+    "Matrix Ranking?",
+    "Field Annotation",
+)
+
+#: the lumbar levels always present in the dictionary (more are added when measured)
+DEFAULT_LEVELS = ("L1", "L2", "L3", "L4", "L5")
+
+#: ROI columns per vertebra: (region, side) -> field suffix, label
+_ROIS = (
+    ("A", "center", "a", "region A (central cancellous body)"),
+    ("B", "left", "bl", "region B (pedicle), left"),
+    ("B", "right", "br", "region B (pedicle), right"),
+    ("C", "left", "cl", "region C (screw trajectory), left"),
+    ("C", "right", "cr", "region C (screw trajectory), right"),
+)
+_SIDES = (("left", "l"), ("right", "r"))
+_YESNO_FIELDS = {"cement", "loosening_reader"}
+_DAY_OFFSET = {"baseline": 0, "month_3": 91, "month_6": 182, "month_12": 365, "month_24": 730}
+
+
+def event_name(timepoint: str, arm: int = 1) -> str:
+    """REDCap unique event name of a timepoint: ``month_12`` -> ``month_12_arm_1``."""
+    return f"{timepoint}_arm_{arm}"
+
+
+def export_csvs(engine: Engine, out_dir: str | Path, *, series_uids=None) -> dict[str, int]:
+    """Write the contract CSVs (and ``clinical.csv`` if any) from the database, atomically.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+        From :func:`bmdpipe.store.db.open_db`.
+    out_dir : path
+        Folder to write into (created).
+    series_uids : collection of str, optional
+        Only these series (a run's view); default every series in the database.
+
+    Returns
+    -------
+    dict
+        File name -> number of rows written.
+    """
+    out_dir = Path(out_dir)
+    counts: dict[str, int] = {}
+    with Session(engine) as session:
+        tables = query_contract_rows(session, series_uids=series_uids)
+        clinical = query_clinical(session) if series_uids is None else []
+    for name, rows in tables.items():
+        counts[name] = write_csv(out_dir / name, rows, CONTRACT_COLUMNS[name])
+    if clinical:
+        counts["clinical.csv"] = write_csv(out_dir / "clinical.csv", clinical, CLINICAL_COLUMNS)
+    return counts
+
+
+# ---------------------------------------------------------------- REDCap
+
+@dataclass(frozen=True)
+class RedcapExport:
+    """Files written by :func:`export_redcap` and what was left out (with reasons)."""
+
+    import_file: Path
+    dictionary_file: Path
+    events_file: Path
+    designations_file: Path
+    n_records: int
+    n_rows: int
+    left_out: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _level_key(name: str) -> tuple[int, int, str]:
+    m = re.fullmatch(r"([CTLSV])(\d+)", name)
+    if not m:
+        return (9, 0, name)
+    order = {"C": 0, "T": 1, "L": 2, "S": 3, "V": 4}[m.group(1)]
+    return (order, int(m.group(2)), name)
+
+
+def _field_name(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", "_".join(parts).lower())
+
+
+def _dict_row(name: str, form: str, ftype: str, label: str, **kw: str) -> dict[str, str]:
+    row = dict.fromkeys(DICTIONARY_COLUMNS, "")
+    row.update({
+        "Variable / Field Name": name, "Form Name": form, "Field Type": ftype, "Field Label": label,
+    })
+    keymap = {
+        "section": "Section Header", "choices": "Choices, Calculations, OR Slider Labels",
+        "note": "Field Note", "validation": "Text Validation Type OR Show Slider Number",
+        "vmin": "Text Validation Min", "vmax": "Text Validation Max",
+        "identifier": "Identifier?", "required": "Required Field?",
+    }
+    for key, value in kw.items():
+        row[keymap[key]] = value
+    return row
+
+
+def redcap_dictionary(levels: tuple[str, ...] = DEFAULT_LEVELS) -> list[dict[str, str]]:
+    """REDCap data dictionary rows for the vertebral ``levels`` (e.g. L1 ... L5)."""
+    rows = [_dict_row("record_id", "qct", "text", "Study ID (pseudonym)")]
+    rows += [
+        _dict_row("qct_series_uid", "qct", "text", "CT series (SeriesInstanceUID)",
+                  section="Calibration"),
+        _dict_row("cal_method", "qct", "dropdown", "Calibration method",
+                  choices="phantom, phantom | internal, internal"),
+        _dict_row("cal_phantom", "qct", "text", "Phantom"),
+        _dict_row("cal_material", "qct", "dropdown", "Reference material",
+                  choices="K2HPO4, K2HPO4 | HA, HA"),
+        _dict_row("cal_slope", "qct", "text", "Calibration slope", note="HU per mg/cm3",
+                  validation="number"),
+        _dict_row("cal_intercept", "qct", "text", "Calibration intercept", note="HU",
+                  validation="number"),
+        _dict_row("cal_r2", "qct", "text", "Calibration R2", validation="number", vmin="0", vmax="1"),
+    ]
+    for lev in levels:
+        for i, (_region, _side, suffix, label) in enumerate(_ROIS):
+            rows.append(_dict_row(
+                _field_name("vbmd", lev, suffix), "qct", "text", f"{lev} vBMD, {label}",
+                note="mg/cm3", validation="number",
+                **({"section": f"Vertebra {lev}"} if i == 0 else {}),
+            ))
+    for lev in levels:
+        for i, (side, s) in enumerate(_SIDES):
+            extra = {"section": f"Screws in {lev}"} if i == 0 else {}
+            rows.append(_dict_row(
+                _field_name("screw", lev, s, "halo"), "screws", "text",
+                f"{lev} {side} screw: maximal halo width", note="mm", validation="number", **extra,
+            ))
+            rows.append(_dict_row(
+                _field_name("screw", lev, s, "loose"), "screws", "yesno",
+                f"{lev} {side} screw loosened (halo criterion)",
+            ))
+    rows += [
+        _dict_row("arm", "clinical", "text", "Trial arm / group", section="Trial arm"),
+        _dict_row("cement", "clinical", "yesno", "Cement (PMMA) augmentation"),
+        _dict_row("cage_type", "clinical", "text", "Cage type"),
+    ]
+    scores = " | ".join(f"{i}, {i}" for i in range(6))
+    for i in range(1, 11):
+        rows.append(_dict_row(
+            f"odi_{i}", "clinical", "radio", f"ODI section {i}", choices=scores,
+            **({"section": "Oswestry Disability Index"} if i == 1 else {}),
+        ))
+    rows += [
+        _dict_row("odi_index", "clinical", "text", "ODI index",
+                  note="% = sum / (5 x answered sections) x 100", validation="number",
+                  vmin="0", vmax="100"),
+        _dict_row("vas_back", "clinical", "text", "VAS back pain", note="0-10",
+                  validation="number", vmin="0", vmax="10", section="Pain"),
+        _dict_row("vas_leg", "clinical", "text", "VAS leg pain", note="0-10",
+                  validation="number", vmin="0", vmax="10"),
+        _dict_row("fusion_grade", "clinical", "dropdown", "Fusion (Bridwell grade)",
+                  choices="1, I | 2, II | 3, III | 4, IV", section="Imaging"),
+        _dict_row("loosening_reader", "clinical", "yesno", "Screw loosening (reader's call)"),
+    ]
+    return rows
+
+
+def _redcap_value(value: Any, *, yesno: bool = False) -> str:
+    if value is None:
+        return ""
+    if yesno or isinstance(value, bool):
+        if isinstance(value, str):
+            value = value.lower() in ("true", "1", "yes")
+        return "1" if value else "0"
+    return _format(value)
+
+
+def _csv_bytes(header: list[str], rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = _csv.DictWriter(buf, fieldnames=header, lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in header})
+    return buf.getvalue().encode("utf-8")
+
+
+def export_redcap(engine: Engine, out_dir: str | Path) -> RedcapExport:
+    """Write the REDCap import file, data dictionary, events and instrument designations.
+
+    Series without a study_id or with a timepoint that is not a trial visit
+    (:data:`~bmdpipe.store.db.TIMEPOINTS`) cannot be placed in an event and are left out;
+    so is a second series of the same study and visit (the first by series_uid is used).
+    Each is listed in ``left_out`` and logged.
+    """
+    out_dir = Path(out_dir)
+    with Session(engine) as session:
+        tables = query_contract_rows(session)
+        clinical = query_clinical(session)
+    left_out: list[str] = []
+    chosen: dict[tuple[str, str], str] = {}
+    for s in tables["series.csv"]:
+        if s["status"] != "processed":
+            continue
+        study, tp = s.get("study_id"), s.get("timepoint")
+        if not study or tp not in TIMEPOINTS:
+            left_out.append(
+                f"series {s['series_uid']}: study_id {study!r} / timepoint {tp!r} is not a trial "
+                f"visit ({', '.join(TIMEPOINTS)}); set them in the manifest"
+            )
+            continue
+        if (study, tp) in chosen:
+            left_out.append(
+                f"series {s['series_uid']}: study {study} at {tp} already exported from series "
+                f"{chosen[(study, tp)]}"
+            )
+            continue
+        chosen[(study, tp)] = s["series_uid"]
+    used = set(chosen.values())
+    levels = set(DEFAULT_LEVELS)
+    levels.update(r["vertebra"] for r in tables["vbmd.csv"] if r["series_uid"] in used)
+    levels.update(r["vertebra"] for r in tables["screws.csv"] if r["series_uid"] in used)
+    levels_t = tuple(sorted((lv for lv in levels if lv), key=_level_key))
+    dictionary = redcap_dictionary(levels_t)
+    fields = [r["Variable / Field Name"] for r in dictionary]
+
+    records: dict[tuple[str, str], dict[str, str]] = {}
+
+    def record(study: str, tp: str) -> dict[str, str]:
+        return records.setdefault(
+            (study, tp), {"record_id": study, "redcap_event_name": event_name(tp)}
+        )
+
+    for (study, tp), uid in chosen.items():
+        record(study, tp)["qct_series_uid"] = uid
+    for cal in tables["calibration.csv"]:
+        key = (cal["study_id"], cal["timepoint"])
+        if chosen.get(key) != cal["series_uid"]:
+            continue
+        rec = record(*key)
+        for fname, col in (("cal_method", "method"), ("cal_phantom", "phantom"),
+                           ("cal_material", "material"), ("cal_slope", "slope_hu_per_mg_cm3"),
+                           ("cal_intercept", "intercept_hu"), ("cal_r2", "r2")):
+            rec[fname] = _redcap_value(cal.get(col))
+    suffix = {(region, side): sfx for region, side, sfx, _ in _ROIS}
+    for row in tables["vbmd.csv"]:
+        key = (row["study_id"], row["timepoint"])
+        sfx = suffix.get((row["region"], row["side"]))
+        if chosen.get(key) != row["series_uid"] or sfx is None:
+            continue
+        record(*key)[_field_name("vbmd", row["vertebra"], sfx)] = _redcap_value(row["vbmd_mg_cm3"])
+    side_code = dict(_SIDES)
+    for row in tables["screws.csv"]:
+        key = (row["study_id"], row["timepoint"])
+        s = side_code.get(row["side"])
+        if chosen.get(key) != row["series_uid"] or s is None:
+            continue
+        rec = record(*key)
+        halo = _field_name("screw", row["vertebra"], s, "halo")
+        if rec.get(halo):
+            left_out.append(f"series {row['series_uid']}: second {row['side']} screw in "
+                            f"{row['vertebra']} not exported")
+            continue
+        rec[halo] = _redcap_value(row["halo_max_mm"])
+        rec[_field_name("screw", row["vertebra"], s, "loose")] = _redcap_value(
+            row["loosened"], yesno=True
+        )
+    for visit in clinical:
+        rec = record(visit["study_id"], visit["timepoint"])
+        for col in CLINICAL_COLUMNS[2:]:
+            rec[col] = _redcap_value(visit[col], yesno=col in _YESNO_FIELDS)
+
+    order = {t: i for i, t in enumerate(TIMEPOINTS)}
+    rows = [records[k] for k in sorted(records, key=lambda k: (k[0], order[k[1]]))]
+    header = ["record_id", "redcap_event_name"] + fields[1:]
+    files = {
+        "import": out_dir / "redcap_import.csv",
+        "dictionary": out_dir / "redcap_data_dictionary.csv",
+        "events": out_dir / "redcap_events.csv",
+        "designations": out_dir / "redcap_instrument_designations.csv",
+    }
+    atomic_write_bytes(files["import"], _csv_bytes(header, rows))
+    atomic_write_bytes(files["dictionary"], _csv_bytes(list(DICTIONARY_COLUMNS), dictionary))
+    events = [
+        {"event_name": tp, "arm_num": "1", "day_offset": str(_DAY_OFFSET[tp]),
+         "unique_event_name": event_name(tp)}
+        for tp in TIMEPOINTS
+    ]
+    atomic_write_bytes(
+        files["events"], _csv_bytes(["event_name", "arm_num", "day_offset", "unique_event_name"], events)
+    )
+    forms = ("qct", "screws", "clinical")
+    designations = [
+        {"arm_num": "1", "unique_event_name": event_name(tp), "form": form}
+        for tp in TIMEPOINTS for form in forms
+    ]
+    atomic_write_bytes(
+        files["designations"], _csv_bytes(["arm_num", "unique_event_name", "form"], designations)
+    )
+    for msg in left_out:
+        logger.warning("REDCap export: %s", msg)
+    return RedcapExport(
+        import_file=files["import"], dictionary_file=files["dictionary"],
+        events_file=files["events"], designations_file=files["designations"],
+        n_records=len({k[0] for k in records}), n_rows=len(rows), left_out=tuple(left_out),
+    )

@@ -1,0 +1,215 @@
+"""Titanium pedicle screws with halos, sclerotic rims, blooming and streaks (synthetic CT).
+
+Screw frame: axis ``d`` from the entry point (t = 0) to the tip (t = length); around it the
+angle ``phi`` is measured from ``e1`` = the component of +z (superior) perpendicular to ``d``
+towards ``e2 = d x e1``. The lucent arc of a halo is centred at ``halo_angle_deg`` and spans
+``halo_arc_fraction * 360`` degrees. Blooming is not painted: it arises from the PSF acting on
+``metal_hu`` (~6500 HU) followed by clipping at 3071 HU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import Grid
+from .spec import loosened_rule
+from .tissue import BONE_CODES, TISSUE
+
+__all__ = ["ScrewTruth", "place_screw", "paint_screw", "paint_fusion_rods", "add_streaks", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
+           "HEAD_LENGTH_MM", "HEAD_RADIUS_MM", "RIM_THICKNESS_MM"]
+
+THREAD_DEPTH_MM = 0.9
+THREAD_PITCH_MM = 2.8
+HEAD_LENGTH_MM = 13.0
+HEAD_RADIUS_MM = 6.5
+RIM_THICKNESS_MM = 1.0
+TIP_TAPER_MM = 6.0
+
+
+@dataclass(frozen=True)
+class ScrewTruth:
+    """Ground truth of one screw (LPS mm). ``loosened`` follows :func:`spec.loosened_rule`."""
+
+    vertebra: str
+    side: str
+    entry_lps: tuple[float, float, float]
+    tip_lps: tuple[float, float, float]
+    diameter_mm: float
+    length_mm: float
+    halo_width_mm: float
+    halo_arc_fraction: float
+    halo_angle_deg: float
+    sclerotic_rim: bool
+    rim_mg_cm3: float
+    loosened: bool
+    head_length_mm: float = HEAD_LENGTH_MM
+    core_diameter_mm: float = 0.0
+
+    @property
+    def direction(self) -> np.ndarray:
+        d = np.subtract(self.tip_lps, self.entry_lps)
+        return d / np.linalg.norm(d)
+
+
+def place_screw(spec, pedicle_axis, rng: np.random.Generator) -> ScrewTruth:
+    """Screw from ``spec`` (ScrewSpec) along a pedicle axis (results.PedicleAxis, LPS)."""
+    angle = float(rng.uniform(0.0, 360.0))
+    if spec.halo_angle_deg is not None:
+        angle = float(spec.halo_angle_deg)
+    entry = np.asarray(pedicle_axis.entry_lps, dtype=float)
+    target = np.asarray(pedicle_axis.target_lps, dtype=float)
+    d = target - entry
+    full = float(np.linalg.norm(d))
+    d /= full
+    length = float(spec.length_mm) if spec.length_mm is not None else full
+    tip = entry + length * d
+    return ScrewTruth(
+        vertebra=spec.vertebra, side=spec.side, entry_lps=tuple(float(x) for x in entry),
+        tip_lps=tuple(float(x) for x in tip), diameter_mm=float(spec.diameter_mm), length_mm=length,
+        halo_width_mm=float(spec.halo_width_mm), halo_arc_fraction=float(spec.halo_arc_fraction),
+        halo_angle_deg=angle, sclerotic_rim=bool(spec.sclerotic_rim), rim_mg_cm3=float(spec.rim_mg_cm3),
+        loosened=loosened_rule(spec.halo_width_mm, spec.halo_arc_fraction),
+        core_diameter_mm=float(spec.diameter_mm - 2 * THREAD_DEPTH_MM))
+
+
+def _frame(d: np.ndarray):
+    z = np.array([0.0, 0.0, 1.0])
+    e1 = z - (z @ d) * d
+    if np.linalg.norm(e1) < 1e-6:
+        e1 = np.array([0.0, 1.0, 0.0]) - d[1] * d
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(d, e1)
+    return e1, e2
+
+
+def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu: float,
+                metal_hu: float) -> dict[int, tuple[float, float]]:
+    """Paint metal (with threads and a tulip head), halo and sclerotic rim of one screw, in place.
+
+    Returns ``{k: (x, y)}``: the in-plane centroid (LPS mm) of this screw's metal in every
+    axial slice ``k`` of the canonical grid that it crosses (used for streaks).
+    """
+    e = np.asarray(s.entry_lps)
+    d = s.direction
+    tip = np.asarray(s.tip_lps)
+    R = s.diameter_mm / 2.0
+    reach = R + s.halo_width_mm + RIM_THICKNESS_MM + 2.0
+    reach = max(reach, HEAD_RADIUS_MM + 1.0)
+    pts = np.array([e - HEAD_LENGTH_MM * d, tip + s.halo_width_mm * d])
+    bx = grid.box(pts.min(0) - reach, pts.max(0) + reach)
+    if bx is None:
+        return {}
+    sl, (Z, Y, X) = bx
+    qx, qy, qz = X - e[0], Y - e[1], Z - e[2]
+    t = qx * d[0] + qy * d[1] + qz * d[2]
+    px, py, pz = qx - t * d[0], qy - t * d[1], qz - t * d[2]
+    r = np.sqrt(px * px + py * py + pz * pz)
+    e1, e2 = _frame(d)
+    phi = np.arctan2(px * e2[0] + py * e2[1] + pz * e2[2], px * e1[0] + py * e1[1] + pz * e1[2])
+    # threads: triangular helix profile between core and crest radius
+    frac = np.mod(t / THREAD_PITCH_MM - phi / (2 * np.pi), 1.0)
+    prof = 1.0 - 2.0 * np.abs(frac - 0.5)
+    r_eff = (R - THREAD_DEPTH_MM) + THREAD_DEPTH_MM * prof
+    r_eff = r_eff * np.clip((s.length_mm - t) / TIP_TAPER_MM + 0.25, 0.0, 1.0)
+    shaft = (t >= 0) & (t <= s.length_mm) & (r <= r_eff)
+    head = (t < 0) & (t >= -HEAD_LENGTH_MM) & (r <= HEAD_RADIUS_MM)
+    metal = shaft | head
+    tis, mn, hf = tissue[sl], mineral[sl], hu_fixed[sl]
+    bone = np.isin(tis, BONE_CODES)
+    along = (t >= 0) & (t <= s.length_mm + s.halo_width_mm)
+    dphi = np.abs(np.angle(np.exp(1j * (phi - np.deg2rad(s.halo_angle_deg)))))
+    in_arc = dphi <= np.pi * s.halo_arc_fraction + 1e-9
+    if s.halo_width_mm > 0 and s.halo_arc_fraction > 0:
+        halo = bone & along & in_arc & (r <= R + s.halo_width_mm) & ~metal
+        tis[halo] = TISSUE["halo"]
+        mn[halo] = 0.0
+        hf[halo] = fibrous_hu
+    if s.sclerotic_rim:
+        r0 = R + s.halo_width_mm
+        along_r = (t >= 0) & (t <= s.length_mm + s.halo_width_mm + RIM_THICKNESS_MM)
+        rim = np.isin(tis, BONE_CODES) & along_r & in_arc & (r > r0) & (r <= r0 + RIM_THICKNESS_MM)
+        tis[rim] = TISSUE["sclerotic_rim"]
+        mn[rim] = s.rim_mg_cm3
+    tis[metal] = TISSUE["metal"]
+    mn[metal] = 0.0
+    hf[metal] = metal_hu
+    n = metal.sum(axis=(1, 2))
+    sx = (metal * X).sum(axis=(1, 2))
+    sy = (metal * Y).sum(axis=(1, 2))
+    return {int(sl[0].start + kk): (float(sx[kk] / n[kk]), float(sy[kk] / n[kk]))
+            for kk in np.flatnonzero(n >= 3)}
+
+
+FUSION_ROD_DIAMETER_MM = 5.5
+
+
+def paint_fusion_rods(grid: Grid, screws, tissue, mineral, hu_fixed, metal_hu: float) -> list[dict]:
+    """Titanium rods (5.5 mm) joining the screw heads of each side (>= 2 screws), in place.
+
+    The rod runs through the head centres (``entry - HEAD_LENGTH_MM / 2 * d``) and 8 mm beyond
+    the end screws. Returns one dict per rod (side, polyline points LPS mm, diameter).
+    """
+    out = []
+    r = FUSION_ROD_DIAMETER_MM / 2.0
+    for side in ("left", "right"):
+        ss = [s for s in screws if s.side == side]
+        if len(ss) < 2:
+            continue
+        pts = np.array([np.asarray(s.entry_lps) - HEAD_LENGTH_MM / 2.0 * s.direction for s in ss])
+        pts = pts[np.argsort(-pts[:, 2])]
+        ext0 = pts[0] + 8.0 * (pts[0] - pts[1]) / np.linalg.norm(pts[0] - pts[1])
+        ext1 = pts[-1] + 8.0 * (pts[-1] - pts[-2]) / np.linalg.norm(pts[-1] - pts[-2])
+        poly = np.vstack([ext0, pts, ext1])
+        for a, b in zip(poly[:-1], poly[1:]):
+            bx = grid.box(np.minimum(a, b) - r - 1, np.maximum(a, b) + r + 1)
+            if bx is None:
+                continue
+            sl, (Z, Y, X) = bx
+            d = b - a
+            L = float(np.linalg.norm(d))
+            d = d / L
+            qx, qy, qz = X - a[0], Y - a[1], Z - a[2]
+            t = np.clip(qx * d[0] + qy * d[1] + qz * d[2], 0.0, L)
+            dist2 = (qx - t * d[0]) ** 2 + (qy - t * d[1]) ** 2 + (qz - t * d[2]) ** 2
+            m = dist2 <= r * r
+            tissue[sl][m] = TISSUE["metal"]
+            mineral[sl][m] = 0.0
+            hu_fixed[sl][m] = metal_hu
+        out.append({"side": side, "points_lps": poly.tolist(), "diameter_mm": FUSION_ROD_DIAMETER_MM})
+    return out
+
+
+def add_streaks(grid: Grid, img: np.ndarray, centroids, amplitude_hu: float, width_mm: float) -> int:
+    """Photon-starvation streaks between screws, in place on canonical-grid ``img``.
+
+    In each axial slice crossed by two or more screws (``centroids``: one ``{k: (x, y)}`` per
+    screw, from :func:`paint_screw`), a dark band of depth ``amplitude_hu`` (Gaussian
+    profile, sigma ``width_mm``) runs along the line joining the two metal centroids, fading
+    beyond them (e-folding 40 mm) and flanked by weaker bright bands. These are artefacts,
+    not halos. Returns the number of (slice, pair) streaks drawn.
+    """
+    Y = grid.ys[:, None].astype(np.float32)
+    X = grid.xs[None, :].astype(np.float32)
+    n = 0
+    ks = sorted(set().union(*[set(c) for c in centroids])) if centroids else []
+    for k in ks:
+        cents = [np.array(c[k]) for c in centroids if k in c]
+        for i in range(len(cents)):
+            for j in range(i + 1, len(cents)):
+                c1, c2 = cents[i], cents[j]
+                v = c2 - c1
+                ln = float(np.hypot(*v))
+                if ln < 5.0:
+                    continue
+                v = v / ln
+                s_al = (X - c1[0]) * v[0] + (Y - c1[1]) * v[1]
+                s_pp = -(X - c1[0]) * v[1] + (Y - c1[1]) * v[0]
+                beyond = np.maximum(np.maximum(-s_al, s_al - ln), 0.0)
+                fade = np.exp(-beyond / 40.0)
+                g0 = np.exp(-0.5 * (s_pp / width_mm) ** 2)
+                g1 = np.exp(-0.5 * ((np.abs(s_pp) - 3.0 * width_mm) / width_mm) ** 2)
+                img[k] += (amplitude_hu * fade * (-g0 + 0.35 * g1)).astype(np.float32)
+                n += 1
+    return n

@@ -1,0 +1,174 @@
+"""Specification of a synthetic case: frozen dataclasses, all geometry in mm.
+
+Every field left ``None`` is drawn at random from the case seed (see
+:func:`bmdpipe.synthetic.case.make_case`), so ``make_case(seed)`` alone gives a varied but
+reproducible case and a test can pin any parameter it depends on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ScrewSpec", "CaseSpec", "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule"]
+
+#: Certificate values (K2HPO4 mg/cm3, water mg/cm3) of one Mindways Model 3 CT phantom (science.md).
+MINDWAYS_RODS: tuple[tuple[str, float, float], ...] = (
+    ("A", -51.83, 1012.25),
+    ("B", -53.40, 1056.95),
+    ("C", 58.88, 1103.57),
+    ("D", 157.05, 1119.52),
+    ("E", 375.83, 923.20),
+)
+#: QRM-BDC 6-rod hydroxyapatite phantom, mg HA/cm3 (science.md).
+HA_RODS: tuple[tuple[str, float], ...] = (
+    ("HA0", 0.0), ("HA100", 100.0), ("HA200", 200.0), ("HA400", 400.0), ("HA600", 600.0), ("HA800", 800.0),
+)
+
+#: Patient orientations: name -> LPS direction of the (i, j, k) index axes (columns of Volume.direction).
+#: HFS is the identity; FFS has rows running to the patient's right (-x) and slices feet->head
+#: reversed (-z); HFP/FFP (prone) flip y as well. All are signed permutations.
+ORIENTATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]] = {
+    "HFS": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
+    "HFS_zdown": ((1, 0, 0), (0, 1, 0), (0, 0, -1)),
+    "FFS": ((-1, 0, 0), (0, 1, 0), (0, 0, -1)),
+    "HFP": ((-1, 0, 0), (0, -1, 0), (0, 0, 1)),
+    "FFP": ((1, 0, 0), (0, -1, 0), (0, 0, -1)),
+}
+
+
+def loosened_rule(halo_width_mm: float, halo_arc_fraction: float,
+                  min_width_mm: float = 1.0, min_fraction: float = 0.5) -> bool:
+    """Ground-truth loosening: radiolucent zone >= 1 mm (Xu 2025) over >= 50 % of the circumference
+    (science.md default; the fraction is not standardised)."""
+    return bool(halo_width_mm >= min_width_mm and halo_arc_fraction >= min_fraction)
+
+
+@dataclass(frozen=True)
+class ScrewSpec:
+    """One titanium pedicle screw along the true pedicle axis.
+
+    Attributes
+    ----------
+    vertebra : str
+        Level name (must be in ``CaseSpec.levels``), e.g. ``'L4'``.
+    side : str
+        ``'left'`` (patient's left, +x) or ``'right'``.
+    halo_width_mm : float
+        Radiolucent band width around the thread crests, mm (0..3).
+    halo_arc_fraction : float
+        Fraction of the circumference that is lucent (0..1), centred at ``halo_angle_deg``.
+    halo_angle_deg : float or None
+        Centre of the lucent arc, degrees around the screw axis (0 = towards +z-ish, see
+        screws.py); random when None.
+    sclerotic_rim : bool
+        ~1 mm band of dense bone (``rim_mg_cm3``) outside the halo, same arc ("double halo").
+    diameter_mm : float
+        Outer (thread) diameter, mm.
+    length_mm : float or None
+        Shaft length from the entry point, mm; None = to the pedicle-axis target (80 % body depth).
+    rim_mg_cm3 : float
+        Mineral density of the sclerotic rim (material units).
+    """
+
+    vertebra: str = "L4"
+    side: str = "left"
+    halo_width_mm: float = 0.0
+    halo_arc_fraction: float = 1.0
+    halo_angle_deg: float | None = None
+    sclerotic_rim: bool = False
+    diameter_mm: float = 6.5
+    length_mm: float | None = None
+    rim_mg_cm3: float = 600.0
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """What to generate. ``None`` = drawn from the seed.
+
+    Attributes
+    ----------
+    levels : tuple of str
+        Lumbar levels, superior to inferior.
+    spacing_mm : (z, y, x) mm
+        Voxel size. Geometry is in mm, so changing it keeps every structure in place.
+    fov_mm : (x, y) mm
+        In-plane field of view (centred on the patient).
+    margin_z_mm : float
+        Extra scan length above the top and below the bottom disc, mm.
+    phantom : 'mindways', 'ha' or None
+        Calibration phantom under the patient's back.
+    material : 'K2HPO4', 'HA' or None
+        Mineral units of the truth; None = K2HPO4 unless phantom == 'ha'.
+    noise_sd_hu : float or None
+        Noise SD in HU (random 10-25).
+    noise_corr_mm : float
+        Gaussian correlation length of the noise (sigma, mm); 0 = white.
+    psf_fwhm_mm : float or None
+        FWHM of the isotropic Gaussian PSF, mm (random 0.9-1.3).
+    slope_hu_per_mg_cm3, intercept_hu : float or None
+        Scanner response for bone mineral (sigma_CT / beta_CT for K2HPO4).
+    kev : float or None
+        Effective energy, keV (random 62-72).
+    slope_from_kev : bool
+        When ``slope_hu_per_mg_cm3`` is None, take the bone slope from the effective energy
+        (``attenuation.mineral_slope_hu_per_mg_cm3(material, kev)``) instead of at random, so
+        that tissue HU and bone slope are physically consistent (for phantomless calibration).
+    cancellous_mg_cm3 : (lo, hi)
+        Range from which each vertebra's central cancellous density is drawn.
+    cancellous_rim_gain : float
+        Relative density increase from centre to rim of the cancellous body (0.2 = +20 %).
+    cortex_mg_cm3 : float or None
+        Mineral density of the cortical shell (random 650-900).
+    cortex_thickness_mm : float or None
+        Cortical shell thickness (random 0.9-1.4).
+    sclerosis : bool or None
+        Put 1-3 focal dense blobs (3-6 mm, 400-800 mg/cm3) in cancellous bodies.
+    screws : tuple of ScrewSpec
+    metal_hu : float
+        HU of titanium before blur/clipping.
+    metal_saturation : bool
+        Clip at 3071 HU (12-bit scale); False keeps the extended scale.
+    streaks : bool
+        Photon-starvation streaks between screws.
+    fusion_rods : bool
+        5.5 mm titanium rods joining the screw heads of each side (post-op realism; metal, not screws).
+    study_date : str or None
+        StudyDate YYYYMMDD; None = a date in 2023-2025 drawn from the seed.
+    orientation : str
+        Key of :data:`ORIENTATIONS`.
+    anatomy_jitter : bool
+        Random vertebra size, few-degree rotations and lordosis; False = canonical anatomy.
+    """
+
+    levels: tuple[str, ...] = ("L3", "L4", "L5")
+    spacing_mm: tuple[float, float, float] = (1.0, 0.8, 0.8)
+    fov_mm: tuple[float, float] = (360.0, 260.0)
+    margin_z_mm: float = 6.0
+    phantom: str | None = "mindways"
+    material: str | None = None
+    noise_sd_hu: float | None = None
+    noise_corr_mm: float = 0.3
+    psf_fwhm_mm: float | None = None
+    slope_hu_per_mg_cm3: float | None = None
+    intercept_hu: float | None = None
+    kev: float | None = None
+    slope_from_kev: bool = False
+    cancellous_mg_cm3: tuple[float, float] = (50.0, 180.0)
+    cancellous_rim_gain: float = 0.2
+    cortex_mg_cm3: float | None = None
+    cortex_thickness_mm: float | None = None
+    sclerosis: bool | None = None
+    screws: tuple[ScrewSpec, ...] = ()
+    metal_hu: float = 6500.0
+    metal_saturation: bool = True
+    streaks: bool = True
+    fusion_rods: bool = False
+    study_date: str | None = None
+    orientation: str = "HFS"
+    anatomy_jitter: bool = True
+
+    @property
+    def resolved_material(self) -> str:
+        if self.material is not None:
+            return self.material
+        return "HA" if self.phantom == "ha" else "K2HPO4"

@@ -1,0 +1,134 @@
+"""Benchmark of screw detection and halo (loosening) measurement on synthetic post-operative CT.
+
+Prints, over >= 40 synthetic screws with random halo widths (0-3 mm, borderline 0.7 and 1.3 mm
+always included), full and partial arcs, sclerotic rims, saturation or extended HU, blooming,
+streaks and realistic noise: detection and vertebra/side assignment rate, loosening accuracy,
+and the mean absolute error of the maximum halo width (issue 5's done-when figures).
+
+Run:  .venv/bin/python scripts/bench/halo_accuracy.py [--cases 8] [--seed 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from bmdpipe.config import HaloSettings, ScrewSettings
+from bmdpipe.results import Vertebra, level_name
+from bmdpipe.screws import detect_screws, measure_screws
+from bmdpipe.synthetic.case import make_case
+from bmdpipe.synthetic.spec import CaseSpec, ScrewSpec
+
+
+def vertebrae_from_labels(volume, labels) -> list[Vertebra]:
+    """Vertebra objects (mask box + LPS centroid) from a VerSe-id label map on the CT grid."""
+    out = []
+    for vid, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or vid < 1 or vid > 26:
+            continue
+        m = labels[sl] == vid
+        c = np.argwhere(m).mean(axis=0) + [s.start for s in sl]
+        out.append(Vertebra(name=level_name(vid), verse_id=vid, offset=tuple(s.start for s in sl), mask=m,
+                            centroid_lps=tuple(float(x) for x in volume.index_to_lps(c))))
+    return out
+
+
+def case_spec(rng: np.random.Generator, n_case: int, levels=("L3", "L4", "L5")) -> CaseSpec:
+    screws = []
+    slots = [(lv, sd) for lv in levels for sd in ("left", "right")]
+    forced = {0: 0.7, 1: 1.3}  # borderline widths in every case
+    for n, (lv, sd) in enumerate(slots):
+        w = forced.get(n, float(np.round(rng.uniform(0.0, 3.0), 2)))
+        if n >= 2 and rng.uniform() < 0.2:
+            w = 0.0
+        arc = 1.0 if rng.uniform() < 0.5 else float(np.round(rng.uniform(0.2, 0.95), 2))
+        screws.append(ScrewSpec(vertebra=lv, side=sd, halo_width_mm=w, halo_arc_fraction=arc,
+                                sclerotic_rim=bool(w > 0 and rng.uniform() < 0.3),
+                                diameter_mm=float(rng.choice([5.5, 6.0, 6.5, 7.0]))))
+    return CaseSpec(levels=levels, screws=tuple(screws), metal_saturation=bool(n_case % 3 != 2),
+                    streaks=True, cancellous_mg_cm3=(80.0, 180.0),
+                    orientation=("HFS", "FFS", "HFP", "HFS_zdown")[n_case % 4])
+
+
+def match(found, truth_screws):
+    """Pair each true screw with the detected screw whose axis midpoint is nearest (<= 10 mm)."""
+    pairs = []
+    mids = np.array([0.5 * (np.add(s.entry_lps, s.tip_lps)) for s in found]) if found else np.zeros((0, 3))
+    for ts in truth_screws:
+        m = 0.5 * (np.add(ts.entry_lps, ts.tip_lps))
+        if len(mids) == 0:
+            pairs.append((ts, None))
+            continue
+        d = np.linalg.norm(mids - m, axis=1)
+        k = int(np.argmin(d))
+        pairs.append((ts, found[k] if d[k] <= 10.0 else None))
+    return pairs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    ss, hs = ScrewSettings(), HaloSettings()
+    rows = []
+    n_found_extra = 0
+    t_total = time.time()
+    for c in range(args.cases):
+        spec = case_spec(rng, c)
+        case = make_case(args.seed + c, spec)
+        vol = case.volume
+        verts = vertebrae_from_labels(vol, case.labels)
+        t0 = time.time()
+        found = measure_screws(vol, detect_screws(vol, ss, vertebrae=verts), hs)
+        dt = time.time() - t0
+        n_found_extra += max(0, len(found) - len(case.truth.screws))
+        for ts, fs in match(found, case.truth.screws):
+            row = dict(case=c, vertebra=ts.vertebra, side=ts.side, width=ts.halo_width_mm, arc=ts.halo_arc_fraction,
+                       rim=ts.sclerotic_rim, loosened=ts.loosened, diameter=ts.diameter_mm, found=fs is not None,
+                       sat=spec.metal_saturation, orient=spec.orientation)
+            if fs is not None:
+                row.update(f_vertebra=fs.vertebra, f_side=fs.side.value, f_diameter=fs.diameter_mm,
+                           f_max=fs.halo.max_width_mm, f_mean=fs.halo.mean_width_mm,
+                           f_frac=fs.halo.circumference_fraction, f_loose=fs.halo.loosened,
+                           f_rim=fs.halo.sclerotic_rim,
+                           entry_err=float(np.linalg.norm(np.subtract(fs.entry_lps, ts.entry_lps))),
+                           tip_err=float(np.linalg.norm(np.subtract(fs.tip_lps, ts.tip_lps))))
+            rows.append(row)
+            if args.verbose:
+                print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()})
+        print(f"case {c}: {len(found)} screws found / {len(case.truth.screws)} true, "
+              f"sat={spec.metal_saturation} {spec.orientation}, {dt:.1f} s", file=sys.stderr)
+    n = len(rows)
+    found = [r for r in rows if r["found"]]
+    assigned = [r for r in found if r["f_vertebra"] == r["vertebra"] and r["f_side"] == r["side"]]
+    correct = [r for r in found if r["f_loose"] == r["loosened"]]
+    err = np.array([abs(r["f_max"] - r["width"]) for r in found])
+    border = [r for r in found if r["width"] in (0.7, 1.3)]
+    berr = np.array([abs(r["f_max"] - r["width"]) for r in border])
+    rim_ok = [r for r in found if r["f_rim"] == r["rim"]]
+    derr = np.array([abs(r["f_diameter"] - r["diameter"]) for r in found])
+    print(f"screws: {n} (cases {args.cases}, seed {args.seed}); extra detections: {n_found_extra}")
+    print(f"found: {len(found)}/{n}; right vertebra and side: {len(assigned)}/{n}")
+    print(f"loosening called correctly: {len(correct)}/{len(found)} = {100.0 * len(correct) / max(len(found), 1):.1f} %"
+          f" (truth loosened: {sum(r['loosened'] for r in found)})")
+    print(f"max halo width MAE: {err.mean():.3f} mm (median {np.median(err):.3f}, max {err.max():.2f}); "
+          f"borderline 0.7/1.3 mm: n={len(border)} MAE {berr.mean():.3f} mm")
+    print(f"sclerotic rim correct: {len(rim_ok)}/{len(found)}; diameter MAE {derr.mean():.3f} mm; "
+          f"entry err median {np.median([r['entry_err'] for r in found]):.2f} mm, "
+          f"tip err median {np.median([r['tip_err'] for r in found]):.2f} mm")
+    for r in found:
+        if r["f_loose"] != r["loosened"] or abs(r["f_max"] - r["width"]) > 0.5:
+            print("  miss:", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()})
+    print(f"total {time.time() - t_total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

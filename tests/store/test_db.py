@@ -1,0 +1,159 @@
+"""The trial database on SQLite: schema by migration, one transaction per series, queries."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bmdpipe.errors import StoreError
+from bmdpipe.store import db
+from bmdpipe.store.csv import CALIBRATION_COLUMNS, SCREW_COLUMNS, SERIES_COLUMNS, VBMD_COLUMNS
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    eng = db.open_db(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+def test_open_db_migrates_to_head_and_is_idempotent(sqlite_url):
+    """open_db creates every table through Alembic and a second open changes nothing."""
+    eng = db.open_db(sqlite_url)
+    eng.dispose()
+    eng = db.open_db(sqlite_url)
+    with eng.connect() as conn:
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+        tables = set(sa.inspect(conn).get_table_names())
+    eng.dispose()
+    assert version == "0001"
+    assert {t.name for t in db.Base.metadata.sorted_tables} <= tables
+
+
+def test_migration_matches_models(sqlite_url):
+    """The migrated schema has exactly the models' columns (no drift between the two)."""
+    eng = db.open_db(sqlite_url)
+    insp = sa.inspect(eng)
+    for table in db.Base.metadata.sorted_tables:
+        got = {c["name"] for c in insp.get_columns(table.name)}
+        assert got == {c.name for c in table.columns}, table.name
+    eng.dispose()
+
+
+def test_downgrade_and_upgrade_again(sqlite_url):
+    """The initial migration can be rolled back to an empty database and applied again."""
+    from alembic import command
+
+    eng = db.open_db(sqlite_url)
+    cfg = db._alembic_config(eng)
+    command.downgrade(cfg, "base")
+    assert set(sa.inspect(eng).get_table_names()) <= {"alembic_version"}
+    command.upgrade(cfg, "head")
+    assert "vertebra_measurements" in sa.inspect(eng).get_table_names()
+    eng.dispose()
+
+
+def test_no_phi_columns():
+    """No table has a column for a patient's name, ID or birth date."""
+    for table in db.Base.metadata.sorted_tables:
+        for col in table.columns:
+            assert "patient" not in col.name and "birth" not in col.name, (table.name, col.name)
+
+
+def test_save_and_query_round_trip(engine, make_result):
+    """Stored rows come back with the same values, in contract column order, extras after."""
+    res = make_result("1.2.3.1", "S0001", "baseline")
+    with Session(engine) as s:
+        run_id = db.start_run(s, settings={"x": 1}, command="bmdpipe run", settings_digest="d" * 64)
+        db.save_series_result(s, res, run_id, settings_digest="d" * 64)
+        rows = db.query_contract_rows(s)
+    assert [r["series_uid"] for r in rows["series.csv"]] == ["1.2.3.1"]
+    srow = rows["series.csv"][0]
+    assert tuple(srow)[: len(SERIES_COLUMNS)] == SERIES_COLUMNS
+    assert srow["status"] == "processed" and srow["n_files"] == 40
+    assert srow["reason"] == "slice gap 0.1 mm"  # warnings of a processed series
+    cal = rows["calibration.csv"][0]
+    assert tuple(cal)[: len(CALIBRATION_COLUMNS)] == CALIBRATION_COLUMNS
+    assert cal == res.calibration_row  # every value and the extra column come back
+    assert list(cal)[-1] == "calibration_note"
+    assert rows["vbmd.csv"] == list(res.vbmd_rows)
+    assert tuple(rows["vbmd.csv"][0]) == VBMD_COLUMNS
+    assert rows["screws.csv"] == list(res.screw_rows)
+    assert tuple(rows["screws.csv"][0]) == SCREW_COLUMNS
+    assert isinstance(rows["screws.csv"][0]["loosened"], bool)
+
+
+def test_save_again_replaces_rows(engine, make_result):
+    """Saving a series twice leaves one copy of its rows: the second version."""
+    with Session(engine) as s:
+        db.save_series_result(s, make_result("u1", levels=("L2", "L3", "L4")), None)
+        db.save_series_result(s, make_result("u2", "S0002"), None)
+        db.save_series_result(s, make_result("u1", levels=("L4",), scale=2.0), None)
+        vbmd = db.query_vbmd(s, series_uids=["u1"])
+        n_all = s.scalar(sa.select(sa.func.count()).select_from(db.VertebraMeasurement))
+        n_cal = s.scalar(sa.select(sa.func.count()).select_from(db.Calibration))
+    assert {r["vertebra"] for r in vbmd} == {"L4"}
+    assert len(vbmd) == 5 and vbmd[0]["vbmd_mg_cm3"] == 200.0
+    assert n_all == 5 + 10 and n_cal == 2
+
+
+def test_failed_save_keeps_previous_rows(engine, make_result):
+    """A series whose new rows break a uniqueness rule keeps its old rows (rolled back)."""
+    from dataclasses import replace
+
+    good = make_result("u1")
+    bad = replace(good, vbmd_rows=good.vbmd_rows + (good.vbmd_rows[0],), status="processed")
+    with Session(engine) as s:
+        db.save_series_result(s, good, None)
+        with pytest.raises(StoreError, match="u1"):
+            db.save_series_result(s, bad, None)
+        assert db.query_vbmd(s) == list(good.vbmd_rows)
+
+
+def test_unique_constraint_blocks_duplicate_rows(engine, make_result):
+    """The database itself refuses a second row for the same vertebra, region and side."""
+    with Session(engine) as s:
+        db.save_series_result(s, make_result("u1", levels=("L4",)), None)
+        s.add(db.VertebraMeasurement(series_uid="u1", position=99, vertebra="L4", region="A",
+                                     side="center", extra={}))
+        with pytest.raises(sa.exc.IntegrityError):
+            s.commit()
+
+
+def test_failed_series_and_resume_digests(engine, make_result):
+    """Failed series are stored with stage and reason and are not offered for skipping."""
+    with Session(engine) as s:
+        db.save_series_result(s, make_result("ok"), None, input_digest="i1", settings_digest="s1")
+        db.save_series_result(s, make_result("bad", status="failed"), None, input_digest="i2",
+                              settings_digest="s1")
+        digests = db.processed_digests(s)
+        series = {r["series_uid"]: r for r in db.query_series(s)}
+        assert db.query_vbmd(s, series_uids=["bad"]) == []
+    assert digests == {"ok": ("i1", "s1")}
+    assert series["bad"]["status"] == "failed" and series["bad"]["stage"] == "calibrate"
+    assert series["bad"]["reason"] == "no phantom rods found"
+
+
+def test_skipped_item_and_roi_edit(engine):
+    """Discovery's skipped items (plain attributes) and ROI edits are stored."""
+    from bmdpipe.ingest.discover import SkippedItem
+
+    item = SkippedItem(series_uid="9.9", path="/x/scout", n_files=2, modality="CT",
+                       description="scout", reason="localizer")
+    with Session(engine) as s:
+        db.save_series_result(s, item, None)
+        edit_id = db.add_roi_edit(s, series_uid="9.9", vertebra="L4", region="A", side="center",
+                                  who="reader1", what={"voxels_added": 12})
+        row = db.query_series(s)[0]
+        edit = s.get(db.RoiEdit, edit_id)
+    assert row["status"] == "skipped" and row["reason"] == "localizer"
+    assert edit.what == {"voxels_added": 12} and edit.who == "reader1"
+
+
+def test_bad_url_is_a_store_error(tmp_path):
+    """A malformed URL or an unreachable server gives a StoreError naming what to check."""
+    with pytest.raises(StoreError, match="not valid"):
+        db.open_db("not a url")
+    with pytest.raises(StoreError, match="cannot connect"):
+        db.open_db("postgresql+psycopg://nobody@127.0.0.1:1/none")

@@ -1,0 +1,151 @@
+"""`bmdpipe run` end to end on a synthetic DICOM case: the output contract, skipped items, no PHI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bmdpipe.cli import app
+from bmdpipe.store.csv import CONTRACT_COLUMNS, read_csv_rows
+from bmdpipe.synthetic import CaseSpec, make_case, write_dicom_series, write_labels_nifti
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def preop_case(tmp_path_factory):
+    """A pre-operative case (L3-L5, Mindways phantom) written as DICOM with a localizer and strays."""
+    root = tmp_path_factory.mktemp("preop")
+    case = make_case(11, CaseSpec(levels=("L3", "L4", "L5"), phantom="mindways"))
+    write_dicom_series(case, root / "dicom", add_localizer=True, add_stray_files=True)
+    write_labels_nifti(case, root / "labels.nii.gz")
+    return case, root
+
+
+@pytest.fixture(scope="module")
+def preop_run(preop_case):
+    """Run the CLI in a subprocess (as a user would) and keep everything it printed."""
+    case, root = preop_case
+    out = root / "out"
+    env = {**os.environ, "BMDPIPE_PSEUDONYM_KEY": "test-key", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bmdpipe.cli", "run", str(root / "dicom"), "--out", str(out),
+         "--phantom", "mindways-model3-ct", "--labels", str(root / "labels.nii.gz"), "-v"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    return case, out, proc
+
+
+def test_run_exits_0_and_writes_contract_files(preop_run):
+    """Exit 0; every contract CSV exists with the contract's leading columns in order."""
+    case, out, proc = preop_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, columns in CONTRACT_COLUMNS.items():
+        header = (out / name).read_text().splitlines()[0].split(",")
+        assert tuple(header[: len(columns)]) == columns, name
+
+
+def test_series_csv_lists_skipped_items_with_reasons(preop_run):
+    """The CT series is processed; the localizer and stray files are skipped with a reason."""
+    case, out, proc = preop_run
+    rows = read_csv_rows(out / "series.csv")
+    processed = [r for r in rows if r["status"] == "processed"]
+    assert [r["series_uid"] for r in processed] == [case.volume.meta.series_uid]
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert any("localizer" in r["reason"].lower() for r in skipped)
+    assert any(r["path"].endswith("README.txt") for r in skipped)
+    assert all(r["reason"] for r in skipped)
+
+
+def _roi_map(out, case, region):
+    img = nib.load(out / "rois" / f"{case.volume.meta.series_uid}_{region}.nii.gz")
+    return img, np.asarray(img.dataobj).transpose(2, 1, 0)  # NIfTI (i, j, k) -> (k, j, i)
+
+
+def test_calibration_and_vbmd_rows(preop_run):
+    """One phantom calibration row; region A of every level close to the noise-free truth.
+
+    The truth is the generator's noise-free mineral density averaged over the ROI the
+    pipeline chose (read back from the ROI map); the tight accuracy figures over many cases
+    are printed by scripts/bench/roi_accuracy.py.
+    """
+    case, out, proc = preop_run
+    cal = read_csv_rows(out / "calibration.csv")
+    assert len(cal) == 1 and cal[0]["method"] == "phantom" and cal[0]["material"] == "K2HPO4"
+    assert float(cal[0]["slope_hu_per_mg_cm3"]) == pytest.approx(
+        case.truth.scanner.slope_hu_per_mg_cm3, rel=0.02)
+    rows = read_csv_rows(out / "vbmd.csv")
+    a_rows = {r["vertebra"]: r for r in rows if r["region"] == "A"}
+    assert sorted(a_rows) == ["L3", "L4", "L5"]
+    _, amap = _roi_map(out, case, "A")
+    for vt in case.truth.vertebrae:
+        r = a_rows[vt.name]
+        assert r["side"] == "center" and r["calibration"] == "phantom" and r["roi_source"] == "auto"
+        in_roi = amap == 10 * vt.verse_id
+        assert int(r["n_voxels"]) == int(in_roi.sum()) > 500
+        truth_mean = float(case.truth.mineral_mg_cm3[in_roi].mean())
+        assert float(r["vbmd_mg_cm3"]) == pytest.approx(truth_mean, abs=3.0)
+
+
+def test_roi_map_codes_and_alignment(preop_run):
+    """`_A` holds 10 x VerSe id + 0 on the CT grid: its voxels lie inside the truth vertebra."""
+    case, out, proc = preop_run
+    img, data = _roi_map(out, case, "A")
+    assert data.shape == case.volume.shape
+    assert set(np.unique(data)) == {0, 220, 230, 240}
+    # the NIfTI affine (RAS) maps voxel (0,0,0) to the CT's origin (LPS) with x, y negated
+    origin_ras = img.affine @ [0, 0, 0, 1]
+    np.testing.assert_allclose(origin_ras[:3] * [-1, -1, 1], case.volume.origin, atol=1e-3)
+    for code, vid in ((220, 22), (230, 23), (240, 24)):
+        inside = case.labels[data == code] == vid
+        assert inside.mean() > 0.99
+
+
+def test_no_phi_anywhere(preop_run):
+    """No output file (CSV, NIfTI, PNG, database) nor log line holds the planted PHI."""
+    case, out, proc = preop_run
+    phi = [v for v in (case.truth.phi["PatientName"], case.truth.phi["PatientID"],
+                       case.truth.phi["PatientBirthDate"]) if v]
+    texts = [proc.stdout, proc.stderr]
+    blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    assert blobs, "nothing written"
+    for value in phi:
+        assert all(value not in t for t in texts), value
+        assert all(value.encode() not in b for b in blobs), value
+
+
+def test_help_explains_every_option():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--out", "--phantom", "--labels", "--levels", "--manifest", "--config",
+                   "--db", "--workers", "--scheduler", "--resume", "--no-resume"):
+        assert option in result.output
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--levels", "L3,X9"], "X9"),
+        (["--phantom", "no-such-phantom"], "no-such-phantom"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "either"),
+    ],
+)
+def test_usage_errors_exit_2_and_write_nothing(tmp_path, args, fragment):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(tmp_path), "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert not out.exists()
+
+
+def test_missing_input_exit_2(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "nope" in result.output
