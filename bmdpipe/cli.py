@@ -126,7 +126,7 @@ def run(
     _setup_logging(verbose)
     from .batch import RunOptions, run_batch
     from .config import load_settings
-    from .errors import ConfigError
+    from .errors import BmdpipeError, ConfigError
     from .ingest import discover
     from .manifest import parse_levels, read_manifest
 
@@ -179,7 +179,11 @@ def run(
         def on_file(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        discovery = discover(paths, settings.ingest, settings.pseudonym, progress=on_file)
+        try:
+            discovery = discover(paths, settings.ingest, settings.pseudonym, progress=on_file)
+        except BmdpipeError as exc:
+            bar.stop()
+            _fail_usage(str(exc))
         bar.update(task, description="series", completed=0, total=len(discovery.series))
         failed = 0
 
@@ -189,7 +193,11 @@ def run(
             bar.update(task, completed=done, total=total,
                        description=f"series ({failed} failed)")
 
-        summary = run_batch(discovery, options, settings, progress=on_series)
+        try:
+            summary = run_batch(discovery, options, settings, progress=on_series)
+        except BmdpipeError as exc:  # database or cluster unreachable: a usage problem
+            bar.stop()
+            _fail_usage(str(exc))
 
     console.print(
         f"{summary.processed} processed, {summary.failed} failed, {summary.skipped} skipped"
@@ -199,6 +207,61 @@ def run(
         console.print(f"[red]failed[/red] {uid} at {stage}: {reason}")
     console.print(f"outputs in {out.resolve()} (series.csv, calibration.csv, vbmd.csv, screws.csv, rois/, qc/)")
     raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def calibrate(
+    scan: Annotated[Path, typer.Argument(help="Phantom scan: a DICOM folder or a NIfTI file.",
+                                         exists=True)],
+    phantom: Annotated[str, typer.Option(help="Phantom definition: shipped name or FILE.yaml.")] = ...,
+    save: Annotated[Optional[Path], typer.Option(help="Write the calibration (JSON) here, for "
+                                                 "`bmdpipe run --calibration FILE`.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Settings YAML overriding the defaults.")] = None,
+    qc: Annotated[Optional[Path], typer.Option(help="Write the calibration QC plot (PNG) here.")] = None,
+) -> None:
+    """Asynchronous calibration: fit a phantom scanned on its own, save it for patient scans.
+
+    Patient scans of the same scanner, kVp and kernel reuse it with `bmdpipe run --calibration`;
+    a kVp or kernel mismatch is reported as a warning on each series.
+    """
+    from .calibrate import calibrate_with_phantom, load_phantom, save_calibration
+    from .config import load_settings
+    from .errors import BmdpipeError, ConfigError
+    from .ingest import discover, load_volume
+
+    try:
+        settings = load_settings(config)
+        definition = load_phantom(phantom)
+    except ConfigError as exc:
+        _fail_usage(str(exc))
+    found = discover([scan], settings.ingest, settings.pseudonym)
+    if not found.series:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped[:5])
+        _fail_usage(f"no CT series in {scan}" + (f" ({reasons})" if reasons else ""))
+    if len(found.series) > 1:
+        typer.secho(f"warning: {len(found.series)} CT series in {scan}; using the first "
+                    f"({found.series[0].series_uid})", fg=typer.colors.YELLOW, err=True)
+    try:
+        volume = load_volume(found.series[0], settings.ingest)
+        cal = calibrate_with_phantom(volume, definition, settings.calibration)
+    except BmdpipeError as exc:
+        typer.secho(f"calibration failed ({exc.stage}): {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_FAILED)
+    for ref in cal.references:
+        typer.echo(f"rod {ref.name:8s} nominal {ref.nominal_mg_cm3:8.2f} mg/cm3  "
+                   f"measured {ref.hu_mean:8.1f} HU  residual {ref.residual_hu or 0:+.1f} HU")
+    typer.echo(f"HU = {cal.intercept_hu:.3f} + {cal.slope_hu_per_mg_cm3:.5f} x {cal.material.value} "
+               f"mg/cm3   R^2 = {cal.r2:.5f}")
+    for w in cal.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    if save:
+        save_calibration(cal, save, kvp=volume.meta.kvp, kernel=volume.meta.kernel)
+        typer.echo(f"saved {save}")
+    if qc:
+        from .report.calibration_plot import save_calibration_qc
+
+        save_calibration_qc(cal, volume, qc)
+        typer.echo(f"QC plot {qc}")
 
 
 @app.command()
@@ -239,6 +302,72 @@ def synth(
         typer.echo(f"{name}: {files['dicom']}")
     write_csv(out / "manifest.csv", rows, ("path", "study_id", "timepoint", "phantom", "labels", "levels"))
     typer.echo(f"manifest: {out / 'manifest.csv'}")
+
+
+@app.command()
+def export(
+    db: Annotated[str, typer.Option(help="Database URL: sqlite:///OUT/bmdpipe.sqlite or "
+                                    "postgresql+psycopg://user:pass@host/db.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv: the contract CSVs (series, calibration, "
+                                     "vbmd, screws, + clinical); redcap: a REDCap import file, its data "
+                                     "dictionary, events and instrument designations.")] = "csv",
+) -> None:
+    """Write the contract CSVs (or a REDCap import file) from the database."""
+    from .errors import StoreError
+    from .store.db import open_db
+    from .store.export import export_csvs, export_redcap
+
+    if fmt not in ("csv", "redcap"):
+        _fail_usage(f"--format {fmt!r}: use csv or redcap")
+    try:
+        engine = open_db(db)
+    except StoreError as exc:
+        _fail_usage(str(exc))
+    try:
+        if fmt == "csv":
+            counts = export_csvs(engine, out)
+            for name, n in counts.items():
+                typer.echo(f"{out / name}: {n} rows")
+        else:
+            res = export_redcap(engine, out)
+            typer.echo(f"{res.import_file}: {res.n_records} records, {res.n_rows} record-events")
+            typer.echo(f"{res.dictionary_file} (upload first), {res.events_file}, {res.designations_file}")
+            for msg in res.left_out:
+                typer.secho(f"left out: {msg}", fg=typer.colors.YELLOW, err=True)
+    finally:
+        engine.dispose()
+
+
+@app.command("import-clinical")
+def import_clinical_cmd(
+    csv_file: Annotated[Path, typer.Argument(help="Clinical CSV: study_id, timepoint, arm, cement, "
+                                             "cage_type, odi_1..odi_10, vas_back, vas_leg, fusion_grade, "
+                                             "loosening_reader (one row per study x timepoint).")],
+    db: Annotated[str, typer.Option(help="Database URL (as for `bmdpipe run --db`).")],
+) -> None:
+    """Validate the trial's clinical data and store it (all rows or none). Exit 1 on invalid rows."""
+    from .errors import StoreError
+    from .store.clinical import ClinicalImportError, import_clinical
+    from .store.db import open_db
+
+    if not csv_file.is_file():
+        _fail_usage(f"{csv_file} does not exist")
+    try:
+        engine = open_db(db)
+    except StoreError as exc:
+        _fail_usage(str(exc))
+    try:
+        summary = import_clinical(engine, csv_file)
+    except ClinicalImportError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except StoreError as exc:
+        _fail_usage(str(exc))
+    finally:
+        engine.dispose()
+    typer.echo(f"{summary.n_rows} rows: {summary.n_inserted} visits added, {summary.n_replaced} replaced, "
+               f"{summary.n_new_studies} new studies")
 
 
 if __name__ == "__main__":  # pragma: no cover

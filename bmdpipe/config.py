@@ -72,10 +72,10 @@ class CalibrationSettings(_Section):
     rod_edge_low_hu: float = 10.0
     rod_edge_high_hu: float = 30.0
     rod_hough_threshold: float = Field(0.35, gt=0, le=1)
-    rod_max_candidates: int = Field(40, ge=2)
+    rod_max_candidates: int = Field(120, ge=2)
     rod_min_hu: float = -300.0
     rod_max_hu: float = 2500.0
-    rod_min_contrast_hu: float = 20.0
+    rod_min_contrast_hu: float = 10.0
     rod_max_core_spread_hu: float = 120.0
     rod_core_fraction: float = Field(0.6, gt=0, lt=1)
     rod_edge_margin_mm: float = Field(2.0, ge=0)
@@ -88,6 +88,10 @@ class CalibrationSettings(_Section):
     rod_min_slices: int = Field(3, ge=1)
     rod_padding_hu: float = -1500.0
     rod_infer_max_residual_hu: float = Field(10.0, gt=0)
+    rod_min_z_fraction: float = Field(0.4, ge=0, le=1)
+    rod_max_groups: int = Field(30, ge=1)
+    slope_min_hu_per_mg_cm3: float = Field(0.5, gt=0)
+    slope_max_hu_per_mg_cm3: float = Field(2.5, gt=0)
     # phantomless calibration (bmdpipe.calibrate.internal)
     internal_grid_mm: float = Field(1.5, gt=0)
     internal_smooth_mm: float = Field(1.5, gt=0)
@@ -102,6 +106,7 @@ class CalibrationSettings(_Section):
     internal_muscle_min_hu: float = 10.0
     internal_muscle_max_hu: float = 90.0
     internal_muscle_posterior_mm: float = 15.0
+    internal_muscle_near_spine_mm: float = Field(15.0, gt=0)
     internal_kev_min: float = Field(40.0, ge=25)
     internal_kev_max: float = Field(120.0, le=150)
     internal_max_rms_hu: float = Field(5.0, gt=0)
@@ -151,7 +156,6 @@ class MaskingSettings(_Section):
     smoothing_sigma_mm: float = Field(0.6, ge=0)
     dense_k_sd: float = Field(4.0, gt=0)
     dense_min_delta_hu: float = Field(90.0, gt=0)
-    min_voxels: int = Field(5, ge=1)
 
     def margin_mm(self, spacing) -> float:
         """Clearance kept between ROI voxels and cortex / sclerosis / the bone surface, mm."""
@@ -184,12 +188,12 @@ class HaloSettings(_Section):
     n_angles: int = Field(72, ge=8)
     position_step_mm: float = Field(1.0, gt=0)
     radial_step_mm: float = Field(0.1, gt=0)
-    search_mm: float = Field(7.0, gt=1)
+    search_mm: float = Field(5.5, gt=1)
     block_length_mm: float = Field(6.0, gt=0)
     skip_entry_mm: float = Field(3.0, ge=0)
     skip_tip_mm: float = Field(3.0, ge=0)
     min_bone_hu: float = 60.0
-    max_width_mm: float = Field(4.0, gt=0)
+    max_width_mm: float = Field(3.5, gt=0)
     width_grid_step_mm: float = Field(0.05, gt=0)
     lucent_hu: float = 30.0
     min_contrast_hu: float = Field(30.0, ge=0)
@@ -197,12 +201,13 @@ class HaloSettings(_Section):
     rim_width_mm: float = Field(1.0, gt=0)
     rim_min_contrast_hu: float = Field(150.0, gt=0)
     rim_min_fraction: float = Field(0.3, gt=0, le=1)
-    angle_smoothing: int = Field(3, ge=1)
+    angle_smoothing: int = Field(5, ge=1)
     max_metal_excess_hu: float = Field(1500.0, gt=0)
     metal_hu: float = 6500.0
     thread_depth_mm: float = Field(0.9, ge=0)
     min_valid_fraction: float = Field(0.3, gt=0, le=1)
     max_smoothing: int = Field(3, ge=1)
+    esf_sectors: int = Field(8, ge=1)
 
 
 class OutputSettings(_Section):

@@ -219,11 +219,19 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _qc_images(volume, cal, vertebrae, rois, screws) -> dict[str, bytes]:
+def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict[str, bytes]:
     """QC figures as PNG bytes, keyed by the file-name suffix (``qc/<uid>_<key>.png``)."""
     from .report.calibration_plot import plot_calibration
+    from .report.roi_qc import roi_figure
+    from .report.screw_qc import screw_qc_figure
 
     images = {"calibration": _png(plot_calibration(cal, volume))}
+    for vert in vertebrae:
+        images[f"roi_{vert.name}"] = _png(roi_figure(volume, vert, rois))
+    for screw in screws:
+        key = f"screw_{screw.vertebra or 'unassigned'}_{screw.side.value}"
+        images[key if key not in images else f"{key}_{len(images)}"] = _png(
+            screw_qc_figure(volume, screw, settings.halo))
     return images
 
 
@@ -265,7 +273,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         }
     if settings.output.qc_images:
         with _stage("report"):
-            out["qc_images"] = _qc_images(volume, cal, vertebrae, rois, screws)
+            out["qc_images"] = _qc_images(volume, cal, vertebrae, rois, screws, settings)
     return out
 
 

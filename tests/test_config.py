@@ -41,12 +41,14 @@ def test_invalid_override_names_the_key_and_file(tmp_path, text, fragment):
 
 
 def test_default_config_file_documents_every_threshold():
-    """Each numeric setting line in default.yaml carries a comment (unit / source)."""
+    """Each numeric setting in default.yaml carries a comment (unit / source), inline or on
+    the line just above it (a pair such as ``*_min`` / ``*_max`` may share one comment)."""
     lines = DEFAULT_CONFIG.read_text().splitlines()
-    undocumented = [
-        ln for ln in lines
-        if ":" in ln and not ln.strip().startswith("#")
-        and ln.split(":", 1)[1].strip()[:1] in "-.0123456789" and ln.split(":", 1)[1].strip()
-        and "#" not in ln
-    ]
+    undocumented = []
+    for prev, ln in zip([""] + lines, lines):
+        if ln.strip().startswith("#") or ":" not in ln:
+            continue
+        value = ln.split(":", 1)[1].strip()
+        if value and value[:1] in "-.0123456789" and "#" not in ln and "#" not in prev:
+            undocumented.append(ln.strip())
     assert not undocumented, f"settings without a unit/source comment: {undocumented}"

@@ -7,6 +7,7 @@ from .labels import (
     resample_labels,
     vertebrae_from_label_map,
     vertebrae_from_labels,
+    vertebrae_from_masks,
 )
 from .localize import localize_vertebrae
 from .vertebra import vertebra_geometry
@@ -18,6 +19,7 @@ __all__ = [
     "resample_labels",
     "vertebrae_from_labels",
     "vertebrae_from_label_map",
+    "vertebrae_from_masks",
     "localize_vertebrae",
     "vertebra_geometry",
 ]

@@ -297,13 +297,6 @@ def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str,
     return problems
 
 
-def _box(mask: np.ndarray, pad: int = 2) -> tuple[tuple[int, ...], tuple[slice, ...]]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
-    return tuple(int(v) for v in lo), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
 def vertebrae_from_labels(path: Path, volume: Volume, settings: AnatomySettings | None = None,
                           *, levels=None) -> list[Vertebra]:
     """Lumbar vertebrae (L1..L6) from a label file or folder, with their geometry.

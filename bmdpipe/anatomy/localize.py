@@ -223,14 +223,21 @@ def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, 
         hb = np.asarray(hu_full[sl], dtype=np.float32)
         sig_f = [settings.smoothing_sigma_mm / s for s in sp_full]
         bb = ndi.gaussian_filter(hb, sig_f, mode="nearest") > settings.bone_threshold_hu
-        fb = _fill_slices(bb, sp_full, settings.gap_close_mm)
+        # gaps of the cortical ring are closed in the body only (anterior to the canal), so that
+        # the concavities between pedicle, processes and lamina stay out of the mask
+        y_body = int(cy[kc] * step[1] - lo[1] - (0.5 * settings.default_canal_depth_mm - 2.0) / sp_full[1])
+        fb = _fill_slices(bb)
+        fb[:, :max(0, y_body)] |= _fill_slices(bb, sp_full, settings.gap_close_mm)[:, :max(0, y_body)]
         holes = fb & ~bb
         hl, nh = ndi.label(holes)
         if nh:
             # remove the canal: holes holding CSF / cord / fat, not low-density cancellous bone
             sm_b = ndi.gaussian_filter(hb, sig_f, mode="nearest")
-            means = ndi.mean(sm_b, hl, np.arange(1, nh + 1))
-            canal_ids = np.flatnonzero(means < settings.canal_max_hu) + 1
+            ids = np.arange(1, nh + 1)
+            means = ndi.mean(sm_b, hl, ids)
+            # only holes behind the body: an osteoporotic body's own core can be as low as the canal
+            ycen = np.array([c[1] for c in ndi.center_of_mass(holes, hl, ids)])
+            canal_ids = ids[(means < settings.canal_max_hu) & (ycen > y_body)]
             fb &= ~np.isin(hl, canal_ids)
         lab, n = ndi.label(fb)
         kb = fb.shape[0] // 2
@@ -247,6 +254,8 @@ def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, 
             seed_id = ids[np.argmax(cnt)]
         mask = lab == seed_id
         vid = VERSE_IDS.get(name.upper())
+        # the body ends at the canal's anterior edge (canal centre - half the typical depth + 2 mm)
+        limit = cy[kc] * step[1] - lo[1] - (0.5 * settings.default_canal_depth_mm - 2.0) / sp_full[1]
         out.append(vertebra_geometry(volume, frame, hb, mask, tuple(int(v) for v in lo), name, vid, settings,
-                                     source="localized"))
+                                     source="localized", body_posterior_limit=limit))
     return out

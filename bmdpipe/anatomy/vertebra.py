@@ -165,7 +165,7 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
 
 def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, mask_c: np.ndarray,
                       offset_c, name: str, verse: int | None, settings: AnatomySettings,
-                      *, source: str = "labels") -> Vertebra:
+                      *, source: str = "labels", body_posterior_limit: float | None = None) -> Vertebra:
     """Measure one vertebra from its canonical box.
 
     Parameters
@@ -183,6 +183,11 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
     name, verse : str, int or None
         Level name and VerSe id.
     settings : AnatomySettings
+    source : str
+        ``labels`` or ``localized`` (stored on the result).
+    body_posterior_limit : float, optional
+        Canonical box row (y) that the body may not extend beyond (e.g. the canal's anterior
+        edge found by the localiser), for masks where the canal could not be kept open.
 
     Returns
     -------
@@ -199,6 +204,8 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
     body = open_mm(mask, settings.body_opening_radius_mm, sp)
     if not body.any():
         body = open_mm(mask, 0.5 * settings.body_opening_radius_mm, sp)
+    if body_posterior_limit is not None:
+        body[:, int(np.ceil(body_posterior_limit)) + 1:, :] = False
     if not body.any():
         raise AnatomyError(f"{name}: no vertebral body found in its mask ({int(mask.sum())} voxels); "
                            "check the labels or the localisation")

@@ -12,11 +12,10 @@ assigned to the definition by density order and count, never by left-right posit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
@@ -219,12 +218,12 @@ def _trim_far_ends(pts: np.ndarray, group: list[int]) -> list[int]:
     return g
 
 
-def _best_group(tracks: list[dict], s: CalibrationSettings, px_mm: float) -> list[dict]:
-    """Largest set of similar-size rods on a row, ties broken by detection score."""
+def _candidate_groups(tracks: list[dict], s: CalibrationSettings, px_mm: float) -> list[list[int]]:
+    """Sets of similar-size rods on a row (indices into ``tracks``), best first: more rods, then
+    higher detection score."""
     if not tracks:
         return []
-    best: list[dict] = [max(tracks, key=lambda t: t["score"])]
-    best_key = (1, best[0]["score"])
+    found: dict[tuple[int, ...], tuple] = {}
     pts = np.array([[t["y"] * px_mm, t["x"] * px_mm] for t in tracks])
     for i, j in combinations(range(len(tracks)), 2):
         ri, rj = tracks[i]["r_mm"], tracks[j]["r_mm"]
@@ -248,10 +247,24 @@ def _best_group(tracks: list[dict], s: CalibrationSettings, px_mm: float) -> lis
         if len(group) < 2 or not _on_row(pts[group], tol):
             continue
         group = _trim_far_ends(pts, group)
-        key = (len(group), float(sum(tracks[g]["score"] for g in group)))
-        if key > best_key:
-            best_key, best = key, [tracks[g] for g in group]
-    return best
+        key = tuple(sorted(group))
+        if key not in found:
+            found[key] = (len(group), float(sum(tracks[g]["score"] for g in group)))
+    if not found:
+        best = int(np.argmax([t["score"] for t in tracks]))
+        return [[best]]
+    return [list(g) for g, _ in sorted(found.items(), key=lambda kv: kv[1], reverse=True)]
+
+
+def _plausible_fit(rods: list[RodMeasurement], definition: PhantomDefinition, s: CalibrationSettings):
+    """Fit of a rod set to the definition, or None when it cannot be this phantom."""
+    try:
+        fit = _fit(assign_rods(rods, definition), definition, s)
+    except (CalibrationError, ValueError):
+        return None
+    if not (s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3):
+        return None
+    return fit
 
 
 def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: CalibrationSettings, pad_hu: float) -> RodMeasurement | None:
@@ -316,7 +329,8 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: Calibrati
     )
 
 
-def find_rods(volume: Volume, settings: CalibrationSettings | None = None) -> list[RodMeasurement]:
+def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
+              definition: PhantomDefinition | None = None) -> list[RodMeasurement]:
     """Find and measure every rod of a calibration phantom in a volume, without hints.
 
     Parameters
@@ -325,6 +339,9 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None) -> li
         CT in HU. In-plane pixels are assumed square (the mean of the two is used).
     settings : CalibrationSettings
         Rod-finding thresholds (``rod_*``).
+    definition : PhantomDefinition, optional
+        When given and several rows of round objects qualify, the row with the definition's rod
+        count and the best plausible fit is taken (not its left-right order).
 
     Returns
     -------
@@ -340,8 +357,9 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None) -> li
     clipped = np.clip(arr, -1000.0, None)
     circles: list[_Circle] = []
     slabs = _slab_bounds(arr.shape[0], dz, s.rod_slab_mm)
+    slab_imgs = [clipped[a:b].mean(0) for a, b in slabs]
     for si, (a, b) in enumerate(slabs):
-        img = clipped[a:b].mean(0)
+        img = slab_imgs[si]
         for c in _circles_in_image(img, px, s, 0.5 * (a + b - 1), si):
             if _candidate_ok(img, c, px, s):
                 circles.append(c)
@@ -349,23 +367,58 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None) -> li
     for t in _link(circles, len(slabs)):
         if len(t) < max(1, int(np.ceil(s.rod_min_slab_fraction * len(slabs)))) and len(slabs) > 2:
             continue
-        imgs = [clipped[slabs[c.slab][0]:slabs[c.slab][1]].mean(0) for c in t[:1]]
-        ref = float(np.median(_disc_stats(imgs[0], t[0].y, t[0].x, t[0].r_px * s.rod_core_fraction)))
+        ref = float(np.median(_disc_stats(slab_imgs[t[0].slab], t[0].y, t[0].x, t[0].r_px * s.rod_core_fraction)))
         tracks.append({
             "circles": t,
             "y": float(np.mean([c.y for c in t])),
             "x": float(np.mean([c.x for c in t])),
             "r_mm": float(np.median([c.r_px for c in t])) * px,
-            "score": float(np.mean([c.score for c in t])) * len(t) / len(slabs),
+            "score": float(np.mean([c.score for c in t])),
             "hu_ref": ref,
         })
-    group = _best_group(tracks, s, px)
-    if len(group) < 2:
+    # a rod runs through the scan: keep tracks visible (uniform, at their HU) in enough slices
+    kept = []
+    min_slices = max(1, min(s.rod_min_slices, arr.shape[0]), int(np.ceil(s.rod_min_z_fraction * arr.shape[0])))
+    for t in tracks:
+        m = _measure_rod(arr, t, px, dz, s, pad_hu)
+        if m is None or m.n_slices < min_slices:
+            continue
+        t["rod"] = m
+        t["score"] = t["score"] * m.n_slices / arr.shape[0]
+        kept.append(t)
+    groups = _candidate_groups(kept, s, px)
+    if not groups or len(groups[0]) < 2:
         return []
-    rods = [r for r in (_measure_rod(arr, t, px, dz, s, pad_hu) for t in group) if r is not None]
-    if len(rods) < 2:
-        return []
-    return sorted(rods, key=lambda r: r.center_kji[2])
+    rods = sorted((kept[i]["rod"] for i in groups[0]), key=lambda r: r.center_kji[2])
+    if definition is None:
+        return rods if len(rods) >= 2 else []
+    # several rows of round things may qualify (e.g. in soft tissue): take the one that is this
+    # phantom, i.e. has its rod count and a physically plausible fit (best R^2); else a row one
+    # rod short whose missing rod (no contrast) is measured where the pitch predicts it
+    n = len(definition.rods)
+    best = None
+    for g in groups[: s.rod_max_groups]:
+        if len(g) != n:
+            continue
+        cand = [kept[i]["rod"] for i in g]
+        fit = _plausible_fit(cand, definition, s)
+        if fit is not None and (best is None or fit.r2 > best[0]):
+            best = (fit.r2, cand)
+    if best is None and n >= 3:
+        for g in groups[: s.rod_max_groups]:
+            if len(g) != n - 1:
+                continue
+            cand, ok = _add_invisible_rod(volume, [kept[i]["rod"] for i in g], definition, s)
+            if ok:
+                fit = _plausible_fit(cand, definition, s)
+                if fit is not None and (best is None or fit.r2 > best[0]):
+                    best = (fit.r2, cand)
+    if best is not None:
+        return sorted(best[1], key=lambda r: r.center_kji[2])
+    # not this phantom: report the largest row with at most n rods (for the error message)
+    fallback = [g for g in groups if len(g) <= n] or groups
+    rods = sorted((kept[i]["rod"] for i in fallback[0]), key=lambda r: r.center_kji[2])
+    return rods if len(rods) >= 2 else []
 
 
 def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> list[tuple[RodMeasurement, object]]:
@@ -482,11 +535,12 @@ def _add_invisible_rod(volume: Volume, rods: list[RodMeasurement], definition: P
         if np.max(np.abs(fit.residuals_hu)) <= s.rod_infer_max_residual_hu and (best is None or fit.r2 > best[0]):
             best = (fit.r2, trial, m)
     if best is None:
-        return rods, ""
+        return rods, False
     m = best[2]
-    note = (f"one rod showed no edge (HU {m.hu_mean:.0f}, like the phantom body); it was measured at the position "
+    note = (f"one rod was not detected by its edge (HU {m.hu_mean:.0f}); it was measured at the position "
             "the row's pitch predicts and the fit accepted it: check the QC plot")
-    return sorted(best[1], key=lambda r: r.center_kji[2]), note
+    m2 = replace(m, warnings=m.warnings + (note,))
+    return [m2 if r is m else r for r in best[1]], True
 
 
 def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settings: CalibrationSettings | None = None) -> Calibration:
@@ -512,7 +566,7 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         No phantom found, a rod missing or cut off, or R^2 below the refusal gate.
     """
     s = settings or CalibrationSettings()
-    rods = find_rods(volume, s)
+    rods = find_rods(volume, s, definition)
     sid = volume.meta.series_uid or "this series"
     if not rods:
         raise CalibrationError(
@@ -520,17 +574,12 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
             f"scan (field of view, scan range)? Use --phantom none for phantomless calibration"
         )
     n_expected = len(definition.rods)
-    inferred_note = ""
     if len(rods) < max(2, (n_expected + 1) // 2):
         raise CalibrationError(
             f"no calibration phantom found in {sid}: expected {n_expected} rods of {definition.name!r}, found at "
             f"most {len(rods)} round uniform objects in a row. Is the phantom in the scan (field of view, scan "
             "range)? Use --phantom none for phantomless calibration"
         )
-    if len(rods) == n_expected - 1 and len(rods) >= 2:
-        rods, note = _add_invisible_rod(volume, rods, definition, s)
-        if note:
-            inferred_note = note
     try:
         pairs = assign_rods(rods, definition)
     except CalibrationError as exc:
@@ -538,10 +587,17 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         if len(rods) < n_expected and _row_reaches_edge(rods, volume):
             extra = " The row of rods reaches the edge of the field of view: the phantom is probably cut off."
         raise CalibrationError(f"{sid}: {exc}.{extra}") from None
-    warnings: list[str] = [inferred_note] if inferred_note else []
+    warnings: list[str] = []
     if definition.example_values:
         warnings.append(f"phantom definition {definition.name!r} holds EXAMPLE certificate values; use your phantom's certificate")
     fit = _fit(pairs, definition, s)
+    if not (s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3):
+        raise CalibrationError(
+            f"{sid}: phantom fit slope {fit.slope_hu_per_mg_cm3:.3f} HU per mg/cm3 is outside the physically "
+            f"plausible {s.slope_min_hu_per_mg_cm3}-{s.slope_max_hu_per_mg_cm3}: the objects found "
+            f"(HU {', '.join(f'{r.hu_mean:.0f}' for r, _ in pairs)}) are probably not the phantom's rods. "
+            "Check the QC plot and the phantom definition"
+        )
     # density order check: HU must rise with the expected order (it does by construction);
     # the fit's residuals tell whether the assignment was right.
     warnings += fit_quality_warnings(fit.r2, warn=s.r2_warn, refuse=s.r2_refuse, what=f"{sid} phantom")

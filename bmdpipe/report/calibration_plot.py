@@ -63,7 +63,8 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
     ax1.set_ylabel("HU - water (mg/cm3)" if two_comp else "HU")
     r2 = "" if cal.r2 is None else f", R^2 = {cal.r2:.5f}"
     ax1.set_title(f"{cal.method}: {cal.phantom}{r2}", fontsize=9)
-    ax1.legend(fontsize=7, loc="upper left")
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=7, loc="upper left")
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_ylabel("residual (HU)")
     ax2.set_title("residual per reference", fontsize=9)

@@ -5,8 +5,10 @@ Rule (no global HU threshold):
 1. The decision is made on a smoothed copy of the CT (Gaussian, ``smoothing_sigma_mm``), so
    that a voxel is judged by its neighbourhood, not by its own noise (cutting single noisy
    bright voxels would bias the mean downwards).
-2. Reference = median of the smoothed HU over the ROI's candidate voxels (this vertebra,
-   this region); spread = robust SD (1.4826 x MAD) of the same values.
+2. Reference = mode of the smoothed HU over the ROI's candidate voxels (this vertebra,
+   this region; the deep ones when there are enough), robust to the share of cortex in
+   them; spread = robust SD of the values at or below the mode
+   (:func:`robust_reference`).
 3. Dense = smoothed HU > reference + max(``dense_k_sd`` x spread, ``dense_min_delta_hu``):
    cortex (650-900 mg/cm3), sclerosis (400-800 mg/cm3) and metal all exceed it, cancellous
    bone with its slow rim-to-centre gradient does not.
@@ -25,7 +27,29 @@ from scipy import ndimage as ndi
 
 from ..config import MaskingSettings
 
-__all__ = ["dense_mask", "mask_roi"]
+__all__ = ["dense_mask", "mask_roi", "robust_reference"]
+
+
+def robust_reference(values: np.ndarray, bin_hu: float = 5.0) -> tuple[float, float]:
+    """Cancellous reference (HU) and spread of ROI values that may hold cortex.
+
+    The reference is the mode of the (smoothed) values, so a large share of blurred cortex
+    in the candidates (a pedicle's walls) does not pull it up as it would a median; the
+    spread is the robust SD (1.4826 x MAD) of the values at or below the mode, the side
+    cortex and sclerosis cannot reach.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = np.percentile(v, [1, 99])
+    if hi - lo < 2 * bin_hu:
+        ref = float(np.median(v))
+    else:
+        hist, edges = np.histogram(v, bins=max(3, int(np.ceil((hi - lo) / bin_hu))), range=(lo, hi))
+        hist = ndi.gaussian_filter1d(hist.astype(float), 2.0)
+        k = int(np.argmax(hist))
+        ref = float(0.5 * (edges[k] + edges[k + 1]))
+    below = v[v <= ref]
+    spread = 1.4826 * float(np.median(ref - below)) if below.size >= 10 else 1.4826 * float(np.median(np.abs(v - ref)))
+    return ref, spread
 
 
 def dense_mask(hu: np.ndarray, candidates: np.ndarray, spacing, settings: MaskingSettings,
@@ -56,8 +80,7 @@ def dense_mask(hu: np.ndarray, candidates: np.ndarray, spacing, settings: Maskin
     vals = sm[ref_mask]
     if vals.size == 0:
         return np.zeros(hu.shape, bool), float("nan"), float("nan")
-    ref = float(np.median(vals))
-    spread = 1.4826 * float(np.median(np.abs(vals - ref)))
+    ref, spread = robust_reference(vals)
     thr = ref + max(settings.dense_k_sd * spread, settings.dense_min_delta_hu)
     return sm > thr, thr, ref
 

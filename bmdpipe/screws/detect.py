@@ -72,8 +72,8 @@ class MetalRun:
     radius_mm : float
         RMS-based radius of the voxels around the axis (bloomed metal), mm.
     bulk_fraction : float
-        Metal voxels of the component in a shell just outside the run's cylinder, relative to
-        the run's own voxels (large for cages, cement and blocks).
+        Median over 2-mm slabs along the run of the metal voxels in a shell just outside the
+        run's cylinder relative to the run's own (large for cages, cement and blocks).
     kind : str
         ``'screw'``, ``'rod'``, ``'bulky'`` (cage/cement/other) or ``'short'``.
     """
@@ -181,8 +181,17 @@ def find_metal_runs(points_lps: np.ndarray, settings: ScrewSettings, *, rng: np.
         else:
             d2 = _line_dist2(p, c0, a0)
         n_member = int(np.count_nonzero(member))
-        shell = (d2 >= r_in * r_in) & (d2 < (r_in + settings.bulk_shell_mm) ** 2) & (t >= t0) & (t <= t1)
-        bulk = float(np.count_nonzero(shell)) / max(n_member, 1)
+        # shell around the run among ALL the component's voxels (also those already assigned to
+        # other runs), so that the remnants of a block are not mistaken for screws
+        t_all = (pts - c0) @ a0
+        d2_all = _line_dist2(pts, c0, a0)
+        shell = (d2_all >= r_in * r_in) & (d2_all < (r_in + settings.bulk_shell_mm) ** 2) \
+            & (t_all >= t0) & (t_all <= t1)
+        # median over 2-mm slabs: a screw head (tulip) at one end does not make a screw bulky
+        slab_edges = np.arange(t0, t1 + 2.0, 2.0)
+        n_sh = np.histogram(t_all[shell], slab_edges)[0]
+        n_in = np.histogram(t[member], slab_edges)[0]
+        bulk = float(np.median(n_sh / np.maximum(n_in, 1))) if n_in.size else 0.0
         radius = float(np.sqrt(2.0 * d2[member].mean())) if n_member else 0.0
         length = t1 - t0
         tilt = float(np.degrees(np.arcsin(min(1.0, abs(a0[2])))))  # angle to the axial plane
@@ -271,9 +280,8 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
     """True metal ends and (thread-crest) diameter of one screw run, corrected for blooming.
 
     The run is oriented head (posterior, larger LPS y) to tip. The voxels around the shaft
-    are fitted with the edge-spread model of a blurred, clipped cylinder
-    (:func:`bmdpipe.screws.esf.fit_edge_spread`); its radius is the mean metal radius of the
-    threaded shaft, so the crest diameter is ``2 R + thread_depth_mm``. The tip comes from the
+    are fitted with the edge-spread model of a blurred, clipped, threaded cylinder
+    (:func:`bmdpipe.screws.esf.fit_edge_spread`), whose radius is the thread crest. The tip comes from the
     voxels on the axis with the same blur; the entry is where the head (tulip) ends, or the
     metal end when there is no head.
     """
@@ -286,10 +294,9 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
     a = (end - start) / length
     _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.45 * length, 0.8 * length),
                                      r_max_mm=settings.esf_max_radius_mm)
-    fixed = None
-    if settings.nominal_diameter_mm is not None:
-        fixed = settings.nominal_diameter_mm / 2.0 - settings.thread_depth_mm / 2.0
-    edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed)
+    fixed = settings.nominal_diameter_mm / 2.0 if settings.nominal_diameter_mm is not None else None
+    edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
+                           thread_depth_mm=settings.thread_depth_mm)
     radius = edge.radius_mm
     ext = 4.0
     t, r, _, vals = voxels_near_axis(volume, start - ext * a, end + ext * a,
@@ -301,7 +308,7 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
         end_pos = length
     t2, r2, _, v2 = voxels_near_axis(volume, start, end, t_range_mm=(0.0, 0.6 * length),
                                      r_max_mm=radius + 3.0)
-    head = _head_end(t2, r2, v2, radius + settings.thread_depth_mm / 2.0, settings, 0.0, 0.6 * length, True)
+    head = _head_end(t2, r2, v2, radius, settings, 0.0, 0.6 * length, True)
     if head is not None:
         start_pos = head
     else:
@@ -309,7 +316,26 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
         start_pos = _fit_end(t[near], vals[near], edge, -ext, 0.3 * length, -1.0)
         if not np.isfinite(start_pos):
             start_pos = 0.0
-    return start + start_pos * a, start + end_pos * a, 2.0 * radius + settings.thread_depth_mm
+    return start + start_pos * a, start + end_pos * a, 2.0 * radius
+
+
+def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    ab = b - a
+    u = float(np.clip((p - a) @ ab / max(ab @ ab, 1e-12), 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + u * ab)))
+
+
+def _drop_duplicates(found: list) -> list:
+    """Drop runs lying on a larger screw's axis (a screw split in two by the line search)."""
+    order = sorted(range(len(found)), key=lambda k: -found[k][3])
+    kept: list = []
+    for k in order:
+        e, t, d, nv = found[k]
+        mid = 0.5 * (e + t)
+        if any(_point_segment_distance(mid, ke, kt) < 0.5 * kd for ke, kt, kd, _ in kept):
+            continue
+        kept.append(found[k])
+    return kept
 
 
 def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequence[Vertebra] = ()) -> list[Screw]:
@@ -365,6 +391,7 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
                 continue
             entry, tip, diameter = _refine_run(volume, run, settings, clip)
             found.append((entry, tip, diameter, run.n_points))
+    found = _drop_duplicates(found)
     screws = [Screw(entry_lps=tuple(float(x) for x in e), tip_lps=tuple(float(x) for x in t),
                     length_mm=float(np.linalg.norm(t - e)), diameter_mm=float(d), n_voxels=nv)
               for e, t, d, nv in found]

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.special import erfc, i0e
 
-__all__ = ["step", "step_1d", "band", "EdgeFit", "fit_edge_spread", "metal_curve", "voxels_near_axis",
+__all__ = ["step", "step_1d", "threaded_step", "metal_excess", "band", "EdgeFit", "fit_edge_spread", "metal_curve", "voxels_near_axis",
            "interpolation_sigma_mm"]
 
 _SQRT2 = np.sqrt(2.0)
@@ -30,7 +30,7 @@ _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(9)
 _GH_W = _GH_W / _GH_W.sum()
 
 
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(96)
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(48)
 
 
 def step(r: np.ndarray, edge_mm, sigma_mm) -> np.ndarray:
@@ -43,14 +43,40 @@ def step(r: np.ndarray, edge_mm, sigma_mm) -> np.ndarray:
     r = np.asarray(r, dtype=float)
     R = float(edge_mm)
     s = float(sigma_mm)
+    out = (r < R).astype(float)
     if R <= 0:
         return np.zeros_like(r)
-    rho = 0.5 * R * (_GL_X + 1.0)
-    wts = 0.5 * R * _GL_W
-    rr = r[..., None]
+    near = np.abs(r - R) < 7.0 * s
+    if not near.any():
+        return out
+    rn = r[near]
+    lo = max(0.0, rn.min() - 7.0 * s)  # the kernel is negligible further in
+    rho = lo + 0.5 * (R - lo) * (_GL_X + 1.0)
+    wts = 0.5 * (R - lo) * _GL_W
+    rr = rn[:, None]
     z = rho * rr / (s * s)
     f = (rho / (s * s)) * np.exp(-((rho - rr) ** 2) / (2 * s * s)) * i0e(z)
-    return np.clip(f @ wts, 0.0, 1.0)
+    out[near] = np.clip(f @ wts, 0.0, 1.0)
+    return out
+
+
+_TH_X, _TH_W = np.polynomial.legendre.leggauss(8)
+
+
+def threaded_step(r: np.ndarray, crest_mm, thread_depth_mm, sigma_mm) -> np.ndarray:
+    """Blurred metal fraction of a threaded shaft at distance ``r`` from the axis.
+
+    Triangular threads make the metal fraction fall linearly from 1 at the core radius
+    (``crest - thread_depth``) to 0 at the crest; the result is that ramp blurred by the 2-D
+    Gaussian PSF (mean of disk steps over the ramp). ``thread_depth_mm = 0`` is a plain cylinder.
+    """
+    if thread_depth_mm <= 1e-6:
+        return step(r, crest_mm, sigma_mm)
+    xs = crest_mm - 0.5 * thread_depth_mm * (_TH_X + 1.0)
+    out = np.zeros(np.shape(r), dtype=float)
+    for x, w in zip(xs, _TH_W):
+        out += 0.5 * w * step(r, x, sigma_mm)
+    return out
 
 
 def step_1d(r: np.ndarray, edge_mm, sigma_mm) -> np.ndarray:
@@ -70,9 +96,9 @@ class EdgeFit:
     Attributes
     ----------
     radius_mm : float
-        True metal radius (half-height of the unclipped model).
+        Thread-crest (outer) radius of the metal, mm.
     sigma_mm : float
-        Gaussian SD of the blur (PSF, voxel size and blooming) at voxel centres, mm.
+        Gaussian SD of the blur (PSF and voxel size; blooming follows from it) at voxel centres, mm.
     amplitude_hu : float
         Metal HU excess over the background (unclipped).
     background_hu : float
@@ -93,14 +119,31 @@ class EdgeFit:
     halo_width_mm: float = 0.0
     rms_hu: float = 0.0
     clip_hu: float | None = None
+    thread_depth_mm: float = 0.0
 
 
-def _model(p, r, clip):
+def _model(p, r, clip, td=0.0):
+    """Mean HU at distance r: threads are resolved by the PSF, so each thread phase (local
+    metal radius x between core and crest) is blurred and clipped before the average."""
     radius, sigma, amp, bg, depth, width = p
-    y = bg + amp * step(r, radius, sigma) - depth * band(r, radius, radius + width, sigma)
-    if clip is not None:
-        y = np.minimum(y, clip)
-    return y
+    lucent = depth * (step_1d(r, radius + width, sigma) - step_1d(r, radius, sigma))
+    if td <= 1e-6:
+        y = bg + amp * step(r, radius, sigma) - lucent
+        return np.minimum(y, clip) if clip is not None else y
+    xs = radius - 0.5 * td * (_TH_X + 1.0)
+    y = np.zeros(np.shape(r), dtype=float)
+    for x, w in zip(xs, _TH_W):
+        yk = bg + amp * step(r, x, sigma)
+        if clip is not None:
+            yk = np.minimum(yk, clip)
+        y += 0.5 * w * yk
+    return y - lucent
+
+
+def metal_excess(r: np.ndarray, edge: "EdgeFit") -> np.ndarray:
+    """Mean metal HU excess over background at distance ``r`` under the fitted model."""
+    p = [edge.radius_mm, edge.sigma_mm, edge.amplitude_hu, edge.background_hu, 0.0, 0.0]
+    return _model(p, np.asarray(r, dtype=float), edge.clip_hu, edge.thread_depth_mm) - edge.background_hu
 
 
 def metal_curve(r_mm: np.ndarray, edge: EdgeFit, *, interp_sigma_mm: float = 0.0) -> np.ndarray:
@@ -170,8 +213,9 @@ def voxels_near_axis(volume, entry_lps, tip_lps, *, t_range_mm: tuple[float, flo
 
 def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float | None = None,
                     metal_hu_prior: float = 6500.0, radius_bounds_mm: tuple[float, float] = (1.0, 6.0),
-                    fixed_radius_mm: float | None = None, bin_mm: float = 0.05) -> EdgeFit:
-    """Fit the edge-spread model (with a mean lucent band) to HU against distance from the axis.
+                    fixed_radius_mm: float | None = None, bin_mm: float = 0.05,
+                    min_excess_hu: float = 1000.0, thread_depth_mm: float = 0.0) -> EdgeFit:
+    """Fit the edge-spread model to HU against distance from the axis (metal-dominated part).
 
     Parameters
     ----------
@@ -192,6 +236,11 @@ def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float 
         band are fitted then.
     bin_mm : float
         Samples are averaged in bins of this width in ``r`` before fitting.
+    thread_depth_mm : float
+        Depth of triangular threads (0 = smooth cylinder); ``radius_mm`` is then the crest.
+    min_excess_hu : float
+        Only bins at least this far above the background (the outer 2 mm) are fitted, so
+        halos, sclerotic rims and nearby cortex (a few hundred HU) barely move the fit.
     """
     r = np.asarray(r_mm, dtype=float)
     y = np.asarray(profile_hu, dtype=float)
@@ -203,45 +252,49 @@ def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float 
     ok = cnt > 0
     rb, yb, nb = sr[ok] / cnt[ok], sm[ok] / cnt[ok], cnt[ok]
     far = rb > rb.max() - 2.0
-    bg0 = float(np.median(yb[far]))
-    top = float(yb.max())
+    bg = float(np.median(y[r > r.max() - 2.0]))
     clipped = clip_hu is not None and float(y.max()) >= clip_hu - 1.0
     clip = float(clip_hu) if clipped else None
-    amp_guess = (metal_hu_prior - bg0) if clipped else max(top - bg0, 100.0)
-    half = bg0 + 0.5 * min(amp_guess, top - bg0)
+    top = float(yb.max())
+    amp_guess = (metal_hu_prior - bg) if clipped else max(top - bg, 100.0)
+    half = bg + 0.5 * min(amp_guess, top - bg)
     above = np.flatnonzero(yb >= half)
     r0 = float(rb[above].max()) if above.size else 3.0
     r0 = float(np.clip(r0, *radius_bounds_mm))
+    # only metal-dominated samples: a halo, a rim or nearby cortex change the profile by a few
+    # hundred HU, which is small against the metal's thousands where the excess is large
+    use = (yb - bg) >= min_excess_hu
+    if np.count_nonzero(use) < 4:
+        use = yb >= np.percentile(yb, 50)
+    rb, yb, nb = rb[use], yb[use], nb[use]
     weight = np.sqrt(nb)
     if clip is not None:
-        weight = np.where(yb >= clip - 1.0, 0.3 * weight, weight)  # "at least the clip"
+        weight = np.where(yb >= clip - 1.0, 0.3 * weight, weight)  # clipped: "at least the clip"
 
     def full(p):
-        if clipped:  # amplitude tied to the background: metal HU is known, not fitted
-            p = np.array(p, dtype=float)
-            p[2] = metal_hu_prior - p[3]
-        return p
+        radius, sigma, amp = p
+        if clipped:  # metal HU is known, not fitted: saturation hides the plateau
+            amp = metal_hu_prior - bg
+        return np.array([radius, sigma, amp, bg, 0.0, 0.0])
 
     def resid(p):
-        return (_model(full(p), rb, clip) - yb) * weight
+        return (_model(full(p), rb, clip, thread_depth_mm) - yb) * weight
 
-    lo = [radius_bounds_mm[0], 0.1, 100.0, bg0 - 500, 0.0, 0.0]
-    hi = [radius_bounds_mm[1], 2.5, 30000.0, bg0 + 500, max(bg0 + 150.0, 50.0), 5.0]
+    lo = [radius_bounds_mm[0], 0.1, 100.0]
+    hi = [radius_bounds_mm[1], 2.5, 30000.0]
     if fixed_radius_mm is not None:
         r0 = float(fixed_radius_mm)
         lo[0], hi[0] = r0 - 1e-4, r0 + 1e-4
     best = None
-    for w0 in (0.0, 1.5):
-        for s0 in (0.4, 0.9):
-            p0 = np.array([r0, s0, amp_guess, bg0, 100.0 if w0 else 0.0, w0])
-            p0 = np.minimum(np.maximum(p0, np.array(lo) + 1e-6), np.array(hi) - 1e-6)
-            sol = least_squares(resid, p0, bounds=(lo, hi), x_scale=[0.5, 0.3, 1000, 50, 50, 0.5])
-            if best is None or sol.cost < best.cost:
-                best = sol
+    for s0 in (0.4, 0.9):
+        p0 = np.array([r0, s0, amp_guess])
+        p0 = np.minimum(np.maximum(p0, np.array(lo) + 1e-6), np.array(hi) - 1e-6)
+        sol = least_squares(resid, p0, bounds=(lo, hi), x_scale=[0.5, 0.3, 1000])
+        if best is None or sol.cost < best.cost:
+            best = sol
     p = full(best.x)
     valid = (yb < clip - 1.0) if clip is not None else np.ones_like(yb, dtype=bool)
-    rms = float(np.sqrt(np.average((_model(p, rb, clip) - yb)[valid] ** 2, weights=nb[valid]))) \
+    rms = float(np.sqrt(np.average((_model(p, rb, clip, thread_depth_mm) - yb)[valid] ** 2, weights=nb[valid]))) \
         if valid.any() else 0.0
     return EdgeFit(radius_mm=float(p[0]), sigma_mm=float(p[1]), amplitude_hu=float(p[2]),
-                   background_hu=float(p[3]), halo_depth_hu=float(p[4]), halo_width_mm=float(p[5]),
-                   rms_hu=rms, clip_hu=clip)
+                   background_hu=float(p[3]), rms_hu=rms, clip_hu=clip, thread_depth_mm=float(thread_depth_mm))

@@ -32,7 +32,8 @@ from ..config import HaloSettings
 from ..errors import ScrewError
 from ..results import HaloMeasurement, Screw
 from ..volume import Volume
-from .esf import EdgeFit, band, fit_edge_spread, interpolation_sigma_mm, step, voxels_near_axis
+from .esf import (EdgeFit, band, fit_edge_spread, interpolation_sigma_mm, metal_excess, step, threaded_step,
+                  voxels_near_axis)
 
 __all__ = ["RayProfiles", "sample_rays", "metal_template", "fit_ray_widths", "measure_halo",
            "measure_screws", "HaloDetail", "measure_halo_detail"]
@@ -110,26 +111,19 @@ def sample_rays(volume: Volume, entry_lps, tip_lps, *, positions_mm: np.ndarray,
                        radii_mm=radii_mm, entry_lps=e, axis=a, u=u, v=v, box_lo=lo, box_hi=hi, coords=coords)
 
 
-def metal_template(volume: Volume, rays: RayProfiles, edge: EdgeFit, *, order: int = 1) -> np.ndarray:
-    """The fitted metal model rendered on the CT grid (clipped like the scanner) and sampled
-    on the same rays: HU excess over background, shape ``rays.values.shape``."""
-    lo, hi = rays.box_lo, rays.box_hi
-    kk, jj, ii = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
-    idx = np.stack([kk.ravel(), jj.ravel(), ii.ravel()], axis=1)
-    p = volume.index_to_lps(idx) - rays.entry_lps
-    t = p @ rays.axis
-    r = np.linalg.norm(p - t[:, None] * rays.axis, axis=1)
-    m = np.zeros(r.size)
-    inner = r < edge.radius_mm - 5.0 * edge.sigma_mm
-    near = ~inner & (r < edge.radius_mm + 6.0 * edge.sigma_mm)
-    m[inner] = 1.0
-    m[near] = step(r[near], edge.radius_mm, edge.sigma_mm)
-    img = edge.background_hu + edge.amplitude_hu * m
-    if edge.clip_hu is not None:
-        img = np.minimum(img, edge.clip_hu)
-    img = (img - edge.background_hu).reshape(kk.shape).astype(np.float32)
-    out = ndimage.map_coordinates(img, rays.coords, order=order, mode="nearest")
-    return out.reshape(rays.values.shape)
+def metal_template(radii_mm: np.ndarray, edge: EdgeFit, *, interp_sigma_mm: float = 0.0) -> np.ndarray:
+    """Mean metal HU excess over background on interpolated rays at ``radii_mm``.
+
+    The fitted edge-spread model (threads blurred and clipped per thread phase, see
+    :func:`bmdpipe.screws.esf.metal_excess`), further averaged over the spread that linear
+    interpolation of the clipped voxels adds (Gauss-Hermite over ``N(0, interp_sigma_mm)``).
+    """
+    r = np.asarray(radii_mm, dtype=float)
+    if interp_sigma_mm <= 0:
+        return metal_excess(r, edge)
+    x, w = np.polynomial.hermite_e.hermegauss(7)
+    w = w / w.sum()
+    return sum(wk * metal_excess(r + interp_sigma_mm * xk, edge) for xk, wk in zip(x, w))
 
 
 @dataclass(frozen=True)
@@ -142,8 +136,8 @@ class RayFit:
     sse: np.ndarray
 
 
-def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray, *, metal_radius_mm: float,
-                   crest_radius_mm: float, sigma_mm: float, settings: HaloSettings) -> RayFit:
+def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray, *, crest_radius_mm: float,
+                   thread_depth_mm: float, sigma_mm: float, settings: HaloSettings) -> RayFit:
     """Halo width, bone and rim level of every ray by a vectorised grid search.
 
     Parameters
@@ -153,10 +147,10 @@ def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray
     metal : (..., N) ndarray
         Metal HU excess along the same rays (:func:`metal_template`).
     radii_mm : (N,) ndarray
-    metal_radius_mm : float
-        Mean metal radius of the threaded shaft (edge-spread fit), mm.
     crest_radius_mm : float
         Thread-crest radius (diameter / 2): the halo width is measured from here, mm.
+    thread_depth_mm : float
+        Thread depth; a halo also fills the thread valleys.
     sigma_mm : float
         Blur of the lucent band's edges on the rays, mm.
     settings : HaloSettings
@@ -174,7 +168,7 @@ def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray
     # ignore the metal-dominated core: a few % modelling error of thousands of HU would swamp
     # a lucent band of ~100 HU
     w8 = np.clip((settings.max_metal_excess_hu - mt) / (0.8 * settings.max_metal_excess_hu), 0.0, 1.0)
-    w8[:, r < metal_radius_mm] = 0.0
+    w8[:, r < crest_radius_mm - thread_depth_mm] = 0.0
     bad = ~np.isfinite(y)
     w8[bad] = 0.0
     y = np.where(bad, 0.0, y)
@@ -184,31 +178,39 @@ def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray
     sse = np.empty((y.shape[0], widths.size))
     bone = np.empty_like(sse)
     rim = np.empty_like(sse)
+    valleys = threaded_step(r, crest_radius_mm, thread_depth_mm, sigma_mm)
+    x = (r - crest_radius_mm) / max(settings.search_mm, 1e-6)  # bone may drift (cortex, leaving bone)
     for n, w in enumerate(widths):
-        outer = crest_radius_mm + w if w > 0 else metal_radius_mm
-        b = band(r, metal_radius_mm, outer, sigma_mm) if w > 0 else np.zeros_like(r)
-        rb = band(r, max(outer, crest_radius_mm), max(outer, crest_radius_mm) + q, sigma_mm)
+        outer = crest_radius_mm + w
+        # lucent: everything inside crest + w that is not metal (thread valleys included)
+        b = step(r, outer, sigma_mm) - valleys if w > 0 else np.zeros_like(r)
+        rb = band(r, outer, outer + q, sigma_mm)
         f1 = 1.0 - b - rb
-        f2 = rb
+        basis = np.stack([f1, f1 * x, rb])  # bone level, bone slope, rim level
         tgt = y - mt - H * b
-        a11 = (w8 * f1 * f1).sum(axis=1)
-        a12 = (w8 * f1 * f2).sum(axis=1)
-        a22 = (w8 * f2 * f2).sum(axis=1)
-        c1 = (w8 * tgt * f1).sum(axis=1)
-        c2 = (w8 * tgt * f2).sum(axis=1)
-        det = a11 * a22 - a12 * a12
-        det = np.where(np.abs(det) > 1e-9, det, 1e-9)
-        B2 = (a22 * c1 - a12 * c2) / det
-        Q2 = (a11 * c2 - a12 * c1) / det
-        g = f1 + f2  # rim not darker than bone: otherwise bone only (Q = B)
-        B1 = (w8 * tgt * g).sum(axis=1) / np.maximum((w8 * g * g).sum(axis=1), 1e-9)
-        use1 = Q2 < B2
-        Bn = np.where(use1, B1, B2)
-        Qn = np.where(use1, B1, Q2)
-        res = tgt - Bn[:, None] * f1 - Qn[:, None] * f2
+        G = np.einsum("mn,in,jn->mij", w8, basis, basis)
+        c = np.einsum("mn,mn,in->mi", w8, tgt, basis)
+        G += 1e-6 * np.eye(3)
+        coef = np.linalg.solve(G, c[..., None])[..., 0]
+        # rim not darker than the bone next to it: otherwise no rim (bone level and slope only)
+        bone_at_rim = coef[:, 0] + coef[:, 1] * ((outer + 0.5 * q - crest_radius_mm) / max(settings.search_mm, 1e-6))
+        no_rim = coef[:, 2] < bone_at_rim
+        if np.any(no_rim):
+            basis2 = np.stack([f1 + rb, (f1 + rb) * x])
+            G2 = np.einsum("mn,in,jn->mij", w8[no_rim], basis2, basis2) + 1e-6 * np.eye(2)
+            c2 = np.einsum("mn,mn,in->mi", w8[no_rim], tgt[no_rim], basis2)
+            co2 = np.linalg.solve(G2, c2[..., None])[..., 0]
+            coef[no_rim, 0] = co2[:, 0]
+            coef[no_rim, 1] = co2[:, 1]
+            coef[no_rim, 2] = co2[:, 0] + co2[:, 1] * ((outer + 0.5 * q - crest_radius_mm) / max(settings.search_mm, 1e-6))
+            model_nr = co2 @ basis2
+        model = coef @ basis
+        if np.any(no_rim):
+            model[no_rim] = model_nr
+        res = tgt - model
         sse[:, n] = (w8 * res * res).sum(axis=1)
-        bone[:, n] = Bn
-        rim[:, n] = Qn
+        bone[:, n] = coef[:, 0] + coef[:, 1] * ((outer + q - crest_radius_mm) / max(settings.search_mm, 1e-6))
+        rim[:, n] = coef[:, 2]
     k = np.argmin(sse, axis=1)
     rows = np.arange(y.shape[0])
     km = np.clip(k, 2, widths.size - 2)
@@ -261,7 +263,7 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     if not (length > 0 and R > 0):
         raise ScrewError(f"screw at {screw.entry_lps} has length {length:.1f} mm and diameter "
                          f"{screw.diameter_mm:.1f} mm; both must be positive (re-run detection)")
-    R_eff = max(R - settings.thread_depth_mm / 2.0, 0.5 * R)
+    td = min(settings.thread_depth_mm, 0.5 * R)
     p0, p1 = settings.skip_entry_mm, length - settings.skip_tip_mm
     if p1 - p0 < 3 * settings.position_step_mm:
         p0, p1 = 0.2 * length, 0.9 * length
@@ -280,11 +282,32 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     bone_ref = float(np.median(far_ray[in_bone]))
     streak = far_ray < bone_ref - settings.streak_drop_fraction * max(bone_ref - H, settings.min_contrast_hu)
     pos_in = positions[in_bone]
-    _, rv, _, hv = voxels_near_axis(volume, e, t, t_range_mm=(float(pos_in.min()), float(pos_in.max())),
-                                    r_max_mm=float(radii[-1]))
-    edge = fit_edge_spread(rv, hv, clip_hu=clip, fixed_radius_mm=R_eff, metal_hu_prior=settings.metal_hu)
-    metal = metal_template(volume, rays, edge)
-    s_band = float(np.hypot(edge.sigma_mm, interpolation_sigma_mm(volume.spacing, rays.axis, volume.direction)))
+    _, rv, pv, hv = voxels_near_axis(volume, e, t, t_range_mm=(float(pos_in.min()), float(pos_in.max())),
+                                     r_max_mm=float(radii[-1]))
+    edge = fit_edge_spread(rv, hv, clip_hu=clip, fixed_radius_mm=R, metal_hu_prior=settings.metal_hu,
+                           thread_depth_mm=td)
+    # blur per angular sector: voxel size and PSF differ in-plane and along z
+    th_v = np.mod(np.arctan2(pv @ rays.v, pv @ rays.u), 2 * np.pi)
+    n_sec = settings.esf_sectors
+    sec = np.minimum((th_v / (2 * np.pi) * n_sec).astype(int), n_sec - 1)
+    sig_sec = np.full(n_sec, edge.sigma_mm)
+    for k in range(n_sec):
+        sel = sec == k
+        if np.count_nonzero(sel) > 200:
+            sig_sec[k] = fit_edge_spread(rv[sel], hv[sel], clip_hu=clip, fixed_radius_mm=R,
+                                         metal_hu_prior=settings.metal_hu, thread_depth_mm=td).sigma_mm
+    centres = (np.arange(n_sec) + 0.5) * 2 * np.pi / n_sec
+    sig_a = np.interp(rays.angles_rad, centres, sig_sec, period=2 * np.pi)
+    # linear interpolation blurs each ray by its own spread (anisotropic voxels): per angle
+    dirs = np.cos(rays.angles_rad)[:, None] * rays.u + np.sin(rays.angles_rad)[:, None] * rays.v
+    d_idx = dirs @ np.asarray(volume.direction, dtype=float)  # components along i, j, k
+    h = np.asarray(volume.spacing, dtype=float)[::-1]
+    s_int_a = np.sqrt((d_idx ** 2 * h ** 2 / 6.0).sum(axis=1))  # (A,)
+    metal_a = np.stack([metal_template(radii, replace(edge, sigma_mm=float(sg)), interp_sigma_mm=float(si))
+                        for sg, si in zip(sig_a, s_int_a)])
+    metal = np.broadcast_to(metal_a, vals.shape)
+    s_int = interpolation_sigma_mm(volume.spacing, rays.axis, volume.direction)
+    s_band = float(np.hypot(edge.sigma_mm, s_int))
     ok = (in_bone[:, None] & ~streak).astype(float)  # (P, A)
     # whole-length profile per angle (streak rays left out), smoothed over neighbouring angles
     k_ang = settings.angle_smoothing
@@ -301,7 +324,7 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     denom = np.where(wsum_s > 0, wsum_s, 1.0)[:, None]
     prof_ang = np.where(valid[:, None], vsum / denom, np.nan)
     metal_ang = msum / denom
-    geo = dict(metal_radius_mm=R_eff, crest_radius_mm=R, sigma_mm=s_band, settings=settings)
+    geo = dict(crest_radius_mm=R, thread_depth_mm=td, sigma_mm=s_band, settings=settings)
     fit_a = fit_ray_widths(prof_ang, metal_ang, radii, **geo)
     if not valid.any():
         valid = np.ones_like(valid)
@@ -321,16 +344,20 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
 
     thr = settings.min_width_mm
     wv = w_ang[valid]
-    w_s = _circular_median(np.where(valid, fit_a.width_mm, 0.0), settings.max_smoothing)
-    max_w = float(np.max(np.where(valid, w_s, 0.0)))
+    w_s = np.where(valid, _circular_median(np.where(valid, fit_a.width_mm, 0.0), settings.max_smoothing), 0.0)
+    # widest arc's plateau: median over the angles within half of the peak width (robust to the
+    # noise maximum of many angles and to single outlying rays)
+    peak = float(w_s.max())
+    max_w = float(np.median(w_s[valid & (w_s >= 0.5 * peak)])) if peak > 0 else 0.0
     mean_w = float(np.mean(wv))
     frac = float(np.count_nonzero(wv >= thr) / wv.size)
     loc = ""
-    if max_w > 0 and np.any(np.isfinite(wmap)):
-        prof_pos = np.nanmean(np.where(np.isfinite(wmap), wmap, np.nan), axis=1)
-        if np.any(np.isfinite(prof_pos)):
-            pk = positions[int(np.nanargmax(prof_pos))] / length
-            loc = "entry" if pk < 1 / 3 else ("mid" if pk < 2 / 3 else "tip")
+    fin = np.isfinite(wmap)
+    if max_w > 0 and fin.any():
+        cnt = fin.sum(axis=1)
+        prof_pos = np.where(cnt > 0, np.where(fin, wmap, 0.0).sum(axis=1) / np.maximum(cnt, 1), -1.0)
+        pk = positions[int(np.argmax(prof_pos))] / length
+        loc = "entry" if pk < 1 / 3 else ("mid" if pk < 2 / 3 else "tip")
     rim_excess = fit_a.rim_hu - fit_a.bone_hu
     haloed = valid & (fit_a.width_mm >= 0.5 * thr)
     rim = bool(haloed.any() and np.count_nonzero(haloed & (rim_excess >= settings.rim_min_contrast_hu))

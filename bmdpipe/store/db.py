@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 import logging
 import math
 from collections.abc import Collection, Iterable, Mapping
@@ -57,6 +56,9 @@ __all__ = [
     "query_screws",
     "query_contract_rows",
     "add_roi_edit",
+    "query_roi_edits",
+    "query_clinical",
+    "CLINICAL_COLUMNS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -633,6 +635,15 @@ def add_roi_edit(
     return edit.id
 
 
+def query_roi_edits(session: Session, series_uid: str | None = None) -> list[dict]:
+    """ROI edits (oldest first) as dicts: series_uid, vertebra, region, side, who, when, what."""
+    stmt = sa.select(RoiEdit).order_by(RoiEdit.when, RoiEdit.id)
+    if series_uid is not None:
+        stmt = stmt.where(RoiEdit.series_uid == series_uid)
+    cols = ("series_uid", "vertebra", "region", "side", "who", "when", "what")
+    return [{c: getattr(e, c) for c in cols} for e in session.scalars(stmt)]
+
+
 # ---------------------------------------------------------------- reading
 
 def _series_filter(stmt, series_uids: Collection[str] | None, run_id: int | None):
@@ -746,9 +757,3 @@ def query_clinical(session: Session) -> list[dict]:
     ]
     return sorted(rows, key=lambda r: (r["study_id"], order.get(r["timepoint"], 99)))
 
-
-def dumps_settings(settings: Any) -> str:
-    """JSON text of a pydantic settings model or mapping (for logs and run records)."""
-    if hasattr(settings, "model_dump"):
-        settings = settings.model_dump(mode="json")
-    return json.dumps(_jsonable(settings), sort_keys=True)

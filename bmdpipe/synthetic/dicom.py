@@ -219,7 +219,9 @@ def _write_localizer(case, folder: Path, phi, study_uid, frame_uid, compress) ->
     ds.Rows, ds.Columns = proj.shape
     ds.PixelData = _stored(np.ascontiguousarray(proj)).tobytes()
     path = folder / ("LOC" + series_uid[-8:].replace(".", "") )
-    _save(ds, path, compress)
+    # openjpeg refuses images smaller than its default 6 resolution levels (< 32 px); a
+    # small localizer is stored uncompressed, as many scanners do anyway.
+    _save(ds, path, compress if min(proj.shape) >= 64 else None)
     return path
 
 

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 
-def make_series(root: Path, n: int, spacing: tuple[float, float, float]) -> Path:
+def make_series(root: Path, n: int, spacing: tuple[float, float, float], seed: int = 300) -> Path:
     from bmdpipe.synthetic import CaseSpec, make_case
     from bmdpipe.synthetic.dicom import write_dicom_series, write_labels_nifti
 
     rows = []
     for i in range(n):
-        case = make_case(200 + i, CaseSpec(levels=("L3", "L4", "L5"), spacing_mm=spacing,
+        case = make_case(seed + i, CaseSpec(levels=("L3", "L4", "L5"), spacing_mm=spacing,
                                            phantom="mindways"))
         folder = root / f"case{i:02d}"
         write_dicom_series(case, folder / "dicom", add_localizer=False, add_stray_files=False)
@@ -61,12 +61,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6, help="number of synthetic series")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--spacing", type=float, nargs=3, default=(2.0, 1.5, 1.5), help="z y x mm")
+    ap.add_argument("--seed", type=int, default=300, help="seed of the first synthetic case")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bmdpipe-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    manifest = make_series(root / "inputs", args.n, tuple(args.spacing))
+    manifest = make_series(root / "inputs", args.n, tuple(args.spacing), args.seed)
     print(f"{args.n} synthetic series (spacing {args.spacing} mm) in {time.perf_counter() - t0:.1f} s")
     base = None
     for workers in args.workers:

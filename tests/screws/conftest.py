@@ -15,10 +15,10 @@ from bmdpipe.volume import Volume
 def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, diameter_mm=6.5,
                      length_mm=40.0, bone_hu=180.0, lucent_hu=30.0, rim_hu=700.0, metal_hu=6500.0,
                      clip=True, psf_fwhm_mm=1.1, noise_sd=15.0, streak=False, seed=0,
-                     spacing=(1.0, 0.8, 0.8), tilt=(20.0, 8.0), supersample=3, second_screw=False):
+                     spacing=(1.0, 0.8, 0.8), tilt=(20.0, 8.0), supersample=2, second_screw=False):
     """Return ``(Volume, truth)``; ``truth`` has entry/tip LPS, diameter, width, arc, rim."""
     rng = np.random.default_rng(seed)
-    size_mm = np.array([70.0, 70.0, 70.0])  # z, y, x
+    size_mm = np.array([60.0, 60.0, 60.0])  # z, y, x
     sp = np.asarray(spacing, float)
     fine = sp / supersample
     shape_f = np.round(size_mm / fine).astype(int)
@@ -30,7 +30,7 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
     yaw, pitch = np.radians(tilt)
     a = np.array([np.sin(yaw), -np.cos(yaw), np.sin(pitch)])
     a /= np.linalg.norm(a)
-    centre = np.array([35.0 + (8.0 if second_screw else 0.0), 35.0, 35.0])
+    centre = np.array([30.0 + (8.0 if second_screw else 0.0), 30.0, 30.0])
     entry = centre - a * length_mm / 2
     tip = centre + a * length_mm / 2
     img = np.full(shape_f, bone_hu, np.float32)
@@ -56,7 +56,7 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
     add_screw(entry, tip, width_mm, arc, arc_center_deg, rim, a)
     if second_screw:
         a2 = np.array([-a[0], a[1], a[2]])
-        c2 = np.array([35.0 - 16.0, 35.0, 35.0])
+        c2 = np.array([30.0 - 16.0, 30.0, 30.0])
         add_screw(c2 - a2 * length_mm / 2, c2 + a2 * length_mm / 2, 0.0, 1.0, 0.0, False, a2)
     sig = psf_fwhm_mm / 2.3548 / fine
     img = ndimage.gaussian_filter(img, sig, mode="nearest")
@@ -67,7 +67,7 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
     img += noise / noise.std() * noise_sd
     if streak:
         # dark band along the line joining screw centres in the axial plane through the screw
-        zc = 35.0
+        zc = 30.0
         kz = np.arange(img.shape[0]) * sp[0] + fine[0] * (supersample - 1) / 2
         prof = np.exp(-0.5 * ((kz - zc) / 0.8) ** 2)
         img -= (250.0 * prof)[:, None, None].astype(np.float32)

@@ -92,3 +92,30 @@ def test_invalid_file_writes_nothing(tmp_path, sqlite_url):
     with Session(engine) as s:
         assert db.query_clinical(s) == []
     engine.dispose()
+
+
+def test_cli_import_clinical_and_export(tmp_path, sqlite_url):
+    """`bmdpipe import-clinical` exits 1 listing bad rows, 0 when valid; `export` writes files."""
+    from typer.testing import CliRunner
+
+    from bmdpipe.cli import app
+
+    runner = CliRunner()
+    bad = _write(tmp_path, "S1,baseline,a,yes,p,1,1,1,1,1,1,1,1,1,7,1,1,I,no\n", "bad.csv")
+    res = runner.invoke(app, ["import-clinical", str(bad), "--db", sqlite_url])
+    assert res.exit_code == 1
+    assert "row 2: odi_10 = 7 is out of range 0-5" in res.output
+    good = _write(tmp_path, "S1,baseline,a,yes,p,1,1,1,1,1,1,1,1,1,1,1,1,I,no\n", "good.csv")
+    res = runner.invoke(app, ["import-clinical", str(good), "--db", sqlite_url])
+    assert res.exit_code == 0, res.output
+    assert "1 visits added" in res.output
+    res = runner.invoke(app, ["export", "--db", sqlite_url, "--out", str(tmp_path / "x"),
+                              "--format", "redcap"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "x" / "redcap_import.csv").read_text().splitlines()
+    assert rows[1].startswith("S1,baseline_arm_1,")
+    res = runner.invoke(app, ["export", "--db", sqlite_url, "--out", str(tmp_path / "y"),
+                              "--format", "xml"])
+    assert res.exit_code == 2
+    res = runner.invoke(app, ["export", "--db", "nonsense", "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2

@@ -147,8 +147,10 @@ def test_skipped_item_and_roi_edit(engine):
                                   who="reader1", what={"voxels_added": 12})
         row = db.query_series(s)[0]
         edit = s.get(db.RoiEdit, edit_id)
+        edits = db.query_roi_edits(s, "9.9")
     assert row["status"] == "skipped" and row["reason"] == "localizer"
     assert edit.what == {"voxels_added": 12} and edit.who == "reader1"
+    assert [(e["who"], e["region"], e["what"]) for e in edits] == [("reader1", "A", {"voxels_added": 12})]
 
 
 def test_bad_url_is_a_store_error(tmp_path):

@@ -1,0 +1,104 @@
+"""QC figure of one screw: the bone around the screw unrolled (angle x position) with the
+measured halo, and an axial slice through the screw with the halo marked.
+
+Uses the non-interactive Agg backend; :func:`screw_qc_figure` returns a matplotlib Figure
+and :func:`save_screw_qc` writes it as PNG (the only I/O here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import HaloSettings
+from ..results import Screw
+from ..volume import Volume
+
+__all__ = ["screw_qc_figure", "save_screw_qc"]
+
+
+def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, window_hu=(-200.0, 1200.0)):
+    """Build the QC figure of one screw.
+
+    Parameters
+    ----------
+    volume : Volume
+    screw : Screw
+        A detected screw (``halo`` is recomputed for the figure's profiles).
+    settings : HaloSettings
+    window_hu : (lo, hi)
+        Grey window of the images, HU.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: mean HU in the first ``min_width_mm`` beyond the thread crests, unrolled
+        (angle vs position along the screw), with the measured halo width as contours and
+        streak rays hatched. Middle: the width map (mm). Right: the axial slice through the
+        screw's midpoint with the crest radius and the widest halo drawn.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    from ..screws.halo import measure_halo_detail
+
+    d = measure_halo_detail(volume, screw, settings)
+    h = d.halo
+    rays = d.rays
+    R = screw.diameter_mm / 2.0
+    r = rays.radii_mm
+    shell = (r >= R) & (r <= R + settings.min_width_mm)
+    unrolled = rays.values[:, :, shell].mean(axis=2)  # (P, A)
+    ang = np.degrees(rays.angles_rad)
+    pos = rays.positions_mm
+    fig = Figure(figsize=(13, 4.2))
+    ax0, ax1, ax2 = fig.subplots(1, 3)
+    ext = (ang[0], ang[-1], pos[-1], pos[0])
+    ax0.imshow(unrolled, cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect="auto", extent=ext)
+    if h.width_map_mm is not None and np.isfinite(h.width_map_mm).any():
+        ax0.contour(ang, pos, np.nan_to_num(h.width_map_mm, nan=0.0), levels=[settings.min_width_mm],
+                    colors="r", linewidths=1.0)
+    if d.streak.any():
+        ax0.contourf(ang, pos, d.streak.astype(float), levels=[0.5, 1.5], colors="none", hatches=["//"])
+    ax0.set_xlabel("angle around the screw (deg)")
+    ax0.set_ylabel("position from entry (mm)")
+    ax0.set_title(f"HU within {settings.min_width_mm:g} mm of the crests (red: halo >= {settings.min_width_mm:g} mm)",
+                  fontsize=8)
+    im = ax1.imshow(h.width_map_mm, cmap="magma", vmin=0, vmax=settings.max_width_mm, aspect="auto", extent=ext)
+    fig.colorbar(im, ax=ax1, label="halo width (mm)")
+    ax1.set_xlabel("angle (deg)")
+    ax1.set_title(f"max {h.max_width_mm:.1f} mm, mean {h.mean_width_mm:.1f} mm, "
+                  f"{100 * h.circumference_fraction:.0f} % circ., loosened={h.loosened}", fontsize=8)
+    # axial slice through the midpoint
+    e = np.asarray(screw.entry_lps)
+    t = np.asarray(screw.tip_lps)
+    mid = 0.5 * (e + t)
+    kji = volume.lps_to_index(mid)
+    k = int(np.clip(np.rint(kji[0]), 0, volume.shape[0] - 1))
+    half_j = int(round(35.0 / volume.spacing[1]))
+    half_i = int(round(35.0 / volume.spacing[2]))
+    j0, i0 = int(round(kji[1])), int(round(kji[2]))
+    jl, jh = max(j0 - half_j, 0), min(j0 + half_j, volume.shape[1])
+    il, ih = max(i0 - half_i, 0), min(i0 + half_i, volume.shape[2])
+    ax2.imshow(volume.array[k, jl:jh, il:ih], cmap="gray", vmin=window_hu[0], vmax=window_hu[1],
+               extent=(il - 0.5, ih - 0.5, jh - 0.5, jl - 0.5))
+    ends = volume.lps_to_index(np.array([e, t]))
+    ax2.plot(ends[:, 2], ends[:, 1], "c-", lw=0.8)
+    for rad, col in ((R, "c"), (R + h.max_width_mm, "r")):
+        ax2.add_patch(Circle((kji[2], kji[1]), rad / volume.spacing[2], fill=False, ec=col, lw=0.8))
+    ax2.set_title(f"{screw.vertebra or '?'} {screw.side.value}: d {screw.diameter_mm:.1f} mm, "
+                  f"L {screw.length_mm:.0f} mm (slice {k})", fontsize=8)
+    ax2.set_xticks([])
+    ax2.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def save_screw_qc(volume: Volume, screw: Screw, settings: HaloSettings, path: str | Path, *, dpi: int = 90) -> Path:
+    """Write the QC figure of one screw to ``path`` (PNG) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = screw_qc_figure(volume, screw, settings)
+    fig.savefig(path, dpi=dpi)
+    return path

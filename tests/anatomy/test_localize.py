@@ -1,0 +1,72 @@
+"""Automatic localisation of lumbar vertebrae without labels (synthetic truth, real CT vs TotalSegmentator)."""
+
+import numpy as np
+import pytest
+
+from _realdata import TS, need, nifti_volume
+from _synth_cases import case
+from bmdpipe.anatomy import load_labels, localize_vertebrae
+from bmdpipe.config import AnatomySettings
+from bmdpipe.errors import AnatomyError
+
+
+def test_synthetic_bodies_found_and_named():
+    """Every synthetic body found, named from --levels superior to inferior, centre within 2.5 mm."""
+    c = case(11, "FFS")
+    levels = list(c.truth.spec.levels)
+    verts = localize_vertebrae(c.volume, AnatomySettings(), levels=levels)
+    assert [v.name for v in verts] == levels
+    for v in verts:
+        t = c.truth.vertebra(v.name)
+        assert v.source == "localized"
+        assert v.verse_id == t.verse_id
+        assert np.linalg.norm(np.subtract(v.body_center_lps, t.body_center_lps)) < 2.5
+        assert len(v.pedicles) == 2
+
+
+def test_synthetic_without_levels_gives_v_names():
+    c = case(11, "FFS")
+    verts = localize_vertebrae(c.volume, AnatomySettings())
+    assert [v.name for v in verts] == ["V1", "V2", "V3"]
+    assert all(v.verse_id is None for v in verts)
+    assert [v.label_code_base for v in verts] == [10, 20, 30]
+
+
+def test_level_count_mismatch_is_a_clear_error():
+    c = case(11, "FFS")
+    with pytest.raises(AnatomyError, match=r"found 3 whole vertebral bodies.*names 2"):
+        localize_vertebrae(c.volume, AnatomySettings(), levels=["L4", "L5"])
+
+
+def test_no_spine_is_a_clear_error():
+    from bmdpipe.volume import Volume
+
+    vol = Volume(np.full((30, 40, 40), 40.0, np.float32), spacing=(2.0, 2.0, 2.0))
+    with pytest.raises(AnatomyError, match="canal not found"):
+        localize_vertebrae(vol, AnatomySettings())
+
+
+def _real_bodies():
+    vol = nifti_volume(need(TS / "example_ct.nii.gz"))
+    masks, _, _ = load_labels(TS / "spine_report/totalseg_vertebrae_pp_refined.nii.gz", vol)
+    ref = {k: vol.index_to_lps(np.argwhere(m).mean(0)) for k, m in masks.items() if m.any()}
+    return vol, ref, localize_vertebrae(vol, AnatomySettings())
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("level", ["L2", "L3", "L4"])
+def test_real_ct_body_found_within_5mm(level):
+    """Real 3 mm CT: a localised body centre within 5 mm of TotalSegmentator's body centroid."""
+    vol, ref, verts = _real_bodies()
+    d = min(np.linalg.norm(np.subtract(v.body_center_lps, ref[level])) for v in verts)
+    assert d < 5.0
+
+
+@pytest.mark.real_data
+@pytest.mark.xfail(reason="known weak (issue 4): at 3 mm the L5/S1 junction and L1 (T12/L1 disc) are not "
+                          "separated reliably; found L1 ~9 mm off and L5 merged with S1", strict=False)
+@pytest.mark.parametrize("level", ["L1", "L5"])
+def test_real_ct_end_levels_within_5mm(level):
+    vol, ref, verts = _real_bodies()
+    d = min(np.linalg.norm(np.subtract(v.body_center_lps, ref[level])) for v in verts)
+    assert d < 5.0

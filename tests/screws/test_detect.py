@@ -1,0 +1,85 @@
+"""Screw detection: metal runs, axis, ends, diameter, rods/blocks rejected, side and level."""
+
+import numpy as np
+import pytest
+
+from bmdpipe.config import ScrewSettings
+from bmdpipe.results import Side, Vertebra
+from bmdpipe.screws import detect_screws, saturation_level
+from bmdpipe.screws.detect import find_metal_runs
+from bmdpipe.volume import Volume
+
+SMOOTH = ScrewSettings(thread_depth_mm=0.0)  # the test phantoms have smooth (unthreaded) shafts
+
+
+def test_no_metal_gives_no_screws():
+    vol = Volume(array=np.full((20, 30, 30), 150.0, np.float32), spacing=(1.0, 0.8, 0.8))
+    assert detect_screws(vol, ScrewSettings()) == []
+
+
+def test_single_screw_geometry(screw_block):
+    """Entry/tip within 1 mm and the thread-crest diameter within 0.3 mm despite 3071-HU saturation."""
+    vol, tr = screw_block(width_mm=0.0, clip=True, seed=1)
+    assert saturation_level(vol.array, metal_threshold_hu=2500.0) == pytest.approx(3071.0)
+    (s,) = detect_screws(vol, SMOOTH)
+    assert np.linalg.norm(np.subtract(s.entry_lps, tr["entry"])) < 1.0
+    assert np.linalg.norm(np.subtract(s.tip_lps, tr["tip"])) < 1.0
+    assert s.diameter_mm == pytest.approx(tr["diameter_mm"], abs=0.3)
+    assert s.length_mm == pytest.approx(tr["length_mm"], abs=1.5)
+
+
+def test_extended_hu_scale(screw_block):
+    vol, tr = screw_block(width_mm=0.0, clip=False, seed=2)
+    assert saturation_level(vol.array, metal_threshold_hu=2500.0) is None
+    (s,) = detect_screws(vol, SMOOTH)
+    assert s.diameter_mm == pytest.approx(tr["diameter_mm"], abs=0.3)
+
+
+def _cylinder_points(c, a, length, radius, step=0.7):
+    a = np.asarray(a, float) / np.linalg.norm(a)
+    u = np.cross(a, [1.0, 0, 0]) if abs(a[0]) < 0.9 else np.cross(a, [0, 1.0, 0])
+    u /= np.linalg.norm(u)
+    v = np.cross(a, u)
+    g = np.arange(-radius, radius + 1e-9, step)
+    t = np.arange(0, length, step)
+    T, X, Y = np.meshgrid(t, g, g, indexing="ij")
+    keep = X ** 2 + Y ** 2 <= radius ** 2
+    return np.asarray(c) + T[keep, None] * a + X[keep, None] * u + Y[keep, None] * v
+
+
+def test_runs_split_screw_from_rod_and_reject_block():
+    """A screw touching a rod is one 'screw' run and one 'rod' run; a solid block (cage) is bulky."""
+    screw = _cylinder_points([0, 0, 0], [0.3, -1.0, 0.05], 45.0, 3.3)
+    rod = _cylinder_points([-3, 2, -30], [0.0, 0.1, 1.0], 70.0, 3.0)
+    block = np.argwhere(np.ones((14, 36, 30), bool)) * 0.7 + [60.0, 0.0, 0.0]
+    runs = find_metal_runs(np.vstack([screw, rod]), ScrewSettings(), rng=np.random.default_rng(0))
+    kinds = sorted(r.kind for r in runs if r.kind != "short")
+    assert kinds == ["rod", "screw"]
+    runs = find_metal_runs(block, ScrewSettings(), rng=np.random.default_rng(0))
+    assert all(r.kind != "screw" for r in runs)
+
+
+def _vertebra(vol, name, vid, centre_lps):
+    m = np.ones((3, 3, 3), bool)
+    k, j, i = np.rint(vol.lps_to_index(np.asarray(centre_lps))).astype(int)
+    return Vertebra(name=name, verse_id=vid, offset=(k - 1, j - 1, i - 1), mask=m, centroid_lps=tuple(centre_lps))
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+def test_side_from_lps_not_index(screw_block, flip_x):
+    """Two screws: the one at larger LPS x is the patient's left, whatever the array order."""
+    vol, tr = screw_block(width_mm=0.0, second_screw=True, seed=3)
+    if flip_x:  # same patient, columns stored right-to-left
+        arr = vol.array[:, :, ::-1].copy()
+        d = np.diag([-1.0, 1.0, 1.0])
+        x_last = vol.origin[0] + (vol.shape[2] - 1) * vol.spacing[2]
+        vol = Volume(array=arr, spacing=vol.spacing, origin=(x_last, vol.origin[1], vol.origin[2]), direction=d)
+    mid_x = 0.5 * (tr["entry"][0] + (30.0 - 16.0))
+    centre = (mid_x, 30.0, 30.0)
+    verts = [_vertebra(vol, "L4", 23, centre), _vertebra(vol, "L3", 22, (mid_x, 30.0, 70.0))]
+    screws = detect_screws(vol, SMOOTH, vertebrae=verts)
+    assert len(screws) == 2
+    by_side = {s.side: s for s in screws}
+    assert set(by_side) == {Side.left, Side.right}
+    assert by_side[Side.left].entry_lps[0] > by_side[Side.right].entry_lps[0]
+    assert all(s.vertebra == "L4" for s in screws)
