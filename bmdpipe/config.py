@@ -72,10 +72,10 @@ class CalibrationSettings(_Section):
     rod_edge_low_hu: float = 10.0
     rod_edge_high_hu: float = 30.0
     rod_hough_threshold: float = Field(0.35, gt=0, le=1)
-    rod_max_candidates: int = Field(120, ge=2)
+    rod_max_candidates: int = Field(40, ge=2)
     rod_min_hu: float = -300.0
     rod_max_hu: float = 2500.0
-    rod_min_contrast_hu: float = 10.0
+    rod_min_contrast_hu: float = 20.0
     rod_max_core_spread_hu: float = 120.0
     rod_core_fraction: float = Field(0.6, gt=0, lt=1)
     rod_edge_margin_mm: float = Field(2.0, ge=0)
@@ -92,6 +92,8 @@ class CalibrationSettings(_Section):
     rod_max_groups: int = Field(30, ge=1)
     slope_min_hu_per_mg_cm3: float = Field(0.5, gt=0)
     slope_max_hu_per_mg_cm3: float = Field(2.5, gt=0)
+    rod_residual_warn_hu: float = Field(15.0, gt=0)
+    rod_residual_refuse_hu: float = Field(40.0, gt=0)
     # phantomless calibration (bmdpipe.calibrate.internal)
     internal_grid_mm: float = Field(1.5, gt=0)
     internal_smooth_mm: float = Field(1.5, gt=0)
@@ -110,6 +112,13 @@ class CalibrationSettings(_Section):
     internal_kev_min: float = Field(40.0, ge=25)
     internal_kev_max: float = Field(120.0, le=150)
     internal_max_rms_hu: float = Field(5.0, gt=0)
+    internal_tissue_sd_hu: float = Field(3.0, gt=0)
+    internal_air_sd_hu: float = Field(1.0, gt=0)
+    internal_offset_prior_sd_hu: float | None = Field(5.0, gt=0)
+    internal_gain_prior_sd: float | None = Field(0.01, gt=0)
+    internal_kev_prior_kev: float | None = Field(70.0, gt=0)
+    internal_kev_prior_sd_kev: float | None = Field(6.0, gt=0)
+    internal_kev_prior_kvp: float = Field(120.0, gt=0)
 
 
 class AnatomySettings(_Section):
@@ -156,6 +165,7 @@ class MaskingSettings(_Section):
     smoothing_sigma_mm: float = Field(0.6, ge=0)
     dense_k_sd: float = Field(4.0, gt=0)
     dense_min_delta_hu: float = Field(90.0, gt=0)
+    max_reference_above_body_hu: float = Field(150.0, gt=0)
 
     def margin_mm(self, spacing) -> float:
         """Clearance kept between ROI voxels and cortex / sclerosis / the bone surface, mm."""
@@ -207,7 +217,8 @@ class HaloSettings(_Section):
     thread_depth_mm: float = Field(0.9, ge=0)
     min_valid_fraction: float = Field(0.3, gt=0, le=1)
     max_smoothing: int = Field(3, ge=1)
-    esf_sectors: int = Field(8, ge=1)
+    esf_sectors: int = Field(1, ge=1)
+    per_angle_interpolation: bool = False
 
 
 class OutputSettings(_Section):

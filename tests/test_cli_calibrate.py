@@ -19,9 +19,10 @@ SCANNER = {"slope_hu_per_mg_cm3": 1.12, "intercept_hu": -6.0, "kev": 66.0}
 def scans(tmp_path_factory):
     """A phantom-only scan and a patient scan without phantom, same scanner response."""
     root = tmp_path_factory.mktemp("async")
-    phantom = make_case(3, CaseSpec(levels=("L4",), phantom="ha", spacing_mm=(1.5, 0.9, 0.9), **SCANNER))
-    patient = make_case(4, CaseSpec(levels=("L3", "L4"), phantom=None, material="HA",
-                                    spacing_mm=(1.5, 0.9, 0.9), **SCANNER))
+    phantom = make_case(3, CaseSpec(levels=("L4",), phantom="mindways", spacing_mm=(2.0, 0.8, 0.8),
+                                    **SCANNER))
+    patient = make_case(4, CaseSpec(levels=("L3", "L4"), phantom=None, material="K2HPO4",
+                                    spacing_mm=(2.0, 0.8, 0.8), **SCANNER))
     write_dicom_series(phantom, root / "phantom", add_localizer=False, add_stray_files=False)
     write_dicom_series(patient, root / "patient", add_localizer=False, add_stray_files=False)
     write_labels_nifti(patient, root / "labels.nii.gz")
@@ -32,7 +33,7 @@ def test_calibrate_then_run_with_saved_calibration(scans, tmp_path):
     """The saved fit reproduces the scanner's slope; `run --calibration` applies it to the patient."""
     root, patient = scans
     cal_path = tmp_path / "cal.json"
-    res = runner.invoke(app, ["calibrate", str(root / "phantom"), "--phantom", "qrm-bdc-6",
+    res = runner.invoke(app, ["calibrate", str(root / "phantom"), "--phantom", "mindways-model3-ct",
                               "--save", str(cal_path), "--qc", str(tmp_path / "cal.png")])
     assert res.exit_code == 0, res.output
     saved = json.loads(cal_path.read_text())
@@ -44,7 +45,7 @@ def test_calibrate_then_run_with_saved_calibration(scans, tmp_path):
                               "--calibration", str(cal_path), "--labels", str(root / "labels.nii.gz")])
     assert res.exit_code == 0, res.output
     (row,) = read_csv_rows(out / "calibration.csv")
-    assert row["material"] == "HA" and row["method"] == "phantom"
+    assert row["material"] == "K2HPO4" and row["method"] == "phantom"
     assert float(row["slope_hu_per_mg_cm3"]) == pytest.approx(SCANNER["slope_hu_per_mg_cm3"], rel=0.01)
     assert float(row["intercept_hu"]) == pytest.approx(SCANNER["intercept_hu"], abs=3)
     assert "differs" not in row["warnings"]  # same kVp and kernel: no protocol warning
@@ -52,9 +53,11 @@ def test_calibrate_then_run_with_saved_calibration(scans, tmp_path):
     assert [r["vertebra"] for r in a_rows] == ["L3", "L4"]
 
 
-def test_calibrate_without_phantom_fails_cleanly(scans):
-    """A scan without a phantom: exit 1 with a message naming the problem, no traceback."""
+@pytest.mark.parametrize("scan, definition", [("patient", "qrm-bdc-6"), ("phantom", "qrm-bdc-6")])
+def test_calibrate_fails_cleanly(scans, scan, definition):
+    """No phantom in the scan, or a definition that does not match the phantom (6 HA rods
+    asked, 5 Mindways rods present): exit 1 with a message, never a silent wrong fit."""
     root, _ = scans
-    res = runner.invoke(app, ["calibrate", str(root / "patient"), "--phantom", "qrm-bdc-6"])
-    assert res.exit_code == 1
+    res = runner.invoke(app, ["calibrate", str(root / scan), "--phantom", definition])
+    assert res.exit_code == 1, res.output
     assert "calibration failed" in res.output and "Traceback" not in res.output

@@ -144,8 +144,19 @@ def measure_reference_tissues(volume: Volume, settings: CalibrationSettings | No
     return out
 
 
-def fit_effective_energy(measured_hu: dict[str, float], *, kev_range=(40.0, 120.0), kev_step: float = 0.25):
+def fit_effective_energy(measured_hu: dict[str, float], *, kev_range=(40.0, 120.0), kev_step: float = 0.25,
+                         tissue_sd_hu: dict[str, float] | None = None, offset_prior_sd_hu: float | None = None,
+                         gain_prior_sd: float | None = None, kev_prior: float | None = None,
+                         kev_prior_sd_kev: float | None = None):
     """Effective energy and linear scanner response from tissue HU.
+
+    For every energy E of the search grid the scanner response ``H = a + b * HU_theory(E)`` is a
+    weighted (ridge) least-squares fit: tissue t weighted by ``1 / tissue_sd_hu[t]**2``, with
+    optional Gaussian priors ``a ~ N(0, offset_prior_sd_hu)`` (HU) and ``b ~ N(1, gain_prior_sd)``
+    (scanners are calibrated to water 0 HU and air -1000 HU). E is the energy minimising the
+    penalised chi-square, plus ``((E - kev_prior) / kev_prior_sd_kev)**2`` when an energy prior is
+    given (maximum a posteriori). Without priors and weights this is the plain minimum-residual
+    fit of Michalski et al.
 
     Parameters
     ----------
@@ -153,27 +164,42 @@ def fit_effective_energy(measured_hu: dict[str, float], *, kev_range=(40.0, 120.
         Mean HU per tissue (names understood by :func:`attenuation.hu_of`); at least 3.
     kev_range : (2,) tuple of float
         Energies searched, keV.
+    kev_step : float
+        Grid step, keV.
+    tissue_sd_hu : dict of str -> float, optional
+        Expected deviation of each tissue's HU from the tables (biological + measurement), HU;
+        missing tissues 1 HU.
+    offset_prior_sd_hu, gain_prior_sd, kev_prior, kev_prior_sd_kev : float, optional
+        Prior SDs (HU, unitless, keV) and prior mean energy (keV); None = no prior.
 
     Returns
     -------
     kev, a, b, rms : float
         Effective energy (keV), offset a (HU) and gain b of ``H = a + b * HU_theory(E)``,
-        and the RMS residual (HU).
+        and the RMS residual of the tissues (HU).
     """
     names = list(measured_hu)
     if len(names) < 3:
         raise CalibrationError(f"phantomless calibration needs at least 3 reference tissues, found {names}")
     h = np.array([measured_hu[n] for n in names], dtype=float)
+    sd = tissue_sd_hu or {}
+    w = np.array([1.0 / float(sd.get(n, 1.0)) ** 2 for n in names])
+    pa = 0.0 if offset_prior_sd_hu is None else 1.0 / offset_prior_sd_hu ** 2
+    pb = 0.0 if gain_prior_sd is None else 1.0 / gain_prior_sd ** 2
     energies = np.arange(kev_range[0], kev_range[1] + 1e-9, kev_step)
     best = None
     for e in energies:
         t = np.array([hu_of(n, e) for n in names])
-        A = np.stack([np.ones_like(t), t], axis=1)
-        coef, *_ = np.linalg.lstsq(A, h, rcond=None)
-        rms = float(np.sqrt(np.mean((A @ coef - h) ** 2)))
-        if best is None or rms < best[3]:
-            best = (float(e), float(coef[0]), float(coef[1]), rms)
-    return best
+        m = np.array([[w.sum() + pa, (w * t).sum()], [(w * t).sum(), (w * t * t).sum() + pb]])
+        r = np.array([(w * h).sum(), (w * t * h).sum() + pb])
+        a, b = np.linalg.solve(m, r)
+        res = h - a - b * t
+        chi2 = float((w * res ** 2).sum() + pa * a ** 2 + pb * (b - 1.0) ** 2)
+        if kev_prior is not None and kev_prior_sd_kev:
+            chi2 += ((e - kev_prior) / kev_prior_sd_kev) ** 2
+        if best is None or chi2 < best[0]:
+            best = (chi2, float(e), float(a), float(b), float(np.sqrt(np.mean(res ** 2))))
+    return best[1:]
 
 
 def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = None, *,
@@ -213,8 +239,16 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
             f"phantomless calibration of {sid} failed: found reference tissues {sorted(tissues)}, need air, fat and "
             "muscle (or blood). Is the whole body cross-section in the field of view? Use a phantom (--phantom NAME)"
         )
+    kev_prior = s.internal_kev_prior_kev
+    kvp = getattr(volume.meta, "kvp", None)
+    if kvp:  # effective energy roughly proportional to the tube voltage
+        kev_prior = kev_prior * float(kvp) / s.internal_kev_prior_kvp
+    tissue_sd = {k: (s.internal_air_sd_hu if k == "air" else s.internal_tissue_sd_hu) for k in tissues}
     kev, a, b, rms = fit_effective_energy({k: v.hu_mean for k, v in tissues.items()},
-                                         kev_range=(s.internal_kev_min, s.internal_kev_max))
+                                         kev_range=(s.internal_kev_min, s.internal_kev_max),
+                                         tissue_sd_hu=tissue_sd, offset_prior_sd_hu=s.internal_offset_prior_sd_hu,
+                                         gain_prior_sd=s.internal_gain_prior_sd, kev_prior=kev_prior,
+                                         kev_prior_sd_kev=s.internal_kev_prior_sd_kev)
     if kev <= s.internal_kev_min + 0.5 or kev >= s.internal_kev_max - 0.5:
         warnings.append(f"effective energy {kev:.1f} keV at the edge of the search range; calibration unreliable")
     slope = b * mineral_slope_hu_per_mg_cm3(mat.value, kev)
@@ -231,7 +265,7 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
         method="internal", phantom="internal", material=mat, slope_hu_per_mg_cm3=float(slope),
         intercept_hu=float(intercept), r2=None, n_references=len(refs), references=tuple(refs),
         warnings=tuple(warnings),
-        details={"kev": kev, "a_hu": a, "b": b, "rms_hu": rms,
+        details={"kev": kev, "a_hu": a, "b": b, "rms_hu": rms, "kev_prior": kev_prior,
                  "tissues_hu": {k: v.hu_mean for k, v in tissues.items()},
                  "source": "effective-energy method, Michalski et al. Med Eng Phys 2020; ICRU-44/NIST attenuation"},
     )

@@ -601,6 +601,18 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
     # density order check: HU must rise with the expected order (it does by construction);
     # the fit's residuals tell whether the assignment was right.
     warnings += fit_quality_warnings(fit.r2, warn=s.r2_warn, refuse=s.r2_refuse, what=f"{sid} phantom")
+    worst = int(np.argmax(np.abs(fit.residuals_hu)))
+    if abs(fit.residuals_hu[worst]) > s.rod_residual_refuse_hu:
+        raise CalibrationError(
+            f"{sid}: rod {pairs[worst][1].name} is {fit.residuals_hu[worst]:+.1f} HU off the phantom fit "
+            f"(> {s.rod_residual_refuse_hu} HU): rods were mis-detected or the definition "
+            f"({definition.name}) does not match this phantom. Measured rod HU: "
+            f"{', '.join(f'{r.hu_mean:.0f}' for r, _ in pairs)}. Check the QC plot and --phantom"
+        )
+    if abs(fit.residuals_hu[worst]) > s.rod_residual_warn_hu:
+        warnings.append(f"rod {pairs[worst][1].name} is {fit.residuals_hu[worst]:+.1f} HU off the fit "
+                        f"(> {s.rod_residual_warn_hu} HU): wrong certificate value, a rod hit by artefacts, or a "
+                        "mis-detected rod; check the QC plot")
     for r, _ in pairs:
         warnings += list(r.warnings)
         if r.n_slices < s.rod_min_slices:

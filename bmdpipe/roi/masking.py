@@ -53,7 +53,8 @@ def robust_reference(values: np.ndarray, bin_hu: float = 5.0) -> tuple[float, fl
 
 
 def dense_mask(hu: np.ndarray, candidates: np.ndarray, spacing, settings: MaskingSettings,
-               reference: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+               reference: np.ndarray | None = None, reference_cap_hu: float | None = None
+               ) -> tuple[np.ndarray, float, float]:
     """Dense (cortex / sclerosis / metal) voxels of a box.
 
     Parameters
@@ -67,6 +68,9 @@ def dense_mask(hu: np.ndarray, candidates: np.ndarray, spacing, settings: Maskin
     settings : MaskingSettings
     reference : ndarray of bool, optional
         Voxels that define the cancellous reference (default: the candidates).
+    reference_cap_hu : float, optional
+        Upper bound of the reference (e.g. the vertebral body's cancellous HU + a margin),
+        for ROIs made mostly of cortex (a pedicle on a 3 mm scan).
 
     Returns
     -------
@@ -81,12 +85,17 @@ def dense_mask(hu: np.ndarray, candidates: np.ndarray, spacing, settings: Maskin
     if vals.size == 0:
         return np.zeros(hu.shape, bool), float("nan"), float("nan")
     ref, spread = robust_reference(vals)
+    if reference_cap_hu is not None and np.isfinite(reference_cap_hu) and ref > reference_cap_hu:
+        # the ROI's own values are mostly dense: their spread is cortex, not cancellous noise
+        ref, spread = float(reference_cap_hu), 0.0
     thr = ref + max(settings.dense_k_sd * spread, settings.dense_min_delta_hu)
+    if reference_cap_hu is not None and np.isfinite(reference_cap_hu):
+        thr = min(thr, float(reference_cap_hu) + settings.dense_min_delta_hu)
     return sm > thr, thr, ref
 
 
 def mask_roi(hu: np.ndarray, candidates: np.ndarray, support: np.ndarray, spacing,
-             settings: MaskingSettings) -> tuple[np.ndarray, int]:
+             settings: MaskingSettings, *, reference_cap_hu: float | None = None) -> tuple[np.ndarray, int]:
     """Keep the candidates that are clear of dense bone and of the bone surface.
 
     Parameters
@@ -100,6 +109,8 @@ def mask_roi(hu: np.ndarray, candidates: np.ndarray, support: np.ndarray, spacin
     spacing : tuple of float
         Voxel size, mm.
     settings : MaskingSettings
+    reference_cap_hu : float, optional
+        See :func:`dense_mask`.
 
     Returns
     -------
@@ -128,7 +139,8 @@ def mask_roi(hu: np.ndarray, candidates: np.ndarray, support: np.ndarray, spacin
     cand, sup, h = candidates[sl], support[sl], hu[sl]
     inner = ndi.distance_transform_edt(sup, sampling=spacing)
     deep = cand & (inner > 2.0 * margin)
-    dense, _, _ = dense_mask(h, cand, spacing, settings, reference=deep if deep.sum() >= 20 else None)
+    dense, _, _ = dense_mask(h, cand, spacing, settings, reference=deep if deep.sum() >= 20 else None,
+                             reference_cap_hu=reference_cap_hu)
     ok = cand & (inner > margin)
     if dense.any():
         ok &= ndi.distance_transform_edt(~dense, sampling=spacing) > margin

@@ -36,8 +36,9 @@ def pedicle_roi_candidates(box: VertebraBox, axis: PedicleAxis, settings: RoiSet
     return (np.abs(t) <= settings.b_half_length_mm) & (d2 <= r * r) & box.mask
 
 
-def roi_b(box: VertebraBox, axis: PedicleAxis, settings: RoiSettings, masking: MaskingSettings) -> Roi:
+def roi_b(box: VertebraBox, axis: PedicleAxis, settings: RoiSettings, masking: MaskingSettings, *,
+         reference_cap_hu: float | None = None) -> Roi:
     """ROI B of one pedicle, cortex-masked."""
     cand = pedicle_roi_candidates(box, axis, settings)
-    kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, masking)
+    kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, masking, reference_cap_hu=reference_cap_hu)
     return make_roi(box, kept, int(cand.sum()), n_exc, Region.B, axis.side)

@@ -29,15 +29,17 @@ def trajectory_candidates(box: VertebraBox, entry_lps, tip_lps, radius_mm: float
     return (dist <= radius_mm) & (t >= 0) & (t <= length) & box.mask
 
 
-def roi_c(box: VertebraBox, axis: PedicleAxis, settings: RoiSettings, masking: MaskingSettings) -> Roi:
+def roi_c(box: VertebraBox, axis: PedicleAxis, settings: RoiSettings, masking: MaskingSettings, *,
+         reference_cap_hu: float | None = None) -> Roi:
     """Planned-trajectory ROI C along a pedicle axis, masked."""
     cand = trajectory_candidates(box, axis.entry_lps, axis.target_lps, 0.5 * settings.screw_diameter_mm)
-    kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, masking)
+    kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, masking, reference_cap_hu=reference_cap_hu)
     return make_roi(box, kept, int(cand.sum()), n_exc, Region.C, axis.side)
 
 
 def trajectory_roi_along_screw(volume: Volume, vertebra: Vertebra, screw: Screw,
-                               settings: Settings | None = None, *, box: VertebraBox | None = None) -> Roi:
+                               settings: Settings | None = None, *, box: VertebraBox | None = None,
+                               reference_cap_hu: float | None = None) -> Roi:
     """ROI C along a detected screw (post-operative scan).
 
     Parameters
@@ -59,7 +61,7 @@ def trajectory_roi_along_screw(volume: Volume, vertebra: Vertebra, screw: Screw,
     box = box or VertebraBox.of(volume, vertebra)
     r = 0.5 * (screw.diameter_mm or settings.roi.screw_diameter_mm) + settings.roi.postop_shell_mm
     cand = trajectory_candidates(box, screw.entry_lps, screw.tip_lps, r)
-    kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, settings.masking)
+    kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, settings.masking, reference_cap_hu=reference_cap_hu)
     side = screw.side if screw.side in (Side.left, Side.right) else Side.left
     roi = make_roi(box, kept, int(cand.sum()), n_exc, Region.C, side)
     return roi

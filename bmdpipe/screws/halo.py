@@ -179,38 +179,32 @@ def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray
     bone = np.empty_like(sse)
     rim = np.empty_like(sse)
     valleys = threaded_step(r, crest_radius_mm, thread_depth_mm, sigma_mm)
-    x = (r - crest_radius_mm) / max(settings.search_mm, 1e-6)  # bone may drift (cortex, leaving bone)
     for n, w in enumerate(widths):
         outer = crest_radius_mm + w
         # lucent: everything inside crest + w that is not metal (thread valleys included)
         b = step(r, outer, sigma_mm) - valleys if w > 0 else np.zeros_like(r)
         rb = band(r, outer, outer + q, sigma_mm)
         f1 = 1.0 - b - rb
-        basis = np.stack([f1, f1 * x, rb])  # bone level, bone slope, rim level
+        f2 = rb
         tgt = y - mt - H * b
-        G = np.einsum("mn,in,jn->mij", w8, basis, basis)
-        c = np.einsum("mn,mn,in->mi", w8, tgt, basis)
-        G += 1e-6 * np.eye(3)
-        coef = np.linalg.solve(G, c[..., None])[..., 0]
-        # rim not darker than the bone next to it: otherwise no rim (bone level and slope only)
-        bone_at_rim = coef[:, 0] + coef[:, 1] * ((outer + 0.5 * q - crest_radius_mm) / max(settings.search_mm, 1e-6))
-        no_rim = coef[:, 2] < bone_at_rim
-        if np.any(no_rim):
-            basis2 = np.stack([f1 + rb, (f1 + rb) * x])
-            G2 = np.einsum("mn,in,jn->mij", w8[no_rim], basis2, basis2) + 1e-6 * np.eye(2)
-            c2 = np.einsum("mn,mn,in->mi", w8[no_rim], tgt[no_rim], basis2)
-            co2 = np.linalg.solve(G2, c2[..., None])[..., 0]
-            coef[no_rim, 0] = co2[:, 0]
-            coef[no_rim, 1] = co2[:, 1]
-            coef[no_rim, 2] = co2[:, 0] + co2[:, 1] * ((outer + 0.5 * q - crest_radius_mm) / max(settings.search_mm, 1e-6))
-            model_nr = co2 @ basis2
-        model = coef @ basis
-        if np.any(no_rim):
-            model[no_rim] = model_nr
-        res = tgt - model
+        a11 = (w8 * f1 * f1).sum(axis=1)
+        a12 = (w8 * f1 * f2).sum(axis=1)
+        a22 = (w8 * f2 * f2).sum(axis=1)
+        c1 = (w8 * tgt * f1).sum(axis=1)
+        c2 = (w8 * tgt * f2).sum(axis=1)
+        det = a11 * a22 - a12 * a12
+        det = np.where(np.abs(det) > 1e-9, det, 1e-9)
+        B2 = (a22 * c1 - a12 * c2) / det
+        Q2 = (a11 * c2 - a12 * c1) / det
+        g = f1 + f2  # rim not darker than bone: otherwise bone only (Q = B)
+        B1 = (w8 * tgt * g).sum(axis=1) / np.maximum((w8 * g * g).sum(axis=1), 1e-9)
+        use1 = Q2 < B2
+        Bn = np.where(use1, B1, B2)
+        Qn = np.where(use1, B1, Q2)
+        res = tgt - Bn[:, None] * f1 - Qn[:, None] * f2
         sse[:, n] = (w8 * res * res).sum(axis=1)
-        bone[:, n] = coef[:, 0] + coef[:, 1] * ((outer + q - crest_radius_mm) / max(settings.search_mm, 1e-6))
-        rim[:, n] = coef[:, 2]
+        bone[:, n] = Bn
+        rim[:, n] = Qn
     k = np.argmin(sse, axis=1)
     rows = np.arange(y.shape[0])
     km = np.clip(k, 2, widths.size - 2)
@@ -291,7 +285,7 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     n_sec = settings.esf_sectors
     sec = np.minimum((th_v / (2 * np.pi) * n_sec).astype(int), n_sec - 1)
     sig_sec = np.full(n_sec, edge.sigma_mm)
-    for k in range(n_sec):
+    for k in range(n_sec if n_sec > 1 else 0):
         sel = sec == k
         if np.count_nonzero(sel) > 200:
             sig_sec[k] = fit_edge_spread(rv[sel], hv[sel], clip_hu=clip, fixed_radius_mm=R,
@@ -303,6 +297,8 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     d_idx = dirs @ np.asarray(volume.direction, dtype=float)  # components along i, j, k
     h = np.asarray(volume.spacing, dtype=float)[::-1]
     s_int_a = np.sqrt((d_idx ** 2 * h ** 2 / 6.0).sum(axis=1))  # (A,)
+    if not settings.per_angle_interpolation:
+        s_int_a = np.full_like(s_int_a, interpolation_sigma_mm(volume.spacing, rays.axis, volume.direction))
     metal_a = np.stack([metal_template(radii, replace(edge, sigma_mm=float(sg)), interp_sigma_mm=float(si))
                         for sg, si in zip(sig_a, s_int_a)])
     metal = np.broadcast_to(metal_a, vals.shape)

@@ -20,9 +20,9 @@ file per slice, shuffled names, localizer and stray files), ``write_labels_nifti
 ``write_truth(case, path)`` and ``write_sample_data(folder)``. Mindways rods follow the
 two-component model exactly (sigma_ref = slope + 0.2174, beta_ref = intercept - 999.6,
 rod HU = water + sigma_ref * K2HPO4 + beta_ref); HA rods follow ``intercept + slope * HA``.
-Soft-tissue HU come from ``bmdpipe.calibrate.attenuation.hu_of(material, truth.scanner.kev)`` when
-that module exists (``truth.scanner.tissue_hu_source`` says which); ``CaseSpec(slope_from_kev=True)``
-also takes the bone slope from kev (physically consistent case for phantomless calibration).
+The scanner is physically consistent: an effective energy (kev) sets the HU of soft tissues
+(``bmdpipe.calibrate.attenuation.hu_of``, plus a few HU of biological variation) and the bone
+slope, and a small gain/offset error of the HU scale applies to all materials.
 Orientations (``CaseSpec.orientation``): HFS (identity), HFS_zdown, FFS, HFP, FFP; anatomy is
 defined in LPS, so only the array layout / direction changes. ``CaseSpec(fusion_rods=True)`` adds
 titanium rods between the screw heads. Modules: spec, scanner, grid, spine, phantom, screws, case,

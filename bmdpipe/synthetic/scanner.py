@@ -66,38 +66,35 @@ class ScannerResponse:
         return d
 
 
-def tissue_hu(kev: float, rng: np.random.Generator) -> tuple[dict[str, float], str]:
+def tissue_hu(kev: float, rng: np.random.Generator, *, gain: float = 1.0,
+              offset_hu: float = 0.0, tissue_sd_hu: float = 3.0) -> tuple[dict[str, float], str]:
     """HU of the non-bone reference tissues for one case. The ONE place to change tissue HU.
 
-    Uses ``bmdpipe.calibrate.attenuation.hu_of(material, kev)`` when that module exists;
-    otherwise the nominal values of :data:`NOMINAL_TISSUE_HU` with a small per-case linear
-    distortion ``HU = a + b * nominal`` (a ~ U(-4, 4) HU, b ~ U(0.97, 1.03); air stays within
-    a few HU of -1000).
+    The scanner maps true attenuation to ``HU = offset_hu + gain * HU_physical(kev)``, where
+    ``HU_physical`` comes from ``bmdpipe.calibrate.attenuation.hu_of(material, kev)`` (ICRU-44
+    compositions) — the same response the bone mineral gets, so a case is physically
+    consistent. On top, each soft tissue gets its own biological deviation ~ N(0, tissue_sd_hu)
+    (fat and muscle composition vary between patients, a few HU). Air and water get none.
+    Materials not tabulated (csf, disc, fibrous) use :data:`NOMINAL_TISSUE_HU` through the
+    same response.
 
     Returns
     -------
     hu : dict of str -> float
     source : str
-        ``'attenuation.hu_of'`` or ``'nominal+linear-distortion'``.
+        ``'attenuation.hu_of'``.
     """
-    a = float(rng.uniform(-4.0, 4.0))
-    b = float(rng.uniform(0.97, 1.03))
-    try:  # pragma: no cover - depends on the calibration engineer's module
-        from bmdpipe.calibrate.attenuation import hu_of  # type: ignore
-    except ImportError:
-        hu_of = None
-    if hu_of is not None:
-        out = {}
-        for name, nominal in NOMINAL_TISSUE_HU.items():
-            try:
-                out[name] = float(hu_of(name, kev))
-            except (ValueError, KeyError):  # material not tabulated (csf, disc, fibrous): nominal value
-                out[name] = nominal + a + (b - 1.0) * nominal
-        return out, "attenuation.hu_of"
-    out = {name: nominal + a + (b - 1.0) * nominal for name, nominal in NOMINAL_TISSUE_HU.items()}
-    out["air"] = -1000.0 + a
-    out["water"] = a
-    return out, "nominal+linear-distortion"
+    from bmdpipe.calibrate.attenuation import hu_of
+
+    out = {}
+    for name, nominal in NOMINAL_TISSUE_HU.items():
+        try:
+            physical = float(hu_of(name, kev))
+        except (ValueError, KeyError):  # not tabulated: nominal value
+            physical = nominal
+        jitter = 0.0 if name in ("air", "water") else float(rng.normal(0.0, tissue_sd_hu))
+        out[name] = offset_hu + gain * physical + jitter
+    return out, "attenuation.hu_of"
 
 
 def physical_slope(material: str, kev: float) -> float:
@@ -109,26 +106,29 @@ def physical_slope(material: str, kev: float) -> float:
 
 
 def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
-    """Draw the scanner response of a case from ``spec`` (None fields random)."""
+    """Draw the scanner response of a case from ``spec`` (None fields random).
+
+    A scanner is an effective energy ``kev`` (random 64-76 keV) plus a small calibration
+    error of the HU scale: gain ``b`` ~ U(0.985, 1.015) and offset ``a`` ~ U(-8, 8) HU applied
+    to every material. Bone: ``slope = b * mineral_slope(material, kev)``, ``intercept = a``
+    (water is 0 HU physically), unless ``spec`` pins them; ``spec.slope_from_kev=False`` draws
+    the slope independently of kev instead (physically inconsistent; phantom tests only).
+    """
     material = spec.resolved_material
-    u = rng.uniform(size=6)  # always draw the same number of values -> reproducible
-    if material == "HA":
-        slope = 0.85 + 0.3 * u[0]
+    u = rng.uniform(size=7)  # always draw the same number of values -> reproducible
+    gain = 0.985 + 0.03 * u[5]
+    offset = -8.0 + 16.0 * u[1]
+    kev = spec.kev if spec.kev is not None else 64.0 + 12.0 * u[2]
+    noise = spec.noise_sd_hu if spec.noise_sd_hu is not None else 10.0 + 15.0 * u[3]
+    psf = spec.psf_fwhm_mm if spec.psf_fwhm_mm is not None else 0.9 + 0.4 * u[4]
+    if spec.slope_hu_per_mg_cm3 is not None:
+        slope = spec.slope_hu_per_mg_cm3
+    elif spec.slope_from_kev:
+        slope = gain * physical_slope(material, kev)
     else:
-        slope = 1.10 + 0.30 * u[0]
-    intercept = -20.0 + 30.0 * u[1]
-    kev = 62.0 + 10.0 * u[2]
-    noise = 10.0 + 15.0 * u[3]
-    psf = 0.9 + 0.4 * u[4]
-    kev_final = spec.kev if spec.kev is not None else kev
-    if spec.slope_hu_per_mg_cm3 is None and spec.slope_from_kev:
-        slope = physical_slope(material, kev_final)
-    slope = spec.slope_hu_per_mg_cm3 if spec.slope_hu_per_mg_cm3 is not None else slope
-    intercept = spec.intercept_hu if spec.intercept_hu is not None else intercept
-    kev = spec.kev if spec.kev is not None else kev
-    noise = spec.noise_sd_hu if spec.noise_sd_hu is not None else noise
-    psf = spec.psf_fwhm_mm if spec.psf_fwhm_mm is not None else psf
-    hu, source = tissue_hu(kev, rng)
+        slope = (0.85 if material == "HA" else 1.10) + 0.3 * u[0]
+    intercept = spec.intercept_hu if spec.intercept_hu is not None else offset
+    hu, source = tissue_hu(kev, rng, gain=gain, offset_hu=offset)
     return ScannerResponse(
         material=material, slope_hu_per_mg_cm3=float(slope), intercept_hu=float(intercept),
         kev=float(kev), noise_sd_hu=float(noise), noise_corr_mm=float(spec.noise_corr_mm),

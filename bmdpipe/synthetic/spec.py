@@ -108,11 +108,12 @@ class CaseSpec:
     slope_hu_per_mg_cm3, intercept_hu : float or None
         Scanner response for bone mineral (sigma_CT / beta_CT for K2HPO4).
     kev : float or None
-        Effective energy, keV (random 62-72).
+        Effective energy, keV (random 64-76).
     slope_from_kev : bool
-        When ``slope_hu_per_mg_cm3`` is None, take the bone slope from the effective energy
-        (``attenuation.mineral_slope_hu_per_mg_cm3(material, kev)``) instead of at random, so
-        that tissue HU and bone slope are physically consistent (for phantomless calibration).
+        True (default): when ``slope_hu_per_mg_cm3`` is None the bone slope follows the
+        effective energy (``attenuation.mineral_slope_hu_per_mg_cm3(material, kev)``) times the
+        scanner's gain, so tissue HU and bone slope are physically consistent, as on a real
+        scanner. False draws the slope independently (not physical).
     cancellous_mg_cm3 : (lo, hi)
         Range from which each vertebra's central cancellous density is drawn.
     cancellous_rim_gain : float
@@ -152,7 +153,7 @@ class CaseSpec:
     slope_hu_per_mg_cm3: float | None = None
     intercept_hu: float | None = None
     kev: float | None = None
-    slope_from_kev: bool = False
+    slope_from_kev: bool = True
     cancellous_mg_cm3: tuple[float, float] = (50.0, 180.0)
     cancellous_rim_gain: float = 0.2
     cortex_mg_cm3: float | None = None

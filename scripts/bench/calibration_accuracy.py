@@ -13,9 +13,9 @@ internal    phantomless, physically consistent scanner: random effective energy 
             (0.98-1.02) and offset (-5..5 HU) applied to the whole image.
 internal-perturbed   as ``internal`` and, in addition, fat and muscle HU shifted by
             U(-3, 3) HU each (tissue composition differing from ICRU-44).
-internal-generator-default   phantomless on the generator's default cases, whose bone slope
-            is drawn independently of its effective energy (not physically consistent; shows
-            what the method cannot know).
+internal-generator-default   phantomless on the generator's default cases: random effective
+            energy 64-76 keV, HU-scale gain 0.985-1.015 and offset -8..8 HU on every material,
+            and each soft tissue's own biological deviation N(0, 3 HU). The honest figure.
 
 Usage::
 

@@ -64,3 +64,16 @@ def test_empty_candidates():
     img = np.zeros((5, 5, 5), np.float32)
     kept, n = mask_roi(img, np.zeros(img.shape, bool), np.ones(img.shape, bool), SP, MaskingSettings())
     assert not kept.any() and n == 0
+
+
+def test_reference_cap_for_cortex_dominated_roi():
+    """A candidate set made mostly of dense bone (a pedicle at 3 mm) is cut when capped by the body's reference."""
+    s = MaskingSettings()
+    img = np.full((12, 12, 12), 500.0, np.float32)  # partial-volume cortex everywhere
+    img[5:7, 5:7, 5:7] = 150.0
+    cand = np.ones(img.shape, bool)
+    sup = np.pad(np.ones((10, 10, 10), bool), 1)
+    kept_free, _ = mask_roi(img, cand, sup, (3.0, 3.0, 3.0), s)
+    assert img[kept_free].mean() > 400  # own mode is the cortex: nothing looks dense
+    kept, n_exc = mask_roi(img, cand, sup, (3.0, 3.0, 3.0), s, reference_cap_hu=120.0 + 150.0)
+    assert n_exc > 0 and (not kept.any() or img[kept].max() < 500)

@@ -15,7 +15,7 @@ from bmdpipe.volume import Volume
 def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, diameter_mm=6.5,
                      length_mm=40.0, bone_hu=180.0, lucent_hu=30.0, rim_hu=700.0, metal_hu=6500.0,
                      clip=True, psf_fwhm_mm=1.1, noise_sd=15.0, streak=False, seed=0,
-                     spacing=(1.0, 0.8, 0.8), tilt=(20.0, 8.0), supersample=2, second_screw=False):
+                     spacing=(1.0, 0.8, 0.8), tilt=(20.0, 8.0), supersample=3, second_screw=False):
     """Return ``(Volume, truth)``; ``truth`` has entry/tip LPS, diameter, width, arc, rim."""
     rng = np.random.default_rng(seed)
     size_mm = np.array([60.0, 60.0, 60.0])  # z, y, x
@@ -60,20 +60,22 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
         add_screw(c2 - a2 * length_mm / 2, c2 + a2 * length_mm / 2, 0.0, 1.0, 0.0, False, a2)
     sig = psf_fwhm_mm / 2.3548 / fine
     img = ndimage.gaussian_filter(img, sig, mode="nearest")
-    img = img.reshape(shape_f[0] // supersample, supersample, shape_f[1] // supersample, supersample,
-                      shape_f[2] // supersample, supersample).mean(axis=(1, 3, 5))
+    # sample the blurred fine image at the coarse voxel centres (a scanner samples the PSF-blurred
+    # object; box-averaging would add a non-Gaussian blur)
+    c0 = supersample // 2
+    img = img[c0::supersample, c0::supersample, c0::supersample]
     noise = rng.standard_normal(img.shape).astype(np.float32)
     noise = ndimage.gaussian_filter(noise, 0.3 / sp)
     img += noise / noise.std() * noise_sd
     if streak:
         # dark band along the line joining screw centres in the axial plane through the screw
         zc = 30.0
-        kz = np.arange(img.shape[0]) * sp[0] + fine[0] * (supersample - 1) / 2
+        kz = np.arange(img.shape[0]) * sp[0] + fine[0] * (supersample // 2)
         prof = np.exp(-0.5 * ((kz - zc) / 0.8) ** 2)
         img -= (250.0 * prof)[:, None, None].astype(np.float32)
     if clip:
         img = np.minimum(img, 3071.0)
-    origin = tuple(fine * (supersample - 1) / 2)[::-1]
+    origin = tuple(fine * (supersample // 2))[::-1]
     vol = Volume(array=img.astype(np.float32), spacing=tuple(sp), origin=origin)
     truth = dict(entry=entry, tip=tip, diameter_mm=diameter_mm, width_mm=width_mm, arc=arc, rim=rim,
                  length_mm=length_mm)
