@@ -194,20 +194,10 @@ def _vbmd_row(volume: Volume, roi: Roi, cal: Calibration) -> dict:
 
 
 def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
-    """Encode a label map on the CT grid as a gzipped NIfTI with the CT's RAS affine."""
+    """Encode a label map on the CT grid as gzipped NIfTI bytes with the CT's RAS affine."""
     import gzip
 
-    import nibabel as nib
-
-    # Volume.affine maps (k, j, i); NIfTI wants (i, j, k) -> RAS.
-    a = volume.affine
-    ijk = np.column_stack([a[:, 2], a[:, 1], a[:, 0], a[:, 3]])
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk
-    img = nib.Nifti1Image(np.ascontiguousarray(label_map.transpose(2, 1, 0)), ras)
-    img.set_qform(ras, code=1)
-    img.set_sform(ras, code=1)
-    img.header.set_xyzt_units("mm")
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(volume.nifti_image(label_map).to_bytes(), compresslevel=6, mtime=0)
 
 
 def _png(fig) -> bytes:

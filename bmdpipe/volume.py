@@ -118,6 +118,34 @@ class Volume:
         return m
 
     @property
+    def affine_ras(self) -> np.ndarray:
+        """(4, 4) NIfTI-convention affine: homogeneous index ``(i, j, k, 1)`` to RAS mm.
+
+        The LPS affine with its index columns reversed and x, y negated (RAS = LPS with the
+        x and y axes flipped), as nibabel and 3D Slicer expect.
+        """
+        a = self.affine
+        ijk = np.column_stack([a[:, 2], a[:, 1], a[:, 0], a[:, 3]])
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk
+
+    def nifti_image(self, array: np.ndarray | None = None):
+        """A ``nibabel.Nifti1Image`` of ``array`` (default: the HU) on this volume's grid.
+
+        ``array`` is (k, j, i) like :attr:`array`; it is stored (i, j, k) with
+        :attr:`affine_ras` as qform and sform (code 1, scanner), units mm.
+        """
+        import nibabel as nib
+
+        data = self.array if array is None else array
+        if data.shape != self.array.shape:
+            raise ValueError(f"shape {data.shape} != volume shape {self.array.shape}")
+        img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), self.affine_ras)
+        img.set_qform(self.affine_ras, code=1)
+        img.set_sform(self.affine_ras, code=1)
+        img.header.set_xyzt_units("mm")
+        return img
+
+    @property
     def voxel_volume_mm3(self) -> float:
         return float(np.prod(self.spacing))
 

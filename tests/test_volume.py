@@ -50,3 +50,22 @@ def test_with_array_keeps_geometry_and_checks_shape():
     assert m.origin == v.origin and m.spacing == v.spacing
     with pytest.raises(ValueError, match="shape"):
         v.with_array(np.ones((1, 2, 3)))
+
+
+def test_affine_ras_maps_like_lps_with_xy_negated():
+    """NIfTI affine: (i, j, k) -> RAS equals index_to_lps((k, j, i)) with x, y negated."""
+    v = _oblique_volume()
+    for k, j, i in [(0, 0, 0), (3, 2, 5), (1, 4, 2)]:
+        ras = v.affine_ras @ [i, j, k, 1]
+        np.testing.assert_allclose(ras[:3] * [-1, -1, 1], v.index_to_lps([k, j, i]))
+
+
+def test_nifti_image_round_trip_through_nibabel():
+    """nibabel reads back the (k, j, i) array transposed to (i, j, k) with the RAS affine."""
+    import nibabel as nib
+
+    v = _oblique_volume()
+    labels = np.arange(np.prod(v.shape), dtype=np.int16).reshape(v.shape)
+    img = nib.Nifti1Image.from_bytes(v.nifti_image(labels).to_bytes())
+    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), labels)
+    np.testing.assert_allclose(img.affine, v.affine_ras)

@@ -227,14 +227,7 @@ def _write_localizer(case, folder: Path, phi, study_uid, frame_uid, compress) ->
 
 def labels_affine_ras(case: SyntheticCase) -> np.ndarray:
     """(4, 4) affine of the label NIfTI: (i, j, k) index -> RAS mm (LPS affine with x, y negated)."""
-    vol = case.volume
-    sz, sy, sx = vol.spacing
-    m = np.eye(4)
-    m[:3, 0] = vol.direction[:, 0] * sx
-    m[:3, 1] = vol.direction[:, 1] * sy
-    m[:3, 2] = vol.direction[:, 2] * sz
-    m[:3, 3] = vol.origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ m
+    return case.volume.affine_ras
 
 
 def write_labels_nifti(case: SyntheticCase, path) -> Path:
@@ -246,12 +239,7 @@ def write_labels_nifti(case: SyntheticCase, path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.ascontiguousarray(case.labels.transpose(2, 1, 0)).astype(np.int16),
-                          labels_affine_ras(case))
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    nib.save(case.volume.nifti_image(case.labels.astype(np.int16)), str(path))
     return path
 
 
