@@ -119,6 +119,13 @@ class CalibrationSettings(_Section):
     internal_kev_prior_kev: float | None = Field(70.0, gt=0)
     internal_kev_prior_sd_kev: float | None = Field(6.0, gt=0)
     internal_kev_prior_kvp: float = Field(120.0, gt=0)
+    internal_use_blood: bool = True
+    internal_blood_lateral_mm: float = Field(45.0, gt=0)
+    internal_blood_anterior_mm: float = Field(40.0, gt=0)
+    internal_blood_body_halfwidth_mm: float = Field(20.0, gt=0)
+    internal_blood_smooth_mm: float = Field(3.0, gt=0)
+    internal_blood_contrast_hu: float = Field(6.0, gt=0)
+    internal_blood_min_mm3: float = Field(2000.0, gt=0)
 
 
 class AnatomySettings(_Section):
@@ -216,7 +223,7 @@ class HaloSettings(_Section):
     metal_hu: float = 6500.0
     thread_depth_mm: float = Field(0.9, ge=0)
     min_valid_fraction: float = Field(0.3, gt=0, le=1)
-    max_smoothing: int = Field(3, ge=1)
+    max_smoothing: int = Field(13, ge=1)  # angles; circular median before the maximum
     esf_sectors: int = Field(1, ge=1)
     per_angle_interpolation: bool = False
 

@@ -341,8 +341,9 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     thr = settings.min_width_mm
     wv = w_ang[valid]
     w_s = np.where(valid, _circular_median(np.where(valid, fit_a.width_mm, 0.0), settings.max_smoothing), 0.0)
-    # widest arc's plateau: median over the angles within half of the peak width (robust to the
-    # noise maximum of many angles and to single outlying rays)
+    # widest arc's plateau: median over the angles within half of the peak width, after a circular
+    # median over ``max_smoothing`` angles (robust to the noise maximum of many angles and to short
+    # arcs of spurious width where rays leave a narrow pedicle or cross a streak)
     peak = float(w_s.max())
     max_w = float(np.median(w_s[valid & (w_s >= 0.5 * peak)])) if peak > 0 else 0.0
     mean_w = float(np.mean(wv))
