@@ -149,3 +149,53 @@ def test_missing_input_exit_2(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "nope" in result.output
+
+
+def test_preop_scan_has_empty_screws_csv(preop_run):
+    """No screws in the scan: screws.csv holds the header only and the run still exits 0."""
+    case, out, proc = preop_run
+    assert proc.returncode == 0
+    assert read_csv_rows(out / "screws.csv") == []
+
+
+@pytest.fixture(scope="module")
+def postop_run(tmp_path_factory):
+    """A follow-up case with two L4 screws: one tight (no halo), one loose (2 mm, full arc)."""
+    from bmdpipe.synthetic import ScrewSpec
+
+    root = tmp_path_factory.mktemp("postop")
+    screws = (ScrewSpec("L4", "left", halo_width_mm=2.0, halo_arc_fraction=1.0),
+              ScrewSpec("L4", "right", halo_width_mm=0.0, halo_arc_fraction=0.0))
+    case = make_case(12, CaseSpec(levels=("L3", "L4", "L5"), phantom="mindways", screws=screws,
+                                  cancellous_mg_cm3=(100.0, 160.0)))
+    write_dicom_series(case, root / "dicom", add_localizer=False, add_stray_files=False)
+    write_labels_nifti(case, root / "labels.nii.gz")
+    out = root / "out"
+    res = runner.invoke(app, ["run", str(root / "dicom"), "--out", str(out), "--phantom",
+                              "mindways-model3-ct", "--labels", str(root / "labels.nii.gz")])
+    return case, out, res
+
+
+def test_postop_screws_found_called_and_c_follows_them(postop_run):
+    """Each screw is found at the right level and side, the clear calls are right, and the C
+    ROI of that side lies along the detected screw (within its radius + 3 mm shell)."""
+    case, out, res = postop_run
+    assert res.exit_code == 0, res.output
+    rows = {r["side"]: r for r in read_csv_rows(out / "screws.csv")}
+    assert sorted(rows) == ["left", "right"]
+    _, cmap = _roi_map(out, case, "C")
+    for truth in case.truth.screws:
+        row = rows[truth.side]
+        assert row["vertebra"] == "L4"
+        entry = np.array([float(row[f"entry_{a}_mm"]) for a in "xyz"])
+        tip = np.array([float(row[f"tip_{a}_mm"]) for a in "xyz"])
+        assert np.linalg.norm(tip - np.array(truth.tip_lps)) < 5.0
+        assert row["loosened"] == ("true" if truth.loosened else "false")
+        # C voxels of this side lie within radius + 3 mm (+ a voxel diagonal) of the detected axis
+        code = 230 + (1 if truth.side == "left" else 2)
+        pts = case.volume.index_to_lps(np.argwhere(cmap == code))
+        assert len(pts) > 200
+        axis = (tip - entry) / np.linalg.norm(tip - entry)
+        rel = pts - entry
+        dist = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
+        assert dist.max() <= float(row["diameter_mm"]) / 2 + 3.0 + 1.5
