@@ -79,17 +79,12 @@ class SeriesResult:
 
     @property
     def series_row(self) -> dict:
-        """The row of ``series.csv``."""
-        return {
-            "series_uid": self.series_uid,
-            "path": self.path,
-            "n_files": self.n_files,
-            "modality": self.modality,
-            "description": self.description,
-            "status": self.status,
-            "reason": self.reason if self.status == "failed" else "; ".join(self.warnings),
-            "stage": self.stage,
-        }
+        """The row of ``series.csv``: the failure reason, or the warnings of a processed series."""
+        from .store.csv import series_row
+
+        reason = self.reason if self.status == "failed" else "; ".join(self.warnings)
+        return series_row(self.series_uid, self.path, self.n_files, self.modality,
+                          self.description, self.status, reason, self.stage)
 
 
 # --------------------------------------------------------------------------- stages

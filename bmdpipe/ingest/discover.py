@@ -113,16 +113,10 @@ class SkippedItem:
     @property
     def row(self) -> dict:
         """The row of ``series.csv`` (contract columns, plus ``stage``)."""
-        return {
-            "series_uid": self.series_uid,
-            "path": self.path,
-            "n_files": self.n_files,
-            "modality": self.modality,
-            "description": self.description,
-            "status": self.status,
-            "reason": self.reason,
-            "stage": "discover",
-        }
+        from ..store.csv import series_row
+
+        return series_row(self.series_uid, self.path, self.n_files, self.modality,
+                          self.description, self.status, self.reason, "discover")
 
 
 @dataclass(frozen=True)

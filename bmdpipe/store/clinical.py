@@ -87,14 +87,21 @@ def _yes_no(value: Any) -> Any:
     raise ValueError("is not yes or no")
 
 
-def _int_score(value: Any) -> Any:
+def _optional_number(value: Any) -> float | None:
+    """A blank cell -> None; otherwise the cell as a float, or ValueError("is not a number")."""
     value = _blank_to_none(value)
     if value is None:
         return None
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ValueError("is not a number") from None
+
+
+def _int_score(value: Any) -> Any:
+    number = _optional_number(value)
+    if number is None:
+        return None
     if not number.is_integer():
         raise ValueError("is not a whole number")
     if not 0 <= number <= 5:
@@ -103,14 +110,8 @@ def _int_score(value: Any) -> Any:
 
 
 def _vas(value: Any) -> Any:
-    value = _blank_to_none(value)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("is not a number") from None
-    if not 0 <= number <= 10:
+    number = _optional_number(value)
+    if number is not None and not 0 <= number <= 10:
         raise ValueError("is out of range 0-10")
     return number
 

@@ -19,6 +19,7 @@ __all__ = [
     "VBMD_COLUMNS",
     "SCREW_COLUMNS",
     "CONTRACT_COLUMNS",
+    "series_row",
     "atomic_write_bytes",
     "write_csv",
     "read_csv_rows",
@@ -47,6 +48,21 @@ CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
     "vbmd.csv": VBMD_COLUMNS,
     "screws.csv": SCREW_COLUMNS,
 }
+
+
+def series_row(series_uid: str, path: str, n_files: int, modality: str, description: str,
+               status: str, reason: str, stage: str) -> dict:
+    """One row of ``series.csv`` (contract columns, then ``stage``)."""
+    return {
+        "series_uid": series_uid,
+        "path": path,
+        "n_files": n_files,
+        "modality": modality,
+        "description": description,
+        "status": status,
+        "reason": reason,
+        "stage": stage,
+    }
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
