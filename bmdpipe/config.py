@@ -257,16 +257,33 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, *, what: str, expected: str, empty_ok: bool = False) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name ``what`` file ``path`` and the problem.
+
+    Parameters
+    ----------
+    what : str
+        What the file is, for messages ("config file", "phantom definition").
+    expected : str
+        What the mapping must hold, for the message when it is not a mapping.
+    empty_ok : bool
+        An empty file reads as ``{}`` instead of an error.
+    """
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        raise ConfigError(f"{what} {path} does not exist") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if data is None and empty_ok:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path} must be {expected}, got {type(data).__name__}")
     return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, what="config file", expected="a mapping of sections", empty_ok=True)
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import PHANTOM_DIR
+from ..config import PHANTOM_DIR, read_yaml_mapping
 from ..errors import ConfigError
 from ..results import Material
 
@@ -133,14 +132,8 @@ def load_phantom(name_or_path: str | Path) -> PhantomDefinition:
                 f"unknown phantom {text!r}: give a shipped name ({', '.join(list_phantoms())}), "
                 "a FILE.yaml with your phantom's certificate, or 'none' for phantomless calibration"
             )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"phantom definition file {path} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"phantom definition {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"phantom definition {path} must be a mapping with name, model, material and rods")
+    data = read_yaml_mapping(path, what="phantom definition",
+                             expected="a mapping with name, model, material and rods")
     try:
         return PhantomDefinition.model_validate(data)
     except ValidationError as exc:
