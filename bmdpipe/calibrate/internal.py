@@ -17,7 +17,7 @@ calibration for opportunistic skeletal assessment using abdominal CT scans. Med 
 :mod:`bmdpipe.calibrate.attenuation`.
 
 Measured accuracy (``scripts/bench/calibration_accuracy.py --seeds 10 --suites
-internal-generator-default``, density implied at 150 mg/cm3; synthetic cases with effective
+internal``, density implied at 150 mg/cm3; synthetic cases with effective
 energy 64-76 keV, HU gain 0.985-1.015, offset +-8 HU, every soft tissue deviating N(0, 3 HU)
 from the tables, noise 10-25 HU, PSF FWHM 0.9-1.3 mm): mean |error| 4.6 %, max 13.9 %
 (seed 103; seed 109 9.4 %); the unregularised 3-tissue fit gave mean 6.8 %, max 20.0 %.
