@@ -196,6 +196,8 @@ class ScrewSettings(_Section):
     esf_max_radius_mm: float = Field(10.0, gt=2)
     metal_hu: float = 6500.0
     thread_depth_mm: float = Field(0.9, ge=0)
+    thread_pitch_mm: float = Field(2.8, gt=0)
+    axis_fit_range: tuple[float, float] = (0.35, 0.85)
     nominal_diameter_mm: float | None = None
 
 
@@ -211,21 +213,24 @@ class HaloSettings(_Section):
     skip_tip_mm: float = Field(3.0, ge=0)
     min_bone_hu: float = 60.0
     max_width_mm: float = Field(3.5, gt=0)
-    width_grid_step_mm: float = Field(0.05, gt=0)
     lucent_hu: float = 30.0
     min_contrast_hu: float = Field(30.0, ge=0)
     streak_drop_fraction: float = Field(0.5, gt=0, le=1)
     rim_width_mm: float = Field(1.0, gt=0)
+    bone_window_mm: float = Field(1.5, gt=0)
+    edge_start_mm: float = Field(0.5, ge=0)
+    shared_blur_min_screws: int = Field(2, ge=1)
+    profile_smoothing_mm: float = Field(0.2, gt=0)
+    refine_iterations: int = Field(1, ge=0)
+    edge_tries: int = Field(6, ge=1)
     rim_min_contrast_hu: float = Field(150.0, gt=0)
     rim_min_fraction: float = Field(0.3, gt=0, le=1)
     angle_smoothing: int = Field(5, ge=1)
-    max_metal_excess_hu: float = Field(1500.0, gt=0)
     metal_hu: float = 6500.0
     thread_depth_mm: float = Field(0.9, ge=0)
+    thread_pitch_mm: float = Field(2.8, gt=0)
     min_valid_fraction: float = Field(0.3, gt=0, le=1)
     max_smoothing: int = Field(13, ge=1)  # angles; circular median before the maximum
-    esf_sectors: int = Field(1, ge=1)
-    per_angle_interpolation: bool = False
 
 
 class OutputSettings(_Section):

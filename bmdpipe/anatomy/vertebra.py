@@ -220,7 +220,6 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
     cz, cy, cx = ndi.center_of_mass(body)
     zs = np.flatnonzero(body.any(axis=(1, 2)))
     # central column: height
-    zc = int(round(cz))
     col = body[:, max(0, int(cy) - 1):int(cy) + 2, max(0, int(cx) - 1):int(cx) + 2].any(axis=(1, 2))
     zcol = np.flatnonzero(col)
     z_lo, z_hi = (zcol.min(), zcol.max()) if zcol.size else (zs.min(), zs.max())

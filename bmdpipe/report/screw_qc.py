@@ -43,7 +43,8 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, win
 
     from ..screws.halo import measure_halo_detail
 
-    d = measure_halo_detail(volume, screw, settings)
+    # the same blur the stored measurement used (shared by the scan's screws), so the picture matches it
+    d = measure_halo_detail(volume, screw, settings, blur_sigma_mm=screw.halo.blur_sigma_mm if screw.halo else None)
     h = d.halo
     rays = d.rays
     R = screw.diameter_mm / 2.0

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..config import ScrewSettings
-from ..results import Screw, Side, Vertebra
+from ..results import Screw, Vertebra
 from ..volume import Volume
 from .assign import assign_screws
 
@@ -285,7 +285,7 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
     voxels on the axis with the same blur; the entry is where the head (tulip) ends, or the
     metal end when there is no head.
     """
-    from .esf import fit_edge_spread, voxels_near_axis
+    from .esf import fit_edge_spread, refine_axis, voxels_near_axis
 
     start, end = run.start_lps, run.end_lps
     if start[1] < end[1]:  # head = posterior end = larger y
@@ -296,7 +296,19 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
                                      r_max_mm=settings.esf_max_radius_mm)
     fixed = settings.nominal_diameter_mm / 2.0 if settings.nominal_diameter_mm is not None else None
     edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
-                           thread_depth_mm=settings.thread_depth_mm)
+                           thread_depth_mm=settings.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm)
+    # the line through the thresholded mask can be a few tenths of a mm off the metal's axis
+    t0, t1 = settings.axis_fit_range[0] * length, settings.axis_fit_range[1] * length
+    ta, _, pa, va = voxels_near_axis(volume, start, end, t_range_mm=(t0, t1), r_max_mm=edge.radius_mm + 1.5)
+    o0, o1, _ = refine_axis(ta, pa, va, edge, t_ref_mm=(0.0, length), fit_radius=False)
+    start, end = start + o0, end + o1
+    length = float(np.linalg.norm(end - start))
+    a = (end - start) / length
+    # radius about the refined axis (binned metal-dominated profile, robust to a halo next to the metal)
+    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.45 * length, 0.8 * length),
+                                     r_max_mm=settings.esf_max_radius_mm)
+    edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
+                           thread_depth_mm=settings.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm)
     radius = edge.radius_mm
     ext = 4.0
     t, r, _, vals = voxels_near_axis(volume, start - ext * a, end + ext * a,

@@ -1,23 +1,26 @@
-"""Radiolucent halo (loosening) around a pedicle screw from radial profiles.
+"""Radiolucent halo (loosening) around a pedicle screw from radial tissue profiles.
 
-The image is sampled on rays perpendicular to the screw axis (``n_angles`` directions at
-every ``position_step_mm`` along the part of the screw inside bone) with one vectorised
-``scipy.ndimage.map_coordinates`` call on a cropped box. Each profile is explained by an
-edge-spread model (see :mod:`bmdpipe.screws.esf`):
+The screw's metal is explained by its fitted edge-spread model (see :mod:`bmdpipe.screws.esf`:
+thread-crest radius ``diameter / 2``, blur, amplitude, clipping like the scanner, and the level
+of the tissue it touches). The blur is the scanner's, so :func:`measure_screws` gives all screws
+of a scan the median of their separate fits: alone, one screw's fit can trade blur against the
+tissue next to it (a halo on part of the circumference, cortex close by). That model is
+subtracted from every voxel centre near the screw at the voxel's exact distance from the axis,
+which leaves the tissue around the metal: ``lucent_hu`` inside a halo (thread valleys included),
+bone beyond it. Interpolating rays across the metal edge instead would err by hundreds of HU at
+~3000 HU/mm, more than a halo's contrast. The voxels are binned by position along the screw,
+angle around it and distance from the axis; a sliding window (``block_length_mm`` along,
+``angle_smoothing`` angles around) gives one tissue profile per cell, smoothed along the ray by
+kernel regression.
 
-    I(r) = B + A S(r; R, s) + (H - B) band(r; R, R + w) + (Q - B) band(r; R + w, R + w + q)
-
-with the true metal surface (thread crests) at ``diameter / 2``, not the bloom. The metal
-term ``A S`` is the screw's fitted edge-spread model (mean metal radius of the threaded
-shaft, blur, amplitude; fitted on voxel centres) rendered on the CT grid, clipped like the
-scanner, and sampled by the very same interpolation as the data, so blooming, saturation
-and interpolation cancel out. ``H`` is the lucent tissue level (``lucent_hu``); per ray the
-halo width ``w`` (grid search, sub-grid refined), the bone level ``B`` and the rim level
-``Q`` (linear least squares) are fitted. A lucent halo also fills the thread valleys, so for
-``w > 0`` the band starts at the mean metal radius. A sclerotic rim ("double halo") is a rim
-level well above bone. Rays whose outer part is far darker than the screw's typical bone are
-photon-starvation streaks and are left out before averaging (they neither make nor hide a
-halo).
+On each profile the halo's outer edge is where the tissue first rises half-way from
+``lucent_hu`` to the bone beyond it and stays there (:func:`edge_widths`): a blurred step is at
+half height at the step itself, so the width is read from the thread crests to that point. Only
+the edge is used, not a model of what lies further out: a pedicle's cortex, the canal or a
+streak beyond the halo does not move it. A sclerotic rim ("double halo") is tissue well above
+bone just beyond the edge. Per angle the width is the median over the positions along the
+screw; ray planes outside bone and rays whose outer part is far darker than the screw's typical
+bone (photon-starvation streaks) are left out, so a streak neither makes nor hides a halo.
 """
 
 from __future__ import annotations
@@ -32,11 +35,10 @@ from ..config import HaloSettings
 from ..errors import ScrewError
 from ..results import HaloMeasurement, Screw
 from ..volume import Volume
-from .esf import (EdgeFit, band, fit_edge_spread, interpolation_sigma_mm, metal_excess, step, threaded_step,
-                  voxels_near_axis)
+from .esf import EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
-__all__ = ["RayProfiles", "sample_rays", "metal_template", "fit_ray_widths", "measure_halo",
-           "measure_screws", "HaloDetail", "measure_halo_detail"]
+__all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
+           "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail"]
 
 
 @dataclass(frozen=True)
@@ -111,110 +113,141 @@ def sample_rays(volume: Volume, entry_lps, tip_lps, *, positions_mm: np.ndarray,
                        radii_mm=radii_mm, entry_lps=e, axis=a, u=u, v=v, box_lo=lo, box_hi=hi, coords=coords)
 
 
-def metal_template(radii_mm: np.ndarray, edge: EdgeFit, *, interp_sigma_mm: float = 0.0) -> np.ndarray:
-    """Mean metal HU excess over background on interpolated rays at ``radii_mm``.
-
-    The fitted edge-spread model (threads blurred and clipped per thread phase, see
-    :func:`bmdpipe.screws.esf.metal_excess`), further averaged over the spread that linear
-    interpolation of the clipped voxels adds (Gauss-Hermite over ``N(0, interp_sigma_mm)``).
-    """
-    r = np.asarray(radii_mm, dtype=float)
-    if interp_sigma_mm <= 0:
-        return metal_excess(r, edge)
-    x, w = np.polynomial.hermite_e.hermegauss(7)
-    w = w / w.sum()
-    return sum(wk * metal_excess(r + interp_sigma_mm * xk, edge) for xk, wk in zip(x, w))
-
-
 @dataclass(frozen=True)
 class RayFit:
-    """Per-ray fit results (arrays of the rays' shape)."""
+    """Per-ray results (arrays of the rays' shape), HU after the metal model is subtracted."""
 
     width_mm: np.ndarray
     bone_hu: np.ndarray
     rim_hu: np.ndarray
-    sse: np.ndarray
 
 
-def fit_ray_widths(profiles: np.ndarray, metal: np.ndarray, radii_mm: np.ndarray, *, crest_radius_mm: float,
-                   thread_depth_mm: float, sigma_mm: float, settings: HaloSettings) -> RayFit:
-    """Halo width, bone and rim level of every ray by a vectorised grid search.
+def _first_crossing(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Radius (mm) where each row of ``d`` first rises to ``level`` at or beyond ``start``.
+
+    Linear interpolation between samples; ``start`` if the row is already at the level there,
+    ``inf`` if it never gets there.
+    """
+    above = (r[None, :] >= start[:, None]) & (d >= level[:, None])
+    k = np.argmax(above, axis=1)
+    rows = np.arange(d.shape[0])
+    km = np.maximum(k - 1, 0)
+    d0, d1 = d[rows, km], d[rows, k]
+    frac = np.clip(np.where(d1 > d0, (level - d0) / np.where(d1 > d0, d1 - d0, 1.0), 1.0), 0.0, 1.0)
+    rc = np.maximum(r[km] + frac * (r[k] - r[km]), start)
+    return np.where(above.any(axis=1), rc, np.inf)
+
+
+def _quantile_between(d: np.ndarray, r: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: float = 0.5) -> np.ndarray:
+    """Quantile ``q`` of each row of ``d`` over ``lo <= r < hi`` (NaN where empty)."""
+    inside = (r[None, :] >= lo[:, None]) & (r[None, :] < hi[:, None]) & np.isfinite(d)
+    out = np.full(d.shape[0], np.nan)
+    rows = inside.any(axis=1)
+    if rows.any():
+        out[rows] = np.nanquantile(np.where(inside[rows], d[rows], np.nan), q, axis=1)
+    return out
+
+
+def _accepted_edge(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.ndarray, *, gap: float,
+                   plateau_mm: float, tries: int, stay_level: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """First rise of each row of ``d`` to ``level`` beyond ``start`` after which it stays up.
+
+    A rise counts when the profile stays at or above ``stay_level`` (default ``level``) over
+    ``[edge + gap, edge + gap + plateau_mm)`` (its lower quartile there: a noise spike or a streak
+    crossing the halo does not end it); otherwise the search goes on beyond it, at most ``tries``
+    times.
+
+    Returns
+    -------
+    edge, plateau : (M,) ndarray
+        Edge radius (mm; ``inf`` = never rises, NaN = no accepted rise within ``tries``) and the
+        median beyond it (HU).
+    """
+    n = d.shape[0]
+    edge = np.full(n, np.nan)
+    plateau = np.full(n, np.nan)
+    active = np.ones(n, dtype=bool)
+    s = start.astype(float).copy()
+    dz = np.nan_to_num(d, nan=-1e4)
+    for _ in range(tries):
+        e = _first_crossing(dz, r, s, level)
+        fin = np.isfinite(e)
+        lo = np.where(fin, e + gap, np.inf)
+        p = _quantile_between(d, r, lo, e + gap + plateau_mm)
+        low = _quantile_between(d, r, lo, e + gap + plateau_mm, q=0.25)
+        done = active & (~fin | (low >= (level if stay_level is None else stay_level)))
+        edge[done], plateau[done] = e[done], p[done]
+        active &= ~done
+        if not active.any():
+            break
+        s = np.where(active, e + gap, s)
+    return edge, plateau
+
+
+def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray, *, crest_radius_mm: float,
+                bone_hu: float, sigma_mm: float, settings: HaloSettings) -> RayFit:
+    """Halo width of every ray: where the tissue beyond the metal rises half-way to bone.
+
+    The metal model is subtracted from each profile, which leaves the tissue around the screw:
+    ``lucent_hu`` inside a halo (thread valleys included), bone beyond it. The halo's outer
+    edge is where this tissue profile (smoothed over ``profile_smoothing_mm``) first reaches
+    half-way between ``lucent_hu`` and the bone level, searched from ``edge_start_mm`` beyond
+    the thread crests (closer in, the bloom model's error exceeds a halo's contrast). The bone
+    level starts as the screw's ``bone_hu`` and is then, ``refine_iterations`` times, the median
+    just beyond the edge found, so a sclerotic rim or a pedicle's denser bone sets its own
+    half-way level. Only the edge is used, not a model of what lies further out: cortex, canal
+    or streaks beyond the halo do not move it. For a blurred step the half-way point is the
+    edge itself; a band narrower than the blur reads somewhat narrow.
 
     Parameters
     ----------
-    profiles : (..., N) ndarray
-        HU along each ray at ``radii_mm``.
-    metal : (..., N) ndarray
-        Metal HU excess along the same rays (:func:`metal_template`).
+    tissue_sum, count : (..., N) ndarray
+        Per ray and radius bin: sum of (voxel HU - modelled metal HU excess) and the number (or
+        weight) of voxels; the bins' mean is the tissue profile.
     radii_mm : (N,) ndarray
+        Equally spaced bin centres (distance from the axis), mm.
     crest_radius_mm : float
-        Thread-crest radius (diameter / 2): the halo width is measured from here, mm.
-    thread_depth_mm : float
-        Thread depth; a halo also fills the thread valleys.
+        Thread-crest radius (diameter / 2): widths are measured from here, mm.
+    bone_hu : float
+        Typical bone HU around this screw (first guess of the level beyond the halo).
     sigma_mm : float
-        Blur of the lucent band's edges on the rays, mm.
+        Blur of the image (edge-spread fit), mm: the plateau beyond an edge starts ``2 sigma`` out.
     settings : HaloSettings
 
     Returns
     -------
     RayFit
-        ``width_mm``: lucent band beyond the thread crests (0 = none), refined below
-        ``width_grid_step_mm`` by a parabola through the cost minimum.
+        ``width_mm`` (0 = no halo; ``max_width_mm`` = lucent all the way out), ``rim_hu`` (median
+        within ``rim_width_mm`` beyond the edge) and ``bone_hu`` (median over the following
+        ``bone_window_mm``), NaN where a ray has no samples there.
     """
     r = np.asarray(radii_mm, dtype=float)
-    shp = profiles.shape[:-1]
-    y = profiles.reshape(-1, r.size).astype(float)
-    mt = np.broadcast_to(metal, profiles.shape).reshape(-1, r.size).astype(float)
-    # ignore the metal-dominated core: a few % modelling error of thousands of HU would swamp
-    # a lucent band of ~100 HU
-    w8 = np.clip((settings.max_metal_excess_hu - mt) / (0.8 * settings.max_metal_excess_hu), 0.0, 1.0)
-    w8[:, r < crest_radius_mm - thread_depth_mm] = 0.0
-    bad = ~np.isfinite(y)
-    w8[bad] = 0.0
-    y = np.where(bad, 0.0, y)
+    shp = count.shape[:-1]
+    # kernel regression along the ray: Gaussian-weighted mean of the binned voxels
+    sig = settings.profile_smoothing_mm / float(r[1] - r[0])
+    num = ndimage.gaussian_filter1d(tissue_sum.reshape(-1, r.size).astype(float), sig, axis=1, mode="constant")
+    den = ndimage.gaussian_filter1d(count.reshape(-1, r.size).astype(float), sig, axis=1, mode="constant")
+    ds = np.where(den > 1e-3, num / np.maximum(den, 1e-9), np.nan)
     H = settings.lucent_hu
-    widths = np.arange(0.0, settings.max_width_mm + 1e-9, settings.width_grid_step_mm)
-    q = settings.rim_width_mm
-    sse = np.empty((y.shape[0], widths.size))
-    bone = np.empty_like(sse)
-    rim = np.empty_like(sse)
-    valleys = threaded_step(r, crest_radius_mm, thread_depth_mm, sigma_mm)
-    for n, w in enumerate(widths):
-        outer = crest_radius_mm + w
-        # lucent: everything inside crest + w that is not metal (thread valleys included)
-        b = step(r, outer, sigma_mm) - valleys if w > 0 else np.zeros_like(r)
-        rb = band(r, outer, outer + q, sigma_mm)
-        f1 = 1.0 - b - rb
-        f2 = rb
-        tgt = y - mt - H * b
-        a11 = (w8 * f1 * f1).sum(axis=1)
-        a12 = (w8 * f1 * f2).sum(axis=1)
-        a22 = (w8 * f2 * f2).sum(axis=1)
-        c1 = (w8 * tgt * f1).sum(axis=1)
-        c2 = (w8 * tgt * f2).sum(axis=1)
-        det = a11 * a22 - a12 * a12
-        det = np.where(np.abs(det) > 1e-9, det, 1e-9)
-        B2 = (a22 * c1 - a12 * c2) / det
-        Q2 = (a11 * c2 - a12 * c1) / det
-        g = f1 + f2  # rim not darker than bone: otherwise bone only (Q = B)
-        B1 = (w8 * tgt * g).sum(axis=1) / np.maximum((w8 * g * g).sum(axis=1), 1e-9)
-        use1 = Q2 < B2
-        Bn = np.where(use1, B1, B2)
-        Qn = np.where(use1, B1, Q2)
-        res = tgt - Bn[:, None] * f1 - Qn[:, None] * f2
-        sse[:, n] = (w8 * res * res).sum(axis=1)
-        bone[:, n] = Bn
-        rim[:, n] = Qn
-    k = np.argmin(sse, axis=1)
-    rows = np.arange(y.shape[0])
-    km = np.clip(k, 2, widths.size - 2)
-    s0, s1, s2 = sse[rows, km - 1], sse[rows, km], sse[rows, km + 1]
-    den = s0 - 2 * s1 + s2
-    off = np.clip(np.where(den > 0, 0.5 * (s0 - s2) / np.where(den > 0, den, 1.0), 0.0), -1.0, 1.0)
-    wbest = np.where((k >= 2) & (k < widths.size - 1), widths[km] + off * settings.width_grid_step_mm, widths[k])
-    wbest = np.clip(wbest, 0.0, settings.max_width_mm)
-    return RayFit(width_mm=wbest.reshape(shp), bone_hu=bone[rows, k].reshape(shp),
-                  rim_hu=rim[rows, k].reshape(shp), sse=sse[rows, k].reshape(shp))
+    start = np.full(ds.shape[0], crest_radius_mm + settings.edge_start_mm)
+    gap = 2.0 * sigma_mm
+    level = np.full(ds.shape[0], H + 0.5 * max(float(bone_hu) - H, settings.min_contrast_hu))
+    edge, plateau = _accepted_edge(ds, r, start, level, gap=gap, plateau_mm=settings.rim_width_mm,
+                                   tries=settings.edge_tries)
+    base = level
+    for _ in range(settings.refine_iterations):
+        # half-way to the bone actually found beyond this ray's edge (a sclerotic rim, denser bone);
+        # what follows the edge need only stay above the screw's own half-way level (a rim is
+        # brighter than the bone after it)
+        level = np.where(np.isfinite(plateau), H + 0.5 * np.maximum(plateau - H, settings.min_contrast_hu), base)
+        edge, plateau = _accepted_edge(ds, r, start, level, gap=gap, plateau_mm=settings.rim_width_mm,
+                                       tries=settings.edge_tries, stay_level=np.minimum(level, base))
+    width = np.where(np.isnan(edge), np.nan, np.clip(edge - crest_radius_mm, 0.0, settings.max_width_mm))
+    outer = np.where(np.isfinite(edge), edge, np.inf)
+    rim = _quantile_between(ds, r, outer + 0.5 * gap, outer + settings.rim_width_mm)
+    bone = _quantile_between(ds, r, outer + settings.rim_width_mm + 0.5 * gap,
+                           outer + settings.rim_width_mm + settings.bone_window_mm)
+    return RayFit(width_mm=width.reshape(shp), bone_hu=bone.reshape(shp), rim_hu=rim.reshape(shp))
 
 
 @dataclass(frozen=True)
@@ -224,12 +257,11 @@ class HaloDetail:
     halo: HaloMeasurement
     edge: EdgeFit
     rays: RayProfiles
-    metal: np.ndarray  # (P, A, N) metal template on the rays
     in_bone: np.ndarray  # (P,) bool
     streak: np.ndarray  # (P, A) bool
-    angle_width_mm: np.ndarray  # (A,) whole-length width per angle (NaN = invalid)
-    angle_bone_hu: np.ndarray
-    angle_rim_hu: np.ndarray
+    angle_width_mm: np.ndarray  # (A,) width per angle: median along the screw (NaN = invalid)
+    angle_bone_hu: np.ndarray  # (A,) tissue HU beyond the rim band, median along the screw
+    angle_rim_hu: np.ndarray  # (A,) tissue HU just beyond the edge, median along the screw
     valid_angles: np.ndarray  # (A,) bool
     clip_hu: float | None
 
@@ -242,14 +274,47 @@ def _clip_level(values: np.ndarray) -> float | None:
     return top if n_top >= 5 and n_top >= 0.01 * np.count_nonzero(values > 2000.0) else None
 
 
-def _weighted_mean(x: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
-    ws = w.sum(axis=axis)
-    return np.where(ws > 0, (x * w).sum(axis=axis) / np.where(ws > 0, ws, 1.0), np.nan)
+@dataclass(frozen=True)
+class ScrewSamples:
+    """What the halo measurement reads around one screw (before any model is fitted).
+
+    Attributes
+    ----------
+    rays : RayProfiles
+        Interpolated rays (bone/streak rings, QC images).
+    crest_radius_mm, thread_depth_mm : float
+    clip_hu : float or None
+        Saturation level seen on the rays (None = extended HU scale).
+    in_bone : (P,) bool
+        Ray planes whose outer ring is bone.
+    streak : (P, A) bool
+        Rays whose outer part is far darker than the screw's bone (photon starvation).
+    bone_hu : float
+        Median HU of the outer ring over the ray planes in bone.
+    r_mm, hu : (M,) ndarray
+        Voxel centres near the axis (in the ray planes' span): distance from it, and HU.
+    plane, angle : (M,) ndarray of int
+        Ray plane and angle bin of each voxel.
+    usable : (M,) bool
+        Voxels in a ray plane in bone and off streaks.
+    """
+
+    rays: RayProfiles
+    crest_radius_mm: float
+    thread_depth_mm: float
+    clip_hu: float | None
+    in_bone: np.ndarray
+    streak: np.ndarray
+    bone_hu: float
+    r_mm: np.ndarray
+    hu: np.ndarray
+    plane: np.ndarray
+    angle: np.ndarray
+    usable: np.ndarray
 
 
-def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) -> HaloDetail:
-    """Measure the halo around one screw; see :func:`measure_halo` (this also returns the
-    intermediate profiles and fits)."""
+def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings) -> ScrewSamples:
+    """Rays and voxel centres around a screw, with the ray planes in bone and the streaks marked."""
     e = np.asarray(screw.entry_lps, dtype=float)
     t = np.asarray(screw.tip_lps, dtype=float)
     length = float(np.linalg.norm(t - e))
@@ -257,115 +322,158 @@ def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings) ->
     if not (length > 0 and R > 0):
         raise ScrewError(f"screw at {screw.entry_lps} has length {length:.1f} mm and diameter "
                          f"{screw.diameter_mm:.1f} mm; both must be positive (re-run detection)")
-    td = min(settings.thread_depth_mm, 0.5 * R)
     p0, p1 = settings.skip_entry_mm, length - settings.skip_tip_mm
     if p1 - p0 < 3 * settings.position_step_mm:
         p0, p1 = 0.2 * length, 0.9 * length
     positions = np.arange(p0, p1 + 1e-9, settings.position_step_mm)
     radii = np.arange(0.0, R + settings.search_mm + 1e-9, settings.radial_step_mm)
     rays = sample_rays(volume, e, t, positions_mm=positions, radii_mm=radii, n_angles=settings.n_angles)
-    vals = rays.values
-    clip = _clip_level(vals)
-    H = settings.lucent_hu
     far = radii > radii[-1] - 2.0
-    far_ray = np.median(vals[:, :, far], axis=2)  # (P, A)
-    ring = np.median(far_ray, axis=1)
-    in_bone = ring >= settings.min_bone_hu
+    far_ray = np.median(rays.values[:, :, far], axis=2)  # (P, A)
+    in_bone = np.median(far_ray, axis=1) >= settings.min_bone_hu
     if np.count_nonzero(in_bone) < 3:
         in_bone = np.ones(len(positions), dtype=bool)
-    bone_ref = float(np.median(far_ray[in_bone]))
-    streak = far_ray < bone_ref - settings.streak_drop_fraction * max(bone_ref - H, settings.min_contrast_hu)
+    bone = float(np.median(far_ray[in_bone]))
+    streak = far_ray < bone - settings.streak_drop_fraction * max(bone - settings.lucent_hu, settings.min_contrast_hu)
     pos_in = positions[in_bone]
-    _, rv, pv, hv = voxels_near_axis(volume, e, t, t_range_mm=(float(pos_in.min()), float(pos_in.max())),
-                                     r_max_mm=float(radii[-1]))
-    edge = fit_edge_spread(rv, hv, clip_hu=clip, fixed_radius_mm=R, metal_hu_prior=settings.metal_hu,
-                           thread_depth_mm=td)
-    # blur per angular sector: voxel size and PSF differ in-plane and along z
-    th_v = np.mod(np.arctan2(pv @ rays.v, pv @ rays.u), 2 * np.pi)
-    n_sec = settings.esf_sectors
-    sec = np.minimum((th_v / (2 * np.pi) * n_sec).astype(int), n_sec - 1)
-    sig_sec = np.full(n_sec, edge.sigma_mm)
-    for k in range(n_sec if n_sec > 1 else 0):
-        sel = sec == k
-        if np.count_nonzero(sel) > 200:
-            sig_sec[k] = fit_edge_spread(rv[sel], hv[sel], clip_hu=clip, fixed_radius_mm=R,
-                                         metal_hu_prior=settings.metal_hu, thread_depth_mm=td).sigma_mm
-    centres = (np.arange(n_sec) + 0.5) * 2 * np.pi / n_sec
-    sig_a = np.interp(rays.angles_rad, centres, sig_sec, period=2 * np.pi)
-    # linear interpolation blurs each ray by its own spread (anisotropic voxels): per angle
-    dirs = np.cos(rays.angles_rad)[:, None] * rays.u + np.sin(rays.angles_rad)[:, None] * rays.v
-    d_idx = dirs @ np.asarray(volume.direction, dtype=float)  # components along i, j, k
-    h = np.asarray(volume.spacing, dtype=float)[::-1]
-    s_int_a = np.sqrt((d_idx ** 2 * h ** 2 / 6.0).sum(axis=1))  # (A,)
-    if not settings.per_angle_interpolation:
-        s_int_a = np.full_like(s_int_a, interpolation_sigma_mm(volume.spacing, rays.axis, volume.direction))
-    metal_a = np.stack([metal_template(radii, replace(edge, sigma_mm=float(sg)), interp_sigma_mm=float(si))
-                        for sg, si in zip(sig_a, s_int_a)])
-    metal = np.broadcast_to(metal_a, vals.shape)
-    s_int = interpolation_sigma_mm(volume.spacing, rays.axis, volume.direction)
-    s_band = float(np.hypot(edge.sigma_mm, s_int))
-    ok = (in_bone[:, None] & ~streak).astype(float)  # (P, A)
-    # whole-length profile per angle (streak rays left out), smoothed over neighbouring angles
-    k_ang = settings.angle_smoothing
-    wsum = ok.sum(axis=0)
-    vsum = (vals * ok[:, :, None]).sum(axis=0)
-    msum = (metal * ok[:, :, None]).sum(axis=0)
-    if k_ang > 1:
-        wsum_s = ndimage.uniform_filter1d(wsum, k_ang, mode="wrap")
-        vsum = ndimage.uniform_filter1d(vsum, k_ang, axis=0, mode="wrap")
-        msum = ndimage.uniform_filter1d(msum, k_ang, axis=0, mode="wrap")
-    else:
-        wsum_s = wsum
-    valid = wsum >= max(2.0, settings.min_valid_fraction * np.count_nonzero(in_bone))
-    denom = np.where(wsum_s > 0, wsum_s, 1.0)[:, None]
-    prof_ang = np.where(valid[:, None], vsum / denom, np.nan)
-    metal_ang = msum / denom
-    geo = dict(crest_radius_mm=R, thread_depth_mm=td, sigma_mm=s_band, settings=settings)
-    fit_a = fit_ray_widths(prof_ang, metal_ang, radii, **geo)
-    if not valid.any():
-        valid = np.ones_like(valid)
-    w_ang = np.where(valid, fit_a.width_mm, np.nan)
-    # local map: sliding window of block_length_mm along the screw (location and QC)
-    nwin = max(1, int(round(settings.block_length_mm / settings.position_step_mm)))
-    okw = ndimage.uniform_filter1d(ok, nwin, axis=0, mode="nearest")
-    vloc = ndimage.uniform_filter1d(vals * ok[:, :, None], nwin, axis=0, mode="nearest")
-    mloc = ndimage.uniform_filter1d(metal * ok[:, :, None], nwin, axis=0, mode="nearest")
-    if k_ang > 1:
-        okw = ndimage.uniform_filter1d(okw, k_ang, axis=1, mode="wrap")
-        vloc = ndimage.uniform_filter1d(vloc, k_ang, axis=1, mode="wrap")
-        mloc = ndimage.uniform_filter1d(mloc, k_ang, axis=1, mode="wrap")
-    dl = np.where(okw > 0, okw, 1.0)[:, :, None]
-    fit_l = fit_ray_widths(vloc / dl, mloc / dl, radii, **geo)
-    wmap = np.where((okw > 0.3) & in_bone[:, None], fit_l.width_mm, np.nan)
+    half = 0.5 * settings.position_step_mm
+    tv, rv, pv, hv = voxels_near_axis(volume, e, t, t_range_mm=(float(pos_in.min()) - half, float(pos_in.max()) + half),
+                                      r_max_mm=float(radii[-1]))
+    plane = np.clip(np.rint((tv - positions[0]) / settings.position_step_mm).astype(int), 0, len(positions) - 1)
+    th = np.mod(np.arctan2(pv @ rays.v, pv @ rays.u), 2 * np.pi)
+    angle = np.minimum((th / (2 * np.pi) * settings.n_angles).astype(int), settings.n_angles - 1)
+    usable = (in_bone[:, None] & ~streak)[plane, angle]
+    return ScrewSamples(rays=rays, crest_radius_mm=R, thread_depth_mm=min(settings.thread_depth_mm, 0.5 * R),
+                        clip_hu=_clip_level(rays.values), in_bone=in_bone, streak=streak, bone_hu=bone,
+                        r_mm=rv, hu=hv, plane=plane, angle=angle, usable=usable)
 
+
+def fit_metal(samples: ScrewSamples, settings: HaloSettings, *, blur_sigma_mm: float | None = None) -> EdgeFit:
+    """The screw's edge-spread model (crest radius fixed) from the voxels off streaks.
+
+    A dark band would pull the model's background and blur, so streak voxels are left out. The
+    background, the tissue the metal's blur spreads into, is fitted between lucent tissue and the
+    bone: a halo's level taken for the bone's would make the blur too narrow and leave bloom
+    where the halo is. ``blur_sigma_mm`` fixes the blur (one scanner PSF for all screws of a scan:
+    with it fixed, the blur can no longer trade off against the background).
+    """
+    s = samples
+    use = s.usable if np.count_nonzero(s.usable) >= 0.25 * s.usable.size else np.ones(s.usable.size, dtype=bool)
+    H = settings.lucent_hu
+    return fit_edge_spread(s.r_mm[use], s.hu[use], clip_hu=s.clip_hu, fixed_radius_mm=s.crest_radius_mm,
+                           fixed_sigma_mm=blur_sigma_mm, metal_hu_prior=settings.metal_hu,
+                           thread_depth_mm=s.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm,
+                           background_bounds_hu=(H - settings.min_contrast_hu, s.bone_hu + settings.min_contrast_hu))
+
+
+def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings, *,
+                        blur_sigma_mm: float | None = None) -> HaloDetail:
+    """Measure the halo around one screw; see :func:`measure_halo` (this also returns the
+    intermediate profiles and fits)."""
+    return _measure_samples(sample_screw(volume, screw, settings), screw, settings, blur_sigma_mm)
+
+
+def binned_tissue(samples: ScrewSamples, edge: EdgeFit, settings: HaloSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue around the screw, binned by (ray plane, angle, distance from the axis).
+
+    Tissue = voxel HU minus the metal model at the voxel centre's exact distance from the axis
+    (tabulated once on a 0.01-mm grid: it depends on the radius only). Voxels closer to the
+    crests than ``edge_start_mm - profile_smoothing_mm``, outside bone or on streaks get no weight.
+
+    Returns
+    -------
+    count, tissue_sum : (P, A, N) ndarray
+        Voxels per bin and the sum of their tissue HU; N bins of ``radial_step_mm``.
+    """
+    s = samples
+    radii = s.rays.radii_mm
+    r_fine = np.arange(0.0, radii[-1] + settings.radial_step_mm + 0.01, 0.01)
+    tissue = s.hu - np.interp(s.r_mm, r_fine, metal_excess(r_fine, edge))
+    weight = s.usable * (s.r_mm >= s.crest_radius_mm + settings.edge_start_mm - settings.profile_smoothing_mm)
+    shape = (len(s.rays.positions_mm), settings.n_angles, radii.size)
+    n_idx = np.minimum((s.r_mm / settings.radial_step_mm).astype(int), radii.size - 1)
+    flat = np.ravel_multi_index((s.plane, s.angle, n_idx), shape)
+    count = np.bincount(flat, weights=weight, minlength=int(np.prod(shape))).reshape(shape)
+    tissue_sum = np.bincount(flat, weights=weight * tissue, minlength=int(np.prod(shape))).reshape(shape)
+    return count, tissue_sum
+
+
+def _column_medians(x: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """NaN-ignoring median of each selected column of ``x`` (NaN where a column has no value)."""
+    out = np.full(x.shape[1], np.nan)
+    have = columns & np.isfinite(x).any(axis=0)
+    if have.any():
+        out[have] = np.nanmedian(x[:, have], axis=0)
+    return out
+
+
+def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings,
+                     blur_sigma_mm: float | None) -> HaloDetail:
+    edge = fit_metal(samples, settings, blur_sigma_mm=blur_sigma_mm)
+    rays, in_bone = samples.rays, samples.in_bone
+    count, tissue_sum = binned_tissue(samples, edge, settings)
+    # width map: cells of block_length_mm along the screw and angle_smoothing angles around it
+    k_ang = settings.angle_smoothing
+    nwin = max(1, int(round(settings.block_length_mm / settings.position_step_mm)))
+
+    def pooled(x):
+        return ndimage.uniform_filter1d(ndimage.uniform_filter1d(x, nwin, axis=0, mode="nearest"), k_ang, axis=1,
+                                        mode="wrap")
+
+    c_l = pooled(count)
+    fit = edge_widths(pooled(tissue_sum), c_l, (np.arange(rays.radii_mm.size) + 0.5) * settings.radial_step_mm,
+                      crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu, sigma_mm=edge.sigma_mm,
+                      settings=settings)
+    usable_share = pooled((in_bone[:, None] & ~samples.streak).astype(float))
+    cell = (usable_share > 0.3) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
+    wmap = np.where(cell, fit.width_mm, np.nan)
+    # per angle: median over the positions along the screw (the vertebral body's many positions
+    # outvote the few in a narrow pedicle, where cortex and canal lie within the rays)
+    n_cells = cell.sum(axis=0)
+    valid = n_cells >= max(2.0, settings.min_valid_fraction * np.count_nonzero(in_bone))
+    if not valid.any():
+        valid = n_cells > 0
+    w_ang = _column_medians(wmap, valid)
+    bone_ang = _column_medians(np.where(cell, fit.bone_hu, np.nan), valid)
+    rim_ang = _column_medians(np.where(cell, fit.rim_hu, np.nan), valid)
+    halo = _summarise(w_ang, bone_ang, rim_ang, valid, wmap, rays.positions_mm, screw, settings, blur_sigma_mm)
+    return HaloDetail(halo=halo, edge=edge, rays=rays, in_bone=in_bone, streak=samples.streak,
+                      angle_width_mm=w_ang, angle_bone_hu=bone_ang, angle_rim_hu=rim_ang,
+                      valid_angles=valid, clip_hu=samples.clip_hu)
+
+
+def _summarise(w_ang: np.ndarray, bone_ang: np.ndarray, rim_ang: np.ndarray, valid: np.ndarray, wmap: np.ndarray,
+               positions_mm: np.ndarray, screw: Screw, settings: HaloSettings,
+               blur_sigma_mm: float | None) -> HaloMeasurement:
+    """Per-screw figures and the loosening call from the per-angle widths and the width map."""
     thr = settings.min_width_mm
     wv = w_ang[valid]
-    w_s = np.where(valid, _circular_median(np.where(valid, fit_a.width_mm, 0.0), settings.max_smoothing), 0.0)
+    w_s = np.where(valid, _circular_median(np.where(valid, w_ang, 0.0), settings.max_smoothing), 0.0)
     # widest arc's plateau: median over the angles within half of the peak width, after a circular
     # median over ``max_smoothing`` angles (robust to the noise maximum of many angles and to short
     # arcs of spurious width where rays leave a narrow pedicle or cross a streak)
     peak = float(w_s.max())
     max_w = float(np.median(w_s[valid & (w_s >= 0.5 * peak)])) if peak > 0 else 0.0
-    mean_w = float(np.mean(wv))
-    frac = float(np.count_nonzero(wv >= thr) / wv.size)
+    mean_w = float(np.mean(wv)) if wv.size else 0.0
+    # share of the circumference on the same circular-median profile: single angles scattering
+    # around the threshold neither add nor remove arc
+    frac = float(np.count_nonzero(w_s[valid] >= thr) / max(wv.size, 1))
     loc = ""
     fin = np.isfinite(wmap)
     if max_w > 0 and fin.any():
-        cnt = fin.sum(axis=1)
-        prof_pos = np.where(cnt > 0, np.where(fin, wmap, 0.0).sum(axis=1) / np.maximum(cnt, 1), -1.0)
-        pk = positions[int(np.argmax(prof_pos))] / length
+        n = fin.sum(axis=1)
+        prof_pos = np.where(n > 0, np.where(fin, wmap, 0.0).sum(axis=1) / np.maximum(n, 1), -1.0)
+        length = float(np.linalg.norm(np.subtract(screw.tip_lps, screw.entry_lps)))
+        pk = positions_mm[int(np.argmax(prof_pos))] / length
         loc = "entry" if pk < 1 / 3 else ("mid" if pk < 2 / 3 else "tip")
-    rim_excess = fit_a.rim_hu - fit_a.bone_hu
-    haloed = valid & (fit_a.width_mm >= 0.5 * thr)
+    rim_excess = np.nan_to_num(rim_ang - bone_ang, nan=0.0)
+    haloed = valid & (np.nan_to_num(w_ang) >= 0.5 * thr)
     rim = bool(haloed.any() and np.count_nonzero(haloed & (rim_excess >= settings.rim_min_contrast_hu))
                >= settings.rim_min_fraction * np.count_nonzero(haloed))
     loosened = bool(max_w >= thr and frac >= settings.min_circumference_fraction)
-    halo = HaloMeasurement(max_width_mm=round(max_w, 2), mean_width_mm=round(mean_w, 2),
+    return HaloMeasurement(max_width_mm=round(max_w, 2), mean_width_mm=round(mean_w, 2),
                            circumference_fraction=round(frac, 3), loosened=loosened, sclerotic_rim=rim,
-                           location=loc, width_map_mm=wmap.astype(np.float32))
-    return HaloDetail(halo=halo, edge=edge, rays=rays, metal=metal, in_bone=in_bone, streak=streak,
-                      angle_width_mm=w_ang, angle_bone_hu=fit_a.bone_hu, angle_rim_hu=fit_a.rim_hu,
-                      valid_angles=valid, clip_hu=clip)
+                           location=loc, width_map_mm=wmap.astype(np.float32), blur_sigma_mm=blur_sigma_mm)
 
 
 def _circular_median(x: np.ndarray, size: int) -> np.ndarray:
@@ -374,7 +482,8 @@ def _circular_median(x: np.ndarray, size: int) -> np.ndarray:
     return ndimage.median_filter(x, size=size, mode="wrap")
 
 
-def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings) -> HaloMeasurement:
+def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, *,
+                 blur_sigma_mm: float | None = None) -> HaloMeasurement:
     """Measure the radiolucent zone (halo) around one screw.
 
     Parameters
@@ -385,6 +494,9 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings) -> HaloMe
         Detected screw; ``diameter_mm`` is the thread-crest diameter (nominal or
         bloom-corrected measurement), so the halo is measured from ``diameter_mm / 2``.
     settings : HaloSettings
+    blur_sigma_mm : float or None
+        The scanner's blur (SD of the Gaussian PSF, mm) if known, e.g. shared by all screws of
+        the scan (:func:`measure_screws`); None = fitted to this screw alone.
 
     Returns
     -------
@@ -396,9 +508,19 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings) -> HaloMe
         third with the widest halo) and ``width_map_mm`` (positions x angles, NaN outside bone or
         on streaks).
     """
-    return measure_halo_detail(volume, screw, settings).halo
+    return measure_halo_detail(volume, screw, settings, blur_sigma_mm=blur_sigma_mm).halo
 
 
 def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings) -> list[Screw]:
-    """Copies of ``screws`` with ``halo`` filled in by :func:`measure_halo`."""
-    return [replace(s, halo=measure_halo(volume, s, settings)) for s in screws]
+    """Copies of ``screws`` with ``halo`` filled in by :func:`measure_halo`.
+
+    The scan's blur is one PSF for all its screws: with at least ``shared_blur_min_screws``
+    screws it is the median of their separate edge-spread fits (one screw's fit can trade blur
+    against the tissue next to it, e.g. with a halo on part of the circumference or cortex close
+    by), and every halo is then measured with it (``HaloMeasurement.blur_sigma_mm``).
+    """
+    samples = [sample_screw(volume, s, settings) for s in screws]
+    blur = None
+    if len(screws) >= settings.shared_blur_min_screws:
+        blur = float(np.median([fit_metal(x, settings).sigma_mm for x in samples]))
+    return [replace(s, halo=_measure_samples(x, s, settings, blur).halo) for s, x in zip(screws, samples)]

@@ -11,7 +11,7 @@ from bmdpipe.volume import SeriesMeta, Volume
 from .grid import Grid
 from .phantom import draw_body, paint_abdomen, paint_body, paint_phantom_and_table, paint_vessels
 from .scanner import apply_psf, draw_scanner, make_noise
-from .screws import add_streaks, paint_fusion_rods, paint_screw, place_screw
+from .screws import add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal, screw_metal_mask
 from .spec import ORIENTATIONS, CaseSpec
 from .spine import VertebraGeom, draw_spine, paint_discs_and_canal, paint_sclerosis, paint_vertebra
 from .tissue import BONE_CODES, TISSUE
@@ -126,8 +126,7 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
             raise ValueError(f"screw in {sp.vertebra!r} but the case levels are {spec.levels}")
         st = place_screw(sp, by_name[sp.vertebra].pedicle(sp.side), r_screw)
         screws.append(st)
-    centroids = [paint_screw(grid, st, tissue, mineral, hu_fixed, scanner.tissue_hu["fibrous"], scanner.metal_hu)
-                 for st in screws]
+    centroids = [paint_screw(grid, st, tissue, mineral, hu_fixed, scanner.tissue_hu["fibrous"]) for st in screws]
     fusion = paint_fusion_rods(grid, screws, tissue, mineral, hu_fixed, scanner.metal_hu) if spec.fusion_rods else []
 
     # clean HU: look-up table for soft tissues, calibration line for bone, fixed values for the rest
@@ -144,6 +143,16 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     del hu_fixed, fixed, bone
 
     img = apply_psf(hu, grid.spacing_zyx, scanner.psf_fwhm_mm)
+    # screw metal: rendered finer than the voxels over the tissue it displaces, then marked in the truth
+    for rendered in [render_screw_metal(grid, st, hu, scanner.metal_hu, scanner.psf_fwhm_mm) for st in screws]:
+        if rendered is not None:
+            img[rendered[0]] += rendered[1]
+    for marked in [screw_metal_mask(grid, st) for st in screws]:
+        if marked is not None:
+            sl, m = marked
+            tissue[sl][m] = TISSUE["metal"]
+            mineral[sl][m] = 0.0
+            hu[sl][m] = scanner.metal_hu
     a = r_art.uniform(size=2)
     artefacts = {"streak_amplitude_hu": float(150.0 + 200.0 * a[0]), "streak_width_mm": float(1.0 + 1.0 * a[1]),
                  "n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion}

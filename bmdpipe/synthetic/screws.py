@@ -4,7 +4,8 @@ Screw frame: axis ``d`` from the entry point (t = 0) to the tip (t = length); ar
 angle ``phi`` is measured from ``e1`` = the component of +z (superior) perpendicular to ``d``
 towards ``e2 = d x e1``. The lucent arc of a halo is centred at ``halo_angle_deg`` and spans
 ``halo_arc_fraction * 360`` degrees. Blooming is not painted: it arises from the PSF acting on
-``metal_hu`` (~6500 HU) followed by clipping at 3071 HU.
+``metal_hu`` (~6500 HU) followed by clipping at 3071 HU; the metal is rendered on a finer grid
+(:func:`render_screw_metal`) so that its edge is blurred as a continuous object.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .grid import Grid
 from .spec import loosened_rule
 from .tissue import BONE_CODES, TISSUE
 
-__all__ = ["ScrewTruth", "place_screw", "paint_screw", "paint_fusion_rods", "add_streaks", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
+__all__ = ["ScrewTruth", "place_screw", "paint_screw", "screw_metal_mask", "render_screw_metal", "paint_fusion_rods",
+           "add_streaks", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
            "HEAD_LENGTH_MM", "HEAD_RADIUS_MM", "RIM_THICKNESS_MM"]
 
 THREAD_DEPTH_MM = 0.9
@@ -26,6 +29,8 @@ HEAD_LENGTH_MM = 13.0
 HEAD_RADIUS_MM = 6.5
 RIM_THICKNESS_MM = 1.0
 TIP_TAPER_MM = 6.0
+#: Sub-samples per voxel and axis with which screw metal is rendered (:func:`render_screw_metal`).
+METAL_SUPERSAMPLE = 3
 
 
 @dataclass(frozen=True)
@@ -84,24 +89,12 @@ def _frame(d: np.ndarray):
     return e1, e2
 
 
-def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu: float,
-                metal_hu: float) -> dict[int, tuple[float, float]]:
-    """Paint metal (with threads and a tulip head), halo and sclerotic rim of one screw, in place.
-
-    Returns ``{k: (x, y)}``: the in-plane centroid (LPS mm) of this screw's metal in every
-    axial slice ``k`` of the canonical grid that it crosses (used for streaks).
-    """
+def _screw_geometry(s: ScrewTruth, Z, Y, X):
+    """Axial position ``t``, distance ``r`` from the axis, angle ``phi`` (screw frame) and the
+    metal indicator (threaded shaft with tapered tip, tulip head) at coordinates (Z, Y, X) mm."""
     e = np.asarray(s.entry_lps)
     d = s.direction
-    tip = np.asarray(s.tip_lps)
     R = s.diameter_mm / 2.0
-    reach = R + s.halo_width_mm + RIM_THICKNESS_MM + 2.0
-    reach = max(reach, HEAD_RADIUS_MM + 1.0)
-    pts = np.array([e - HEAD_LENGTH_MM * d, tip + s.halo_width_mm * d])
-    bx = grid.box(pts.min(0) - reach, pts.max(0) + reach)
-    if bx is None:
-        return {}
-    sl, (Z, Y, X) = bx
     qx, qy, qz = X - e[0], Y - e[1], Z - e[2]
     t = qx * d[0] + qy * d[1] + qz * d[2]
     px, py, pz = qx - t * d[0], qy - t * d[1], qz - t * d[2]
@@ -115,14 +108,89 @@ def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu
     r_eff = r_eff * np.clip((s.length_mm - t) / TIP_TAPER_MM + 0.25, 0.0, 1.0)
     shaft = (t >= 0) & (t <= s.length_mm) & (r <= r_eff)
     head = (t < 0) & (t >= -HEAD_LENGTH_MM) & (r <= HEAD_RADIUS_MM)
-    metal = shaft | head
+    return t, r, phi, shaft | head
+
+
+def _metal_box(grid: Grid, s: ScrewTruth, margin_mm: float):
+    e, tip, d = np.asarray(s.entry_lps), np.asarray(s.tip_lps), s.direction
+    pts = np.array([e - HEAD_LENGTH_MM * d, tip])
+    reach = max(s.diameter_mm / 2.0, HEAD_RADIUS_MM) + margin_mm
+    return grid.box(pts.min(0) - reach, pts.max(0) + reach)
+
+
+def screw_metal_mask(grid: Grid, s: ScrewTruth):
+    """Voxels whose centre lies in the screw's metal: ``(slices, bool mask)`` or None off the grid."""
+    bx = _metal_box(grid, s, 1.0)
+    if bx is None:
+        return None
+    sl, (Z, Y, X) = bx
+    return sl, _screw_geometry(s, Z, Y, X)[3]
+
+
+def render_screw_metal(grid: Grid, s: ScrewTruth, base_hu: np.ndarray, metal_hu: float, psf_fwhm_mm: float,
+                       supersample: int = METAL_SUPERSAMPLE):
+    """Blurred HU excess of one screw's metal over ``base_hu`` (the image without the screw).
+
+    The metal is evaluated on a grid ``supersample`` times finer than the voxels, its excess
+    ``metal_hu - base`` blurred there by the Gaussian PSF and sampled at the voxel centres: the
+    image of a continuous object seen through the PSF, as a scanner forms it. (Painting metal
+    at voxel centres and blurring on the voxel grid would alias its 6000-HU edge into a voxel
+    staircase that no real scanner produces.) Add the result to the blurred base image.
+
+    Returns
+    -------
+    (slices, excess) or None
+        Index slices (k, j, i) of the box and the float32 excess (HU) there.
+    """
+    sig = psf_fwhm_mm / 2.3548
+    bx = _metal_box(grid, s, 4.0 * sig + 1.0)
+    if bx is None:
+        return None
+    sl, (Z, Y, X) = bx
+    n = supersample
+    sub = (np.arange(n) - (n - 1) / 2.0) / n  # sub-voxel offsets (voxels); the middle one is the centre
+    sp = grid.spacing_zyx
+
+    def fine(c, h):
+        return (c.ravel()[:, None] + sub[None, :] * h).ravel().astype(np.float32)
+
+    Zf, Yf, Xf = fine(Z, sp[0])[:, None, None], fine(Y, sp[1])[None, :, None], fine(X, sp[2])[None, None, :]
+    occ = _screw_geometry(s, Zf, Yf, Xf)[3]
+    base = base_hu[sl]
+    base_f = np.repeat(np.repeat(np.repeat(base, n, axis=0), n, axis=1), n, axis=2)
+    excess = np.where(occ, np.float32(metal_hu) - base_f, np.float32(0.0))
+    if sig > 0:
+        excess = ndimage.gaussian_filter(excess, sigma=[sig / (h / n) for h in sp], mode="constant")
+    mid = (n - 1) // 2
+    return sl, np.ascontiguousarray(excess[mid::n, mid::n, mid::n])
+
+
+def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu: float) -> dict[int, tuple[float, float]]:
+    """Paint the halo and sclerotic rim of one screw, in place (the metal itself is added to the
+    blurred image by :func:`render_screw_metal` and to the truth by :func:`screw_metal_mask`).
+
+    Returns ``{k: (x, y)}``: the in-plane centroid (LPS mm) of this screw's metal in every
+    axial slice ``k`` of the canonical grid that it crosses (used for streaks).
+    """
+    R = s.diameter_mm / 2.0
+    reach = R + s.halo_width_mm + RIM_THICKNESS_MM + 2.0
+    reach = max(reach, HEAD_RADIUS_MM + 1.0)
+    e, d, tip = np.asarray(s.entry_lps), s.direction, np.asarray(s.tip_lps)
+    pts = np.array([e - HEAD_LENGTH_MM * d, tip + s.halo_width_mm * d])
+    bx = grid.box(pts.min(0) - reach, pts.max(0) + reach)
+    if bx is None:
+        return {}
+    sl, (Z, Y, X) = bx
+    t, r, phi, metal = _screw_geometry(s, Z, Y, X)
     tis, mn, hf = tissue[sl], mineral[sl], hu_fixed[sl]
     bone = np.isin(tis, BONE_CODES)
     along = (t >= 0) & (t <= s.length_mm + s.halo_width_mm)
     dphi = np.abs(np.angle(np.exp(1j * (phi - np.deg2rad(s.halo_angle_deg)))))
     in_arc = dphi <= np.pi * s.halo_arc_fraction + 1e-9
     if s.halo_width_mm > 0 and s.halo_arc_fraction > 0:
-        halo = bone & along & in_arc & (r <= R + s.halo_width_mm) & ~metal
+        # everything within crest + width: the thread valleys, and under the metal (the base image
+        # that the rendered metal replaces, see render_screw_metal); the truth marks metal later
+        halo = bone & along & in_arc & (r <= R + s.halo_width_mm)
         tis[halo] = TISSUE["halo"]
         mn[halo] = 0.0
         hf[halo] = fibrous_hu
@@ -132,9 +200,6 @@ def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu
         rim = np.isin(tis, BONE_CODES) & along_r & in_arc & (r > r0) & (r <= r0 + RIM_THICKNESS_MM)
         tis[rim] = TISSUE["sclerotic_rim"]
         mn[rim] = s.rim_mg_cm3
-    tis[metal] = TISSUE["metal"]
-    mn[metal] = 0.0
-    hf[metal] = metal_hu
     n = metal.sum(axis=(1, 2))
     sx = (metal * X).sum(axis=(1, 2))
     sy = (metal * Y).sum(axis=(1, 2))

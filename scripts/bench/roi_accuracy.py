@@ -30,7 +30,6 @@ def run_case(seed: int, *, localize: bool, spacing, settings):
     from bmdpipe.synthetic.spec import ORIENTATIONS, CaseSpec
     from bmdpipe.synthetic.tissue import TISSUE
 
-    rng = np.random.default_rng(1000 + seed)
     orient = sorted(ORIENTATIONS)[seed % len(ORIENTATIONS)]
     spec = CaseSpec(orientation=orient, sclerosis=bool(seed % 2) or None, spacing_mm=spacing)
     case = make_case(seed, spec)

@@ -1,6 +1,5 @@
 """Phantomless calibration on synthetic cases whose tissue HU follow the attenuation tables."""
 
-import numpy as np
 import pytest
 
 from bmdpipe.calibrate.attenuation import hu_of, mineral_slope_hu_per_mg_cm3

@@ -54,10 +54,12 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
         img[along & (rr < R)] = metal_hu
 
     add_screw(entry, tip, width_mm, arc, arc_center_deg, rim, a)
+    second = None
     if second_screw:
         a2 = np.array([-a[0], a[1], a[2]])
         c2 = np.array([30.0 - 16.0, 30.0, 30.0])
-        add_screw(c2 - a2 * length_mm / 2, c2 + a2 * length_mm / 2, 0.0, 1.0, 0.0, False, a2)
+        second = dict(entry=c2 - a2 * length_mm / 2, tip=c2 + a2 * length_mm / 2)
+        add_screw(second["entry"], second["tip"], 0.0, 1.0, 0.0, False, a2)
     sig = psf_fwhm_mm / 2.3548 / fine
     img = ndimage.gaussian_filter(img, sig, mode="nearest")
     # sample the blurred fine image at the coarse voxel centres (a scanner samples the PSF-blurred
@@ -78,7 +80,7 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
     origin = tuple(fine * (supersample // 2))[::-1]
     vol = Volume(array=img.astype(np.float32), spacing=tuple(sp), origin=origin)
     truth = dict(entry=entry, tip=tip, diameter_mm=diameter_mm, width_mm=width_mm, arc=arc, rim=rim,
-                 length_mm=length_mm)
+                 length_mm=length_mm, psf_sigma_mm=psf_fwhm_mm / 2.3548, second=second)
     return vol, truth
 
 

@@ -47,3 +47,22 @@ def test_fit_recovers_radius_through_saturation():
     assert f.radius_mm == pytest.approx(3.1, abs=0.08)
     naive = r[y >= 0.5 * (3071.0 + 200.0)].max()
     assert naive > 3.1 + 0.3  # the bloom that the fit removes
+
+
+def test_fitted_background_keeps_the_blur_next_to_a_halo():
+    """A 1.5 mm lucent band (30 HU) around the metal in 200-HU bone, clipped at 3071 HU: taking the
+    outer bone for the background makes the fitted blur too narrow; fitting the background
+    between lucent tissue and bone recovers the true blur and the halo's level."""
+    rng = np.random.default_rng(3)
+    R, sigma, metal, bone, lucent = 3.25, 0.5, 6500.0, 200.0, 30.0
+    r = rng.uniform(0.0, 9.0, 40000)
+    # tissue: lucent out to R + 1.5, then bone; blurred metal on top (1-D band edge is enough here)
+    tissue = bone + (lucent - bone) * step(r, R + 1.5, sigma)
+    y = np.minimum(tissue + (metal - lucent) * step(r, R, sigma) + rng.normal(0.0, 15.0, r.size), 3071.0)
+    fixed = fit_edge_spread(r, y, clip_hu=3071.0, fixed_radius_mm=R)
+    free = fit_edge_spread(r, y, clip_hu=3071.0, fixed_radius_mm=R, background_bounds_hu=(0.0, 230.0))
+    assert fixed.sigma_mm < sigma - 0.04
+    assert free.sigma_mm == pytest.approx(sigma, abs=0.03)
+    assert free.background_hu == pytest.approx(lucent, abs=40.0)
+    # a known blur is kept
+    assert fit_edge_spread(r, y, clip_hu=3071.0, fixed_radius_mm=R, fixed_sigma_mm=0.47).sigma_mm == pytest.approx(0.47, abs=1e-3)
