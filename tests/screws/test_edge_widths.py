@@ -43,30 +43,31 @@ def test_sclerotic_rim_sets_its_own_level():
     assert unrefined.width_mm[0] < fit.width_mm[0] - 0.2
 
 
+def _cortex_shift(gap_mm):
+    """How far 1 mm of dense cortex (800 HU) ``gap_mm`` beyond a 1.2 mm halo, then soft tissue,
+    moves the measured edge (mm)."""
+    outer = R + 1.2 + gap_mm
+    cortex = (800.0 - BONE) * (step(RADII, outer + 1.0, SIGMA) - step(RADII, outer, SIGMA))
+    canal = (20.0 - BONE) * (1.0 - step(RADII, outer + 1.0, SIGMA))
+    return _widths(_halo(1.2, extra=cortex + canal)).width_mm[0] - _widths(_halo(1.2)).width_mm[0]
+
+
 @pytest.mark.xfail(strict=True, reason="known limit: the level re-set for sclerotic rims also follows cortex "
                                        "within ~1.5 mm of the halo's edge (README, Known limits)")
 def test_cortex_and_canal_beyond_the_halo_do_not_move_the_edge():
-    """Dense cortex 1.5-2.5 mm beyond a 1.2 mm halo, then soft tissue: the edge is where it was."""
-    outer = R + 1.2 + 1.5
-    cortex = (800.0 - BONE) * (step(RADII, outer + 1.0, SIGMA) - step(RADII, outer, SIGMA))
-    canal = (20.0 - BONE) * (1.0 - step(RADII, outer + 1.0, SIGMA))
-    plain = _widths(_halo(1.2)).width_mm[0]
-    assert _widths(_halo(1.2, extra=cortex + canal)).width_mm[0] == pytest.approx(plain, abs=0.03)
+    """Cortex 1.5 mm beyond the halo (a pedicle filled by the screw): the edge is where it was."""
+    assert abs(_cortex_shift(1.5)) < 0.03
+
+
+def test_cortex_further_out_does_not_move_the_edge():
+    """Cortex 3 mm beyond the halo (a wide pedicle): the edge stays."""
+    assert abs(_cortex_shift(3.0)) < 0.03
 
 
 def test_a_spike_inside_the_halo_does_not_end_it():
     """One bright bin (a noise spike or a bright streak) inside a 2 mm halo is skipped."""
     spike = np.where(np.abs(RADII - (R + 0.9)) < 0.05, 900.0, 0.0)
     assert _widths(_halo(2.0, extra=spike)).width_mm[0] == pytest.approx(2.0, abs=0.06)
-
-
-def test_cortex_further_out_does_not_move_the_edge():
-    """Cortex 3 mm beyond a 1.2 mm halo (a wide pedicle), then soft tissue: the edge stays."""
-    outer = R + 1.2 + 3.0
-    cortex = (800.0 - BONE) * (step(RADII, outer + 1.0, SIGMA) - step(RADII, outer, SIGMA))
-    canal = (20.0 - BONE) * (1.0 - step(RADII, outer + 1.0, SIGMA))
-    plain = _widths(_halo(1.2)).width_mm[0]
-    assert _widths(_halo(1.2, extra=cortex + canal)).width_mm[0] == pytest.approx(plain, abs=0.03)
 
 
 def test_no_halo_and_lucent_all_the_way():
