@@ -289,6 +289,8 @@ class ScrewSamples:
         Ray planes whose outer ring is bone.
     streak : (P, A) bool
         Rays whose outer part is far darker than the screw's bone (photon starvation).
+    usable_rays : (P, A) bool
+        Rays in a ray plane in bone and off streaks.
     bone_hu : float
         Median HU of the outer ring over the ray planes in bone.
     r_mm, hu : (M,) ndarray
@@ -305,6 +307,7 @@ class ScrewSamples:
     clip_hu: float | None
     in_bone: np.ndarray
     streak: np.ndarray
+    usable_rays: np.ndarray
     bone_hu: float
     r_mm: np.ndarray
     hu: np.ndarray
@@ -342,10 +345,11 @@ def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings) -> ScrewS
     plane = np.clip(np.rint((tv - positions[0]) / settings.position_step_mm).astype(int), 0, len(positions) - 1)
     th = np.mod(np.arctan2(pv @ rays.v, pv @ rays.u), 2 * np.pi)
     angle = np.minimum((th / (2 * np.pi) * settings.n_angles).astype(int), settings.n_angles - 1)
-    usable = (in_bone[:, None] & ~streak)[plane, angle]
+    usable_rays = in_bone[:, None] & ~streak
     return ScrewSamples(rays=rays, crest_radius_mm=R, thread_depth_mm=min(settings.thread_depth_mm, 0.5 * R),
-                        clip_hu=_clip_level(rays.values), in_bone=in_bone, streak=streak, bone_hu=bone,
-                        r_mm=rv, hu=hv, plane=plane, angle=angle, usable=usable)
+                        clip_hu=_clip_level(rays.values), in_bone=in_bone, streak=streak, usable_rays=usable_rays,
+                        bone_hu=bone,
+                        r_mm=rv, hu=hv, plane=plane, angle=angle, usable=usable_rays[plane, angle])
 
 
 def fit_metal(samples: ScrewSamples, settings: HaloSettings, *, blur_sigma_mm: float | None = None) -> EdgeFit:
@@ -424,7 +428,7 @@ def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings
     fit = edge_widths(pooled(tissue_sum), c_l, (np.arange(rays.radii_mm.size) + 0.5) * settings.radial_step_mm,
                       crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu, sigma_mm=edge.sigma_mm,
                       settings=settings)
-    usable_share = pooled((in_bone[:, None] & ~samples.streak).astype(float))
+    usable_share = pooled(samples.usable_rays.astype(float))
     cell = (usable_share > 0.3) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
     wmap = np.where(cell, fit.width_mm, np.nan)
     # per angle: median over the positions along the screw (the vertebral body's many positions
