@@ -234,7 +234,9 @@ def calibrate(
         definition = load_phantom(phantom)
     except ConfigError as exc:
         _fail_usage(str(exc))
-    found = discover([scan], settings.ingest, settings.pseudonym)
+    # a phantom-only scan may be short: ingest.min_slices is meant for lumbar volumes
+    ingest = settings.ingest.model_copy(update={"min_slices": settings.calibration.phantom_scan_min_slices})
+    found = discover([scan], ingest, settings.pseudonym)
     if not found.series:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped[:5])
         _fail_usage(f"no CT series in {scan}" + (f" ({reasons})" if reasons else ""))
@@ -242,7 +244,7 @@ def calibrate(
         typer.secho(f"warning: {len(found.series)} CT series in {scan}; using the first "
                     f"({found.series[0].series_uid})", fg=typer.colors.YELLOW, err=True)
     try:
-        volume = load_volume(found.series[0], settings.ingest)
+        volume = load_volume(found.series[0], ingest)
         cal = calibrate_with_phantom(volume, definition, settings.calibration)
     except BmdpipeError as exc:
         typer.secho(f"calibration failed ({exc.stage}): {exc}", fg=typer.colors.RED, err=True)

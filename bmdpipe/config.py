@@ -86,6 +86,7 @@ class CalibrationSettings(_Section):
     rod_streak_k: float = Field(3.5, gt=0)
     rod_streak_min_hu: float = Field(8.0, gt=0)
     rod_min_slices: int = Field(3, ge=1)
+    phantom_scan_min_slices: int = Field(3, ge=1)
     rod_padding_hu: float = -1500.0
     rod_infer_max_residual_hu: float = Field(10.0, gt=0)
     rod_min_z_fraction: float = Field(0.4, ge=0, le=1)
@@ -103,6 +104,7 @@ class CalibrationSettings(_Section):
     internal_fat_min_hu: float = -250.0
     internal_fat_max_hu: float = -40.0
     internal_fat_max_depth_mm: float = Field(40.0, gt=0)
+    internal_fat_min_component_fraction: float = Field(0.2, ge=0, le=1)
     internal_erosion_mm: float = Field(3.0, ge=0)
     internal_bone_hu: float = 200.0
     internal_muscle_min_hu: float = 10.0
@@ -112,6 +114,9 @@ class CalibrationSettings(_Section):
     internal_kev_min: float = Field(40.0, ge=25)
     internal_kev_max: float = Field(120.0, le=150)
     internal_max_rms_hu: float = Field(5.0, gt=0)
+    internal_max_uncertainty_percent: float = Field(10.0, gt=0)
+    internal_plausible_hu: dict[str, tuple[float, float]] = {
+        "air": (-1100.0, -900.0), "fat": (-200.0, -30.0), "muscle": (0.0, 100.0), "blood": (10.0, 90.0)}
     internal_tissue_sd_hu: float = Field(3.0, gt=0)
     internal_air_sd_hu: float = Field(1.0, gt=0)
     internal_offset_prior_sd_hu: float | None = Field(5.0, gt=0)

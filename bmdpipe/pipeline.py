@@ -161,6 +161,9 @@ def _calibration_row(cal: Calibration) -> dict:
         "n_references": cal.n_references,
         "references": "; ".join(f"{r.name}={r.hu_mean:.1f}HU" for r in cal.references),
         "warnings": "; ".join(cal.warnings),
+        "effective_kev": cal.details.get("kev"),
+        "density_uncertainty_percent": (None if cal.details.get("density_uncertainty_fraction") is None
+                                        else 100.0 * cal.details["density_uncertainty_fraction"]),
     }
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "Region",
     "Side",
     "ReferenceMeasurement",
+    "ReferenceOutlines",
     "Calibration",
     "PedicleAxis",
     "Vertebra",
@@ -100,10 +101,28 @@ class ReferenceMeasurement:
 
 
 @dataclass(frozen=True)
+class ReferenceOutlines:
+    """Where reference tissues were sampled, on one axial slice (QC image only).
+
+    Attributes
+    ----------
+    slice_index : int
+        Slice (k) of the CT the labels belong to.
+    labels : (rows, columns) ndarray of uint8
+        0 = not sampled; ``i + 1`` = voxels of ``Calibration.references[i]`` on that slice.
+    """
+
+    slice_index: int
+    labels: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Linear HU <-> density relation: ``HU = intercept_hu + slope_hu_per_mg_cm3 * density``.
 
     For a Mindways two-component phantom slope/intercept are sigma_CT / beta_CT.
+    ``outlines`` (phantomless calibration) shows where the tissues were sampled; it is for
+    the QC image and is not saved with the calibration.
     """
 
     method: str  # "phantom" | "internal" | "none"
@@ -116,6 +135,7 @@ class Calibration:
     references: tuple[ReferenceMeasurement, ...] = ()
     warnings: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)  # model-specific (sigma_ref, beta_ref, kev, ...)
+    outlines: ReferenceOutlines | None = field(default=None, repr=False, compare=False)
 
     def density(self, hu):
         """Density in mg/cm3 of ``material`` for HU value(s) ``hu``."""

@@ -415,9 +415,9 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
                     best = (fit.r2, cand)
     if best is not None:
         return sorted(best[1], key=lambda r: r.center_kji[2])
-    # not this phantom: report the largest row with at most n rods (for the error message)
-    fallback = [g for g in groups if len(g) <= n] or groups
-    rods = sorted((kept[i]["rod"] for i in fallback[0]), key=lambda r: r.center_kji[2])
+    # no row fits this definition: return the strongest row (most rods), so that the error names
+    # the count actually seen (e.g. 6 rods in the scan for a 5-rod definition)
+    rods = sorted((kept[i]["rod"] for i in groups[0]), key=lambda r: r.center_kji[2])
     return rods if len(rods) >= 2 else []
 
 

@@ -33,8 +33,8 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
 
-    fig = Figure(figsize=(13, 4.2), dpi=100)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    fig = Figure(figsize=(14, 4.6), dpi=100)
+    ax1, ax2, ax3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 0.8, 1.3]})
     refs = cal.references
     unit = f"mg {cal.material.value}/cm3"
     nominal = np.array([np.nan if r.nominal_mg_cm3 is None else r.nominal_mg_cm3 for r in refs], dtype=float)
@@ -56,30 +56,34 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
             ax1.plot(xs, cal.hu(xs), "-", label=f"HU = {cal.intercept_hu:.1f} + {cal.slope_hu_per_mg_cm3:.4f} x")
         ax1.set_xlabel(f"nominal density ({unit})")
         ax2.bar(names, res)
-    else:  # internal calibration: tissue HU
-        ax1.bar(names, hu)
-        ax1.set_xlabel("reference tissue")
+    else:  # internal calibration: measured tissue HU vs the tables' HU at the fitted effective energy
+        _plot_tissue_fit(ax1, cal, names, hu)
         ax2.bar(names, res)
-    ax1.set_ylabel("HU - water (mg/cm3)" if two_comp else "HU")
-    r2 = "" if cal.r2 is None else f", R^2 = {cal.r2:.5f}"
-    ax1.set_title(f"{cal.method}: {cal.phantom}{r2}", fontsize=9)
+    ax1.set_ylabel("rod HU - water (HU - mg/cm3)" if two_comp else "measured HU")
+    if cal.method == "internal":
+        kev, prior = cal.details.get("kev"), cal.details.get("kev_prior")
+        energy = "" if kev is None else f": effective energy {kev:.1f} keV" + ("" if prior is None else f" (prior {prior:.0f})")
+        unc = cal.details.get("density_uncertainty_fraction")
+        unc = "" if unc is None else f"\ndensities +-{100 * unc:.1f} % (1 SD, the fit's own uncertainty)"
+        ax1.set_title(f"phantomless (internal) calibration{energy}{unc}", fontsize=9)
+    else:
+        r2 = "" if cal.r2 is None else f", R^2 = {cal.r2:.5f}"
+        ax1.set_title(f"{cal.method}: {cal.phantom}{r2}", fontsize=9)
     if ax1.get_legend_handles_labels()[0]:
-        ax1.legend(fontsize=7, loc="upper left")
+        ax1.legend(fontsize=7, loc="upper left" if cal.method != "internal" else "lower right")
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_ylabel("residual (HU)")
     ax2.set_title("residual per reference", fontsize=9)
-    if volume is not None and refs and all(r.center_lps is not None for r in refs):
+    if volume is not None and cal.outlines is not None:
+        _show_tissue_outlines(ax3, volume, cal)
+    elif volume is not None and refs and all(r.center_lps is not None for r in refs):
         idx = volume.lps_to_index(np.array([r.center_lps for r in refs]))
         k = int(np.clip(np.round(np.median(idx[:, 0])), 0, volume.shape[0] - 1))
         ax3.imshow(volume.array[k], cmap="gray", vmin=-300, vmax=1200, interpolation="nearest")
         px = float(np.mean(volume.spacing[1:]))
         for r, (kk, j, i) in zip(refs, idx):
-            if r.radius_mm is None:  # tissue sample: mark the centroid of its mask
-                ax3.plot([i], [j], "x", color="red")
-                rad = 3.0
-            else:
-                rad = r.radius_mm / px
-                ax3.add_patch(Circle((i, j), rad, fill=False, color="red", lw=0.8))
+            rad = 3.0 if r.radius_mm is None else r.radius_mm / px
+            ax3.add_patch(Circle((i, j), rad, fill=False, color="red", lw=0.8))
             ax3.text(i, j - rad - 3, r.name, color="yellow", fontsize=7, ha="center")
         ax3.set_title(f"slice {k}", fontsize=9)
     ax3.set_axis_off()
@@ -87,6 +91,47 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
         fig.suptitle("; ".join(cal.warnings)[:180], fontsize=7, color="darkred")
     fig.tight_layout()
     return fig
+
+
+_TISSUE_COLOURS = ("tab:cyan", "gold", "tab:red", "tab:green", "tab:purple", "tab:orange")
+
+
+def _plot_tissue_fit(ax, cal: Calibration, names: list[str], hu: np.ndarray) -> None:
+    """Measured tissue HU against the attenuation tables' HU at the fitted energy, and the fit line."""
+    from ..calibrate.attenuation import hu_of
+
+    kev, a, b = cal.details.get("kev"), cal.details.get("a_hu"), cal.details.get("b")
+    if kev is None or a is None or b is None:
+        ax.bar(names, hu)
+        ax.set_xlabel("reference tissue")
+        return
+    table = np.array([hu_of(n, kev) for n in names])
+    ax.plot(table, hu, "o", label="tissues (measured)")
+    for x, y, n in zip(table, hu, names):
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    xs = np.linspace(min(table.min(), -1000.0), max(table.max(), 100.0), 50)
+    ax.plot(xs, a + b * xs, "-", label=f"HU = {a:.1f} + {b:.4f} x HU_table({kev:.1f} keV)")
+    ax.plot([], [], " ", label=f"-> {cal.slope_hu_per_mg_cm3:.4f} HU per mg {cal.material.value}/cm3, "
+                               f"intercept {cal.intercept_hu:.1f} HU")
+    ax.set_xlabel(f"table HU at the fitted effective energy {kev:.1f} keV (ICRU-44)")
+
+
+def _show_tissue_outlines(ax, volume: Volume, cal: Calibration) -> None:
+    """The slice of ``cal.outlines`` with each tissue's sampled region outlined and named."""
+    from ..calibrate.internal import point_inside
+
+    o = cal.outlines
+    ax.imshow(volume.array[o.slice_index], cmap="gray", vmin=-250, vmax=250, interpolation="nearest")
+    for i, r in enumerate(cal.references):
+        m = o.labels == i + 1
+        if not m.any():
+            continue
+        colour = _TISSUE_COLOURS[i % len(_TISSUE_COLOURS)]
+        ax.contour(m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
+        j, k = point_inside(m)
+        ax.text(k, j, f"{r.name} {r.hu_mean:.0f}", color=colour, fontsize=7, ha="center",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
+    ax.set_title(f"slice {o.slice_index}: tissues sampled (window -250..250 HU)", fontsize=9)
 
 
 def save_calibration_qc(cal: Calibration, volume: Volume | None, path: str | Path) -> Path:

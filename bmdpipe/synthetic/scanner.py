@@ -110,7 +110,8 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
 
     A scanner is an effective energy ``kev`` (random 64-76 keV) plus a small calibration
     error of the HU scale: gain ``b`` ~ U(0.985, 1.015) and offset ``a`` ~ U(-8, 8) HU applied
-    to every material. Bone: ``slope = b * mineral_slope(material, kev)``, ``intercept = a``
+    to every material, and each soft tissue's biological deviation N(0, ``spec.tissue_sd_hu``).
+    Bone: ``slope = b * mineral_slope(material, kev)``, ``intercept = a``
     (water is 0 HU physically), unless ``spec`` pins them; ``spec.slope_from_kev=False`` draws
     the slope independently of kev instead (physically inconsistent; phantom tests only).
     """
@@ -128,7 +129,7 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
     else:
         slope = (0.85 if material == "HA" else 1.10) + 0.3 * u[0]
     intercept = spec.intercept_hu if spec.intercept_hu is not None else offset
-    hu, source = tissue_hu(kev, rng, gain=gain, offset_hu=offset)
+    hu, source = tissue_hu(kev, rng, gain=gain, offset_hu=offset, tissue_sd_hu=spec.tissue_sd_hu)
     return ScannerResponse(
         material=material, slope_hu_per_mg_cm3=float(slope), intercept_hu=float(intercept),
         kev=float(kev), noise_sd_hu=float(noise), noise_corr_mm=float(spec.noise_corr_mm),

@@ -109,6 +109,10 @@ class CaseSpec:
         Scanner response for bone mineral (sigma_CT / beta_CT for K2HPO4).
     kev : float or None
         Effective energy, keV (random 64-76).
+    tissue_sd_hu : float
+        Biological deviation of each soft tissue's HU (fat, muscle, blood ...) from the
+        ICRU-44 tables, SD in HU (default 3: patients' fat and muscle composition vary);
+        0 = tissues exactly as the attenuation tables predict through the scanner response.
     slope_from_kev : bool
         True (default): when ``slope_hu_per_mg_cm3`` is None the bone slope follows the
         effective energy (``attenuation.mineral_slope_hu_per_mg_cm3(material, kev)``) times the
@@ -153,6 +157,7 @@ class CaseSpec:
     slope_hu_per_mg_cm3: float | None = None
     intercept_hu: float | None = None
     kev: float | None = None
+    tissue_sd_hu: float = 3.0
     slope_from_kev: bool = True
     cancellous_mg_cm3: tuple[float, float] = (50.0, 180.0)
     cancellous_rim_gain: float = 0.2

@@ -1,22 +1,24 @@
 """Phantomless calibration on synthetic cases whose tissue HU follow the attenuation tables."""
 
+import numpy as np
 import pytest
 
 from bmdpipe.calibrate.attenuation import hu_of, mineral_slope_hu_per_mg_cm3
-from bmdpipe.calibrate.internal import calibrate_internal, fit_effective_energy
+from bmdpipe.calibrate.internal import calibrate_internal, fit_effective_energy, slope_uncertainty
 from bmdpipe.config import CalibrationSettings
 from bmdpipe.errors import CalibrationError
 from bmdpipe.synthetic import CaseSpec, make_case
+from bmdpipe.synthetic.tissue import TISSUE
 
 
 def test_effective_energy_recovered_from_exact_tissue_hu():
     """Ideal tissue HU at 67 keV with gain 1.01 and offset -3 HU give back E, a and b."""
     kev, a, b = 67.0, -3.0, 1.01
     hu = {t: a + b * hu_of(t, kev) for t in ("air", "fat", "muscle", "blood")}
-    e, a2, b2, rms = fit_effective_energy(hu)
-    assert e == pytest.approx(kev, abs=0.25)
-    assert a2 == pytest.approx(a, abs=0.5) and b2 == pytest.approx(b, abs=2e-3)
-    assert rms < 0.5
+    fit = fit_effective_energy(hu)
+    assert fit.kev == pytest.approx(kev, abs=0.25)
+    assert fit.a_hu == pytest.approx(a, abs=0.5) and fit.b == pytest.approx(b, abs=2e-3)
+    assert fit.rms_hu < 0.5
 
 
 def test_too_few_tissues_refused():
@@ -32,11 +34,12 @@ def test_regularised_fit_on_exact_tissue_hu_stays_near_truth():
           "blood": s.internal_tissue_sd_hu}
     for kev in (62.0, 76.0):
         hu = {t: 2.0 + 0.995 * hu_of(t, kev) for t in sd}
-        e, a, b, rms = fit_effective_energy(hu, tissue_sd_hu=sd, offset_prior_sd_hu=s.internal_offset_prior_sd_hu,
-                                            gain_prior_sd=s.internal_gain_prior_sd, kev_prior=s.internal_kev_prior_kev,
-                                            kev_prior_sd_kev=s.internal_kev_prior_sd_kev)
+        fit = fit_effective_energy(hu, tissue_sd_hu=sd, offset_prior_sd_hu=s.internal_offset_prior_sd_hu,
+                                   gain_prior_sd=s.internal_gain_prior_sd, kev_prior=s.internal_kev_prior_kev,
+                                   kev_prior_sd_kev=s.internal_kev_prior_sd_kev)
+        e = fit.kev
         assert abs(e - kev) < 2.5 and (e - kev) * (70.0 - kev) >= 0  # pulled towards the prior, not away
-        assert a == pytest.approx(2.0, abs=3.0) and b == pytest.approx(0.995, abs=0.01)
+        assert fit.a_hu == pytest.approx(2.0, abs=3.0) and fit.b == pytest.approx(0.995, abs=0.01)
 
 
 def test_priors_damp_a_fat_deviation():
@@ -46,9 +49,9 @@ def test_priors_damp_a_fat_deviation():
     hu = {t: hu_of(t, kev) for t in ("air", "fat", "muscle", "blood")}
     hu["fat"] -= 6.0
     sd = {"air": 1.0, "fat": 3.0, "muscle": 3.0, "blood": 3.0}
-    e0 = fit_effective_energy({k: hu[k] for k in ("air", "fat", "muscle")})[0]
+    e0 = fit_effective_energy({k: hu[k] for k in ("air", "fat", "muscle")}).kev
     e1 = fit_effective_energy(hu, tissue_sd_hu=sd, offset_prior_sd_hu=5.0, gain_prior_sd=0.01,
-                              kev_prior=70.0, kev_prior_sd_kev=6.0)[0]
+                              kev_prior=70.0, kev_prior_sd_kev=6.0).kev
     assert kev - e0 > 4.0
     assert e0 < e1 < kev
 
@@ -70,11 +73,71 @@ def test_internal_calibration_on_generator_case(seed):
     assert cal.method == "internal" and cal.phantom == "internal"
     s = CalibrationSettings()
     sd = {t: (s.internal_air_sd_hu if t == "air" else s.internal_tissue_sd_hu) for t in refs}
-    e, a, b, _ = fit_effective_energy({t: th[t] for t in refs}, kev_range=(s.internal_kev_min, s.internal_kev_max),
-                                      tissue_sd_hu=sd, offset_prior_sd_hu=s.internal_offset_prior_sd_hu,
-                                      gain_prior_sd=s.internal_gain_prior_sd, kev_prior=s.internal_kev_prior_kev,
-                                      kev_prior_sd_kev=s.internal_kev_prior_sd_kev)
-    slope_true_hu = b * mineral_slope_hu_per_mg_cm3("K2HPO4", e)
+    fit = fit_effective_energy({t: th[t] for t in refs}, kev_range=(s.internal_kev_min, s.internal_kev_max),
+                               tissue_sd_hu=sd, offset_prior_sd_hu=s.internal_offset_prior_sd_hu,
+                               gain_prior_sd=s.internal_gain_prior_sd, kev_prior=s.internal_kev_prior_kev,
+                               kev_prior_sd_kev=s.internal_kev_prior_sd_kev)
+    slope_true_hu = fit.b * mineral_slope_hu_per_mg_cm3("K2HPO4", fit.kev)
     assert cal.slope_hu_per_mg_cm3 == pytest.approx(slope_true_hu, rel=0.03)
     err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
     assert abs(err) < 0.15
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_internal_calibration_when_tissues_follow_the_tables(seed):
+    """Random effective energy, gain, offset, noise and blur, but fat, muscle and blood exactly as the
+    ICRU-44 tables predict (tissue_sd_hu=0): the effective energy is recovered within 2.5 keV and the
+    density at 150 mg/cm3 within 4 % (the energy prior costs up to ~3 % at the ends of 64-76 keV).
+    The fit's own uncertainty is reported (1-10 %: it assumes 3 HU tissue deviations)."""
+    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0), tissue_sd_hu=0.0))
+    sc = case.truth.scanner
+    cal = calibrate_internal(case.volume)
+    assert cal.details["kev"] == pytest.approx(sc.kev, abs=2.5)
+    err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+    assert abs(err) < 0.04
+    assert 0.01 < cal.details["density_uncertainty_fraction"] < 0.10
+
+
+def test_posterior_widens_without_the_energy_sensitive_tissue():
+    """Fat carries the information on the energy: without it (air, muscle, blood only) the posterior
+    over E is the prior's (~6 keV); with it, clearly narrower; the slope uncertainty follows."""
+    s = CalibrationSettings()
+    kw = dict(offset_prior_sd_hu=5.0, gain_prior_sd=0.01, kev_prior=70.0, kev_prior_sd_kev=6.0)
+    hu = {t: hu_of(t, 68.0) for t in ("air", "fat", "muscle", "blood")}
+    sd = {"air": 1.0, "fat": 3.0, "muscle": 3.0, "blood": 3.0}
+    with_fat = fit_effective_energy(hu, tissue_sd_hu=sd, **kw)
+    without = fit_effective_energy({k: v for k, v in hu.items() if k != "fat"}, tissue_sd_hu=sd, **kw)
+    assert without.kev_sd > 5.0 and with_fat.kev_sd < 0.7 * without.kev_sd
+    assert slope_uncertainty(with_fat, "K2HPO4") < slope_uncertainty(without, "K2HPO4")
+    assert s.internal_max_uncertainty_percent > 100 * slope_uncertainty(with_fat, "K2HPO4")
+
+
+def test_sampled_regions_lie_in_their_tissue():
+    """The QC outlines (one slice) fall in the tissue they are named after (generator truth), and no fat
+    is sampled in the phantom under the back (a rod there has fat-like HU)."""
+    case = make_case(23, CaseSpec(phantom="mindways", spacing_mm=(2.5, 1.0, 1.0)))
+    cal = calibrate_internal(case.volume)
+    o = cal.outlines
+    truth = case.truth.tissue[o.slice_index]
+    code = {"air": TISSUE["air"], "fat": TISSUE["fat"], "muscle": TISSUE["soft_tissue"], "blood": TISSUE["blood"]}
+    for i, r in enumerate(cal.references):
+        m = o.labels == i + 1
+        assert m.sum() > 20, r.name
+        assert np.mean(truth[m] == code[r.name]) > 0.97, r.name
+    phantom = np.isin(case.truth.tissue, [TISSUE["phantom_rod"], TISSUE["phantom_body"]])[o.slice_index]
+    assert not (phantom & (o.labels > 0)).any()
+
+
+def test_qc_plot_outlines_every_tissue():
+    """The phantomless QC figure: tissue HU against the tables at the fitted energy (panel 1) and one
+    outline per sampled tissue on the slice of ``cal.outlines`` (panel 3)."""
+    from bmdpipe.report.calibration_plot import plot_calibration
+
+    case = make_case(24, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0)))
+    cal = calibrate_internal(case.volume)
+    fig = plot_calibration(cal, case.volume)
+    ax1, _, ax3 = fig.axes[:3]
+    assert f"{cal.details['kev']:.1f} keV" in ax1.get_title()
+    assert len(ax1.lines[0].get_xdata()) == cal.n_references
+    assert len(ax3.collections) == cal.n_references  # one contour set per tissue
+    assert str(cal.outlines.slice_index) in ax3.get_title()
