@@ -172,22 +172,22 @@ def _hu_from_mu(mu, kev):
     return 1000.0 * (mu - mu_w) / (mu_w - mu_a)
 
 
-def hu_of(material: str, kev: float, *, density_g_cm3: float | None = None) -> float:
+def hu_of(material: str, kev, *, density_g_cm3: float | None = None):
     """CT number (HU) of a reference material at an effective energy.
 
     Parameters
     ----------
     material : str
         water, air, adipose (fat), muscle, blood, cortical_bone, K2HPO4 or HA (solid).
-    kev : float
+    kev : float or array_like
         Effective energy in keV (25-150).
     density_g_cm3 : float, optional
         Mass density; default the ICRU-44 / NIST value of :data:`DENSITY_G_CM3`.
 
     Returns
     -------
-    float
-        HU, with water 0 and air -1000 by construction.
+    float or ndarray
+        HU (one per energy), with water 0 and air -1000 by construction.
 
     Examples
     --------
@@ -241,6 +241,7 @@ def mineral_solution_hu(material: str, mg_cm3, kev, *, water_mg_cm3=None):
     return float(out) if np.ndim(out) == 0 else out
 
 
-def mineral_slope_hu_per_mg_cm3(material: str, kev) -> float:
-    """HU per mg/cm3 of mineral in water at an effective energy (slope of :func:`mineral_solution_hu`)."""
+def mineral_slope_hu_per_mg_cm3(material: str, kev):
+    """HU per mg/cm3 of mineral in water at an effective energy (slope of :func:`mineral_solution_hu`);
+    float for a scalar ``kev`` (keV), an array for an array of energies."""
     return mineral_solution_hu(material, 1.0, kev) - mineral_solution_hu(material, 0.0, kev)

@@ -229,7 +229,8 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
 
 
 def _measure(volume: Volume, sub: np.ndarray, masks: dict[str, np.ndarray], step: np.ndarray) -> dict[str, ReferenceMeasurement]:
-    """Mean HU of each tissue on the original voxels (air: median, robust to clipping at -1024 HU)."""
+    """HU of each tissue on the original voxels: mean, or for air and blood the median (robust to
+    clipping at -1024 HU and to a vessel wall at the mask's edge)."""
     out = {}
     for name, m in masks.items():
         mean, sd, n = _stats(sub[m], robust=name in ("air", "blood"))
@@ -296,11 +297,15 @@ class EnergyFit:
     posterior: np.ndarray = field(repr=False)
     gains: np.ndarray = field(repr=False)
 
+    def posterior_mean_sd(self, values: np.ndarray) -> tuple[float, float]:
+        """Posterior mean and SD of a quantity given at every energy of the grid."""
+        mean = float((self.posterior * values).sum())
+        return mean, float(np.sqrt((self.posterior * (values - mean) ** 2).sum()))
+
     @property
     def kev_sd(self) -> float:
         """Posterior SD of the effective energy, keV."""
-        mean = float((self.posterior * self.energies_kev).sum())
-        return float(np.sqrt((self.posterior * (self.energies_kev - mean) ** 2).sum()))
+        return self.posterior_mean_sd(self.energies_kev)[1]
 
 
 def fit_effective_energy(measured_hu: dict[str, float], *, kev_range=(40.0, 120.0), kev_step: float = 0.25,
@@ -346,7 +351,7 @@ def fit_effective_energy(measured_hu: dict[str, float], *, kev_range=(40.0, 120.
     pa = 0.0 if offset_prior_sd_hu is None else 1.0 / offset_prior_sd_hu ** 2
     pb = 0.0 if gain_prior_sd is None else 1.0 / gain_prior_sd ** 2
     energies = np.arange(kev_range[0], kev_range[1] + 1e-9, kev_step)
-    t = np.array([[hu_of(n, e) for n in names] for e in energies])  # (N energies, tissues)
+    t = np.stack([hu_of(n, energies) for n in names], axis=1)  # (N energies, tissues)
     # normal equations of the weighted ridge fit of (a, b), solved for every energy at once
     m = np.empty((len(energies), 2, 2))
     m[:, 0, 0] = w.sum() + pa
@@ -371,9 +376,8 @@ def slope_uncertainty(fit: EnergyFit, material: str) -> float:
     Because density = (HU - intercept) / slope, this is also the relative uncertainty of a
     density far above the intercept (e.g. 150 mg/cm3). Fraction (0.05 = 5 %).
     """
-    slopes = fit.gains * np.array([mineral_slope_hu_per_mg_cm3(material, e) for e in fit.energies_kev])
-    mean = float((fit.posterior * slopes).sum())
-    return float(np.sqrt((fit.posterior * (slopes - mean) ** 2).sum()) / mean)
+    mean, sd = fit.posterior_mean_sd(fit.gains * mineral_slope_hu_per_mg_cm3(material, fit.energies_kev))
+    return sd / mean
 
 
 def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = None, *,
