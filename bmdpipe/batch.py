@@ -65,6 +65,7 @@ class RunOptions:
     labels: str | None = None
     levels: tuple[str, ...] = ()
     calibration_file: str | None = None
+    precalibration_file: str | None = None
     manifest: tuple[ManifestRow, ...] = ()
     db_url: str | None = None
     workers: int = 0
@@ -105,6 +106,7 @@ def build_jobs(series_refs: Sequence, options: RunOptions) -> list[SeriesJob]:
                 labels=(row.labels if row and row.labels else options.labels),
                 levels=(row.levels if row and row.levels else options.levels),
                 calibration_file=options.calibration_file,
+                precalibration_file=options.precalibration_file,
             )
         )
     return jobs
@@ -149,6 +151,7 @@ def job_input_digest(job: SeriesJob) -> str:
         "labels": _fingerprint(job.labels),
         "phantom": _fingerprint(job.phantom),
         "calibration": _fingerprint(job.calibration_file),
+        "precalibration": _fingerprint(job.precalibration_file),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -166,6 +169,7 @@ def job_settings_digest(job: SeriesJob, settings: Settings) -> str:
         "labels": Path(job.labels).name if job.labels else None,
         "levels": list(job.levels),
         "calibration_file": Path(job.calibration_file).name if job.calibration_file else None,
+        "precalibration_file": Path(job.precalibration_file).name if job.precalibration_file else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -97,6 +97,13 @@ def run(
         typer.Option(help="Reuse a saved asynchronous calibration (from `bmdpipe calibrate --save`) "
                      "instead of a phantom in the scan."),
     ] = None,
+    precalibration: Annotated[
+        Optional[Path],
+        typer.Option(help="Phantomless calibration pre-calibrated by a saved phantom calibration of the same "
+                     "scanner and protocol (from `bmdpipe calibrate --save`): its effective energy anchors "
+                     "each series' tissue fit (more accurate than phantomless alone; see README). "
+                     "For series without a phantom; not with --calibration."),
+    ] = None,
     db: Annotated[
         Optional[str],
         typer.Option(help="Database URL. Default sqlite:///OUT/bmdpipe.sqlite; "
@@ -153,6 +160,20 @@ def run(
         _fail_usage(f"--labels {labels} does not exist")
     if calibration is not None and not calibration.exists():
         _fail_usage(f"--calibration {calibration} does not exist")
+    if precalibration is not None:
+        if calibration is not None:
+            _fail_usage("give either --calibration (reuse a phantom fit) or --precalibration "
+                        "(phantomless fit anchored by a phantom scan), not both")
+        if phantom and phantom.lower() != "none":
+            _fail_usage(f"--precalibration is for series without a phantom; --phantom {phantom} was given")
+        if not precalibration.exists():
+            _fail_usage(f"--precalibration {precalibration} does not exist")
+        try:
+            from .calibrate import load_calibration, precalibration_kev
+
+            precalibration_kev(load_calibration(precalibration)[0])  # validate before any work
+        except BmdpipeError as exc:
+            _fail_usage(f"--precalibration {precalibration}: {exc}")
 
     options = RunOptions(
         out_dir=out,
@@ -160,6 +181,7 @@ def run(
         labels=str(labels) if labels else None,
         levels=level_names,
         calibration_file=str(calibration) if calibration else None,
+        precalibration_file=str(precalibration) if precalibration else None,
         manifest=rows,
         db_url=db,
         workers=workers,
@@ -215,14 +237,17 @@ def calibrate(
                                          exists=True)],
     phantom: Annotated[str, typer.Option(help="Phantom definition: shipped name or FILE.yaml.")] = ...,
     save: Annotated[Optional[Path], typer.Option(help="Write the calibration (JSON) here, for "
-                                                 "`bmdpipe run --calibration FILE`.")] = None,
+                                                 "`bmdpipe run --calibration FILE` or "
+                                                 "`--precalibration FILE`.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Settings YAML overriding the defaults.")] = None,
     qc: Annotated[Optional[Path], typer.Option(help="Write the calibration QC plot (PNG) here.")] = None,
 ) -> None:
     """Asynchronous calibration: fit a phantom scanned on its own, save it for patient scans.
 
-    Patient scans of the same scanner, kVp and kernel reuse it with `bmdpipe run --calibration`;
-    a kVp or kernel mismatch is reported as a warning on each series.
+    Patient scans of the same scanner, kVp and kernel reuse it with `bmdpipe run --calibration`
+    (the fit as it is) or `bmdpipe run --phantom none --precalibration` (each scan's phantomless
+    fit anchored at this scanner's effective energy); a kVp or kernel mismatch is reported as a
+    warning on each series.
     """
     from .calibrate import calibrate_with_phantom, load_phantom, save_calibration
     from .config import load_settings
@@ -254,6 +279,9 @@ def calibrate(
                    f"measured {ref.hu_mean:8.1f} HU  residual {ref.residual_hu or 0:+.1f} HU")
     typer.echo(f"HU = {cal.intercept_hu:.3f} + {cal.slope_hu_per_mg_cm3:.5f} x {cal.material.value} "
                f"mg/cm3   R^2 = {cal.r2:.5f}")
+    if cal.details.get("kev") is not None:
+        typer.echo(f"effective energy implied by the slope: {cal.details['kev']:.1f} keV "
+                   "(anchors `bmdpipe run --phantom none --precalibration` of this scanner's scans)")
     for w in cal.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     if save:

@@ -124,6 +124,7 @@ class CalibrationSettings(_Section):
     internal_kev_prior_kev: float | None = Field(70.0, gt=0)
     internal_kev_prior_sd_kev: float | None = Field(6.0, gt=0)
     internal_kev_prior_kvp: float = Field(120.0, gt=0)
+    internal_precalibrated_kev_sd_kev: float = Field(2.0, gt=0)
     internal_use_blood: bool = True
     internal_blood_lateral_mm: float = Field(45.0, gt=0)
     internal_blood_anterior_mm: float = Field(40.0, gt=0)

@@ -45,6 +45,9 @@ class SeriesJob:
         Names of auto-localised vertebrae, superior to inferior.
     calibration_file : str or None
         A saved asynchronous calibration (``bmdpipe calibrate --save``) to reuse.
+    precalibration_file : str or None
+        A saved phantom calibration of the same scanner and protocol whose effective energy
+        pre-calibrates the phantomless calibration of this series (used when no phantom is named).
     """
 
     ref: object
@@ -54,6 +57,7 @@ class SeriesJob:
     labels: str | None = None
     levels: tuple[str, ...] = ()
     calibration_file: str | None = None
+    precalibration_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,17 +116,22 @@ def _stage(name: str):
 
 
 def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibration:
-    from .calibrate import calibrate_internal, calibrate_with_phantom, load_phantom, to_ha_equivalent
+    from .calibrate import (calibrate_internal, calibrate_with_phantom, check_compatible, load_calibration,
+                            load_phantom, precalibration_kev, to_ha_equivalent)
 
     if job.calibration_file:
-        from .calibrate import check_compatible, load_calibration
-
         cal, kvp, kernel = load_calibration(Path(job.calibration_file))
         notes = check_compatible(kvp, kernel, volume.meta.kvp, volume.meta.kernel)
         cal = replace(cal, warnings=cal.warnings + tuple(notes))
     elif job.phantom is None or job.phantom.lower() == "none":
-        cal = calibrate_internal(volume, settings.calibration)
-        if job.phantom is None:
+        scanner_kev, notes = None, ()
+        if job.precalibration_file:
+            pre, kvp, kernel = load_calibration(Path(job.precalibration_file))
+            scanner_kev = precalibration_kev(pre)
+            notes = tuple(check_compatible(kvp, kernel, volume.meta.kvp, volume.meta.kernel))
+        cal = calibrate_internal(volume, settings.calibration, scanner_kev=scanner_kev)
+        cal = replace(cal, warnings=cal.warnings + notes)
+        if job.phantom is None and not job.precalibration_file:
             cal = replace(
                 cal,
                 warnings=cal.warnings
@@ -164,6 +173,7 @@ def _calibration_row(cal: Calibration) -> dict:
         "effective_kev": cal.details.get("kev"),
         "density_uncertainty_percent": (None if cal.details.get("density_uncertainty_fraction") is None
                                         else 100.0 * cal.details["density_uncertainty_fraction"]),
+        "precalibrated_kev": cal.details.get("precalibrated_kev"),
     }
 
 

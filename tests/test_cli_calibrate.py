@@ -55,6 +55,59 @@ def test_calibrate_then_run_with_saved_calibration(scans, tmp_path):
     assert [r["vertebra"] for r in a_rows] == ["L3", "L4"]
 
 
+@pytest.fixture(scope="module")
+def same_scanner(tmp_path_factory):
+    """A phantom scan and a phantomless patient scan of one scanner (same effective energy, physical
+    slope; each scan its own gain, offset, noise and blur: two days), the phantom fit saved."""
+    root = tmp_path_factory.mktemp("precal")
+    phantom = make_case(5, CaseSpec(levels=("L4",), phantom="mindways", spacing_mm=(2.0, 0.8, 0.8), kev=68.0))
+    patient = make_case(6, CaseSpec(levels=("L3", "L4"), phantom=None, spacing_mm=(2.0, 0.8, 0.8), kev=68.0))
+    write_dicom_series(phantom, root / "phantom", add_localizer=False, add_stray_files=False)
+    write_dicom_series(patient, root / "patient", add_localizer=False, add_stray_files=False)
+    write_labels_nifti(patient, root / "labels.nii.gz")
+    res = runner.invoke(app, ["calibrate", str(root / "phantom"), "--phantom", "mindways-model3-ct",
+                              "--save", str(root / "cal.json")])
+    assert res.exit_code == 0, res.output
+    return root, patient
+
+
+def test_run_precalibrated_by_a_phantom_scan(same_scanner, tmp_path):
+    """`run --phantom none --precalibration cal.json`: each series gets its own tissue fit, anchored at the
+    phantom scan's effective energy (68 keV within 1 keV); the patient's density at 150 mg/cm3 is right
+    within 5 % and calibration.csv says which energy anchored it."""
+    root, patient = same_scanner
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(root / "patient"), "--out", str(out), "--phantom", "none",
+                              "--precalibration", str(root / "cal.json"), "--labels", str(root / "labels.nii.gz")])
+    assert res.exit_code == 0, res.output
+    (row,) = read_csv_rows(out / "calibration.csv")
+    assert row["method"] == "internal" and row["phantom"] == "internal"
+    assert float(row["precalibrated_kev"]) == pytest.approx(68.0, abs=1.0)
+    assert float(row["effective_kev"]) == pytest.approx(68.0, abs=2.0)
+    sc = patient.truth.scanner
+    density = (sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0 - float(row["intercept_hu"])) / float(
+        row["slope_hu_per_mg_cm3"])
+    assert density == pytest.approx(150.0, rel=0.05)
+    assert "differs" not in row["warnings"] and "no --phantom given" not in row["warnings"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precalibration", "CAL", "--calibration", "CAL"], "not both"),
+    (["--precalibration", "CAL", "--phantom", "mindways-model3-ct"], "for series without a phantom"),
+    (["--precalibration", "MISSING"], "does not exist"),
+])
+def test_precalibration_usage_errors(same_scanner, tmp_path, extra, message):
+    """Contradictory or missing pre-calibration options: exit 2 with the reason, before any work."""
+    root, _ = same_scanner
+    cal = str(root / "cal.json")
+    args = ["run", str(root / "patient"), "--out", str(tmp_path / "out")]
+    args += [cal if a == "CAL" else str(tmp_path / "missing.json") if a == "MISSING" else a for a in extra]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("scan, definition", [("patient", "qrm-bdc-6"), ("phantom", "qrm-bdc-6")])
 def test_calibrate_fails_cleanly(scans, scan, definition):
     """No phantom in the scan, or a definition that does not match the phantom (6 HA rods

@@ -43,6 +43,7 @@ __all__ = [
     "mixture_hu",
     "mineral_solution_hu",
     "mineral_slope_hu_per_mg_cm3",
+    "effective_energy_of_slope",
 ]
 
 #: Energies of the tables, keV.
@@ -245,3 +246,35 @@ def mineral_slope_hu_per_mg_cm3(material: str, kev):
     """HU per mg/cm3 of mineral in water at an effective energy (slope of :func:`mineral_solution_hu`);
     float for a scalar ``kev`` (keV), an array for an array of energies."""
     return mineral_solution_hu(material, 1.0, kev) - mineral_solution_hu(material, 0.0, kev)
+
+
+def effective_energy_of_slope(material: str, slope_hu_per_mg_cm3: float, *, gain: float = 1.0) -> float:
+    """Effective energy (keV) at which ``gain * mineral_slope_hu_per_mg_cm3(material, E)`` equals a
+    measured slope: the inverse of :func:`mineral_slope_hu_per_mg_cm3` (the slope falls steadily
+    with energy over 25-150 keV).
+
+    Parameters
+    ----------
+    material : {'K2HPO4', 'HA'}
+    slope_hu_per_mg_cm3 : float
+        A phantom fit's slope, HU per mg/cm3 of ``material``.
+    gain : float
+        HU-scale gain of the scanner (1 = calibrated to water 0 / air -1000 HU).
+
+    Raises
+    ------
+    ValueError
+        When no energy of the tables gives that slope.
+
+    Examples
+    --------
+    >>> round(effective_energy_of_slope("K2HPO4", mineral_slope_hu_per_mg_cm3("K2HPO4", 68.0)), 3)
+    68.0
+    """
+    grid = np.linspace(ENERGIES_KEV[0], ENERGIES_KEV[-1], 2501)  # 0.05 keV steps
+    slopes = gain * mineral_slope_hu_per_mg_cm3(material, grid)  # decreasing in energy
+    s = float(slope_hu_per_mg_cm3)
+    if not slopes[-1] <= s <= slopes[0]:
+        raise ValueError(f"slope {s:.4f} HU per mg/cm3 of {material} is outside {slopes[-1]:.4f}-{slopes[0]:.4f}, "
+                         f"the range of {ENERGIES_KEV[0]:.0f}-{ENERGIES_KEV[-1]:.0f} keV")
+    return float(np.interp(s, slopes[::-1], grid[::-1]))

@@ -21,6 +21,7 @@ from ..config import CalibrationSettings
 from ..errors import CalibrationError
 from ..results import Calibration, ReferenceMeasurement
 from ..volume import Volume
+from .attenuation import effective_energy_of_slope
 from .definitions import PhantomDefinition
 from .models import fit_linear, fit_quality_warnings, fit_two_component
 
@@ -629,6 +630,10 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
     details.update({"model": fit.model, "rod_core_radius_mm": [r.core_radius_mm for r, _ in pairs],
                     "rod_n_slices": [r.n_slices for r, _ in pairs],
                     "rod_water_mg_cm3": [d.water_mg_cm3 for _, d in pairs]})
+    try:  # the effective energy the slope implies (gain 1): pre-calibrates later phantomless fits
+        details["kev"] = effective_energy_of_slope(definition.material.value, fit.slope_hu_per_mg_cm3)
+    except ValueError:
+        details["kev"] = None  # no energy of the tables gives this slope (an unusual phantom)
     return Calibration(
         method="phantom", phantom=definition.name, material=definition.material,
         slope_hu_per_mg_cm3=fit.slope_hu_per_mg_cm3, intercept_hu=fit.intercept_hu, r2=fit.r2,

@@ -61,10 +61,12 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
         ax2.bar(names, res)
     ax1.set_ylabel("rod HU - water (HU - mg/cm3)" if two_comp else "measured HU")
     if cal.method == "internal":
-        kev, prior = cal.details.get("kev"), cal.details.get("kev_prior")
-        energy = "" if kev is None else f": effective energy {kev:.1f} keV" + ("" if prior is None else f" (prior {prior:.0f})")
+        kev, prior, sd = cal.details.get("kev"), cal.details.get("kev_prior"), cal.details.get("kev_prior_sd")
+        source = "phantom scan" if cal.details.get("precalibrated_kev") is not None else "prior"
+        energy = "" if kev is None else f"\neffective energy {kev:.1f} keV" + (
+            "" if prior is None else f" ({source} {prior:.1f}" + ("" if sd is None else f" +- {sd:.1f}") + ")")
         unc = cal.details.get("density_uncertainty_fraction")
-        unc = "" if unc is None else f"\ndensities +-{100 * unc:.1f} % (1 SD, the fit's own uncertainty)"
+        unc = "" if unc is None else f", densities +-{100 * unc:.1f} % (1 SD)"
         ax1.set_title(f"phantomless (internal) calibration{energy}{unc}", fontsize=9)
     else:
         r2 = "" if cal.r2 is None else f", R^2 = {cal.r2:.5f}"

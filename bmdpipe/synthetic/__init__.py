@@ -17,7 +17,8 @@ nominal values, centre line, radius and true HU); ``screws``; ``phi``). Screws:
 sclerotic_rim=True), ScrewSpec("L4", "right")))``. Geometry is in mm, so ``spacing_mm=(2.0, 1.5, 1.5)``
 gives a fast coarse case with the same anatomy. Files: ``write_dicom_series(case, folder)`` (one
 file per slice, shuffled names, localizer and stray files), ``write_labels_nifti(case, path)``,
-``write_truth(case, path)`` and ``write_sample_data(folder)``. Mindways rods follow the
+``write_truth(case, path)`` and ``write_sample_data(folder)``; ``case_scanner(seed, spec)`` is
+``case.truth.scanner`` without making the image. Mindways rods follow the
 two-component model exactly (sigma_ref = slope + 0.2174, beta_ref = intercept - 999.6,
 rod HU = water + sigma_ref * K2HPO4 + beta_ref); HA rods follow ``intercept + slope * HA``.
 The scanner is physically consistent: an effective energy (kev) sets the HU of soft tissues
@@ -29,7 +30,7 @@ titanium rods between the screw heads. Modules: spec, scanner, grid, spine, phan
 truth, tissue, dicom.
 """
 
-from .case import HU_MAX, HU_MIN, make_case
+from .case import HU_MAX, HU_MIN, case_scanner, make_case
 from .dicom import write_dicom_series, write_labels_nifti, write_sample_data, write_truth
 from .phantom import PhantomTruth, RodTruth
 from .scanner import ScannerResponse, tissue_hu
@@ -39,7 +40,7 @@ from .tissue import BONE_CODES, PART, TISSUE
 from .truth import SyntheticCase, Truth, VertebraTruth
 
 __all__ = [
-    "make_case", "write_dicom_series", "write_labels_nifti", "write_truth", "write_sample_data", "CaseSpec", "ScrewSpec", "SyntheticCase", "Truth", "VertebraTruth", "ScrewTruth",
+    "make_case", "case_scanner", "write_dicom_series", "write_labels_nifti", "write_truth", "write_sample_data", "CaseSpec", "ScrewSpec", "SyntheticCase", "Truth", "VertebraTruth", "ScrewTruth",
     "PhantomTruth", "RodTruth", "ScannerResponse", "tissue_hu", "TISSUE", "PART", "BONE_CODES",
     "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule", "HU_MIN", "HU_MAX",
 ]

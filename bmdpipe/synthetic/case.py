@@ -10,7 +10,7 @@ from bmdpipe.results import PedicleAxis, Side
 from bmdpipe.volume import SeriesMeta, Volume
 from .grid import Grid
 from .phantom import draw_body, paint_abdomen, paint_body, paint_phantom_and_table, paint_vessels
-from .scanner import apply_psf, draw_scanner, make_noise
+from .scanner import ScannerResponse, apply_psf, draw_scanner, make_noise
 from .screws import add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal, screw_metal_mask
 from .spec import ORIENTATIONS, CaseSpec
 from .spine import VertebraGeom, draw_spine, paint_discs_and_canal, paint_sclerosis, paint_vertebra
@@ -71,6 +71,18 @@ def _orient(arr: np.ndarray, grid: Grid, orientation: str):
     return np.ascontiguousarray(out), tuple(origin), cols
 
 
+def _case_rngs(seed: int) -> list[np.random.Generator]:
+    """The independent random streams of one case (scanner first): one stream per part, so a
+    part's draws do not depend on the others."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(9)]
+
+
+def case_scanner(seed: int, spec: CaseSpec | None = None) -> ScannerResponse:
+    """The scanner response ``make_case(seed, spec)`` uses (``case.truth.scanner``), without
+    making the image: tissue HU, bone slope and intercept, energy, noise and PSF of the case."""
+    return draw_scanner(spec or CaseSpec(), _case_rngs(seed)[0])
+
+
 def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     """Generate a synthetic lumbar-spine CT with exact ground truth.
 
@@ -91,9 +103,7 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     spec = spec or CaseSpec()
     if spec.orientation not in ORIENTATIONS:
         raise ValueError(f"orientation {spec.orientation!r} unknown; use one of {sorted(ORIENTATIONS)}")
-    ss = np.random.SeedSequence(int(seed))
-    r_scan, r_body, r_spine, r_phant, r_scl, r_screw, r_noise, r_phi, r_art = (
-        np.random.default_rng(s) for s in ss.spawn(9))
+    r_scan, r_body, r_spine, r_phant, r_scl, r_screw, r_noise, r_phi, r_art = _case_rngs(seed)
     scanner = draw_scanner(spec, r_scan)
     body = draw_body(spec, r_body)
     verts = draw_spine(spec.levels, spec, r_spine, y0=body.back_y - 100.0)  # spine 100 mm anterior to the back

@@ -16,6 +16,15 @@ internal-tables
             blood exactly as the ICRU-44 tables predict (CaseSpec.tissue_sd_hu = 0): what the
             method does when its physical model holds; the gap to ``internal`` is the cost
             of patients' tissue composition.
+internal-oracle
+            the ``internal`` cases' true tissue HU (ScannerResponse.tissue_hu: no image, no
+            measurement error) through the same fit (internal.fit_tissues): the limit any image
+            analysis could reach with these reference tissues. Fast (no image is made).
+internal-precalibrated
+            ``internal`` cases calibrated with ``scanner_kev`` from a phantom scan of the same
+            scanner (a Mindways scan at the same effective energy, its own random gain, offset,
+            noise and blur: another day): ``bmdpipe run --precalibration``. The line also
+            gives the asynchronous calibration's error (the phantom scan's fit applied as is).
 
 The summary gives mean, 95th percentile and maximum of |error| and how many cases are
 beyond 10 %.
@@ -33,9 +42,12 @@ import time
 
 import numpy as np
 
-from bmdpipe.calibrate import calibrate_internal, calibrate_with_phantom, load_phantom
+from bmdpipe.calibrate import calibrate_internal, calibrate_with_phantom, load_phantom, precalibration_kev
+from bmdpipe.calibrate.attenuation import mineral_slope_hu_per_mg_cm3
+from bmdpipe.calibrate.internal import energy_prior, fit_tissues
+from bmdpipe.config import CalibrationSettings
 from bmdpipe.errors import CalibrationError
-from bmdpipe.synthetic import CaseSpec, make_case
+from bmdpipe.synthetic import CaseSpec, case_scanner, make_case
 
 SPACING = (2.0, 0.8, 0.8)
 
@@ -58,6 +70,27 @@ def run_internal(seed: int, tissue_sd_hu: float = 3.0):
     return _err(cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3), sc, cal
 
 
+def run_oracle(seed: int, tissue_sd_hu: float = 3.0):
+    sc = case_scanner(seed, CaseSpec(phantom=None, spacing_mm=SPACING, tissue_sd_hu=tissue_sd_hu))
+    s = CalibrationSettings()
+    kev_prior, kev_prior_sd = energy_prior(s, kvp=120.0)  # the synthetic series' kVp
+    fit = fit_tissues({k: sc.tissue_hu[k] for k in ("air", "fat", "muscle", "blood")}, s,
+                      kev_prior=kev_prior, kev_prior_sd_kev=kev_prior_sd)
+    density = (sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0 - fit.a_hu) / (fit.b * mineral_slope_hu_per_mg_cm3(
+        "K2HPO4", fit.kev))
+    return density / 150.0 - 1.0, sc, fit
+
+
+def run_precalibrated(seed: int):
+    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=SPACING))
+    sc = case.truth.scanner
+    scan = make_case(seed + 10_000, CaseSpec(phantom="mindways", levels=("L4",), spacing_mm=SPACING, kev=sc.kev))
+    phantom_cal = calibrate_with_phantom(scan.volume, load_phantom("mindways-model3-ct"))
+    cal = calibrate_internal(case.volume, scanner_kev=precalibration_kev(phantom_cal))
+    return (_err(cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3), sc, cal,
+            _err(phantom_cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
@@ -67,7 +100,7 @@ def main(argv=None) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     summary = []
     for suite in args.suites.split(","):
-        errs, zs, fails = [], [], 0
+        errs, zs, fails, async_errs = [], [], 0, []
         t0 = time.time()
         for seed in seeds:
             try:
@@ -79,6 +112,15 @@ def main(argv=None) -> int:
                     e, sc, cal = run_internal(seed)
                 elif suite == "internal-tables":
                     e, sc, cal = run_internal(seed, tissue_sd_hu=0.0)
+                elif suite == "internal-oracle":
+                    e, sc, fit = run_oracle(seed)
+                    errs.append(e)
+                    print(f"{suite:28s} seed {seed}: error at 150 mg/cm3 {100 * e:+7.3f} %  "
+                          f"kev true {sc.kev:5.1f} fit {fit.kev:5.1f}")
+                    continue
+                elif suite == "internal-precalibrated":
+                    e, sc, cal, e_async = run_precalibrated(seed)
+                    async_errs.append(e_async)
                 else:
                     raise SystemExit(f"unknown suite {suite!r}")
             except CalibrationError as exc:
@@ -90,6 +132,8 @@ def main(argv=None) -> int:
                 unc = cal.details["density_uncertainty_fraction"]
                 zs.append(e / unc)
                 extra = f"kev true {sc.kev:5.1f} fit {cal.details['kev']:5.1f}  own uncertainty +-{100 * unc:4.1f} %"
+                if async_errs:
+                    extra += f"  asynchronous {100 * async_errs[-1]:+6.2f} %"
             else:
                 extra = f"R2 {cal.r2:.5f}"
             print(f"{suite:28s} seed {seed}: noise {sc.noise_sd_hu:4.1f} HU psf {sc.psf_fwhm_mm:.2f} mm "
@@ -97,15 +141,19 @@ def main(argv=None) -> int:
         a = np.abs(np.array(errs)) * 100 if errs else np.array([np.nan])
         summary.append((suite, len(errs), fails, float(np.mean(a)), float(np.percentile(a, 95)), float(np.max(a)),
                         int((a > 10.0).sum()), time.time() - t0))
+        if async_errs:
+            b = np.abs(async_errs) * 100
+            summary.append((f"{suite}:async", len(b), 0, float(np.mean(b)), float(np.percentile(b, 95)),
+                            float(np.max(b)), int((b > 10.0).sum()), 0.0))
         if zs:
             z = np.abs(zs)
             print(f"{suite}: error / own uncertainty: RMS {np.sqrt(np.mean(np.square(zs))):.2f}, "
                   f"{int((z <= 1).sum())}/{len(z)} within 1 SD, {int((z <= 2).sum())}/{len(z)} within 2 SD")
     print()
-    print(f"{'suite':16s} {'n':>3s} {'fail':>4s} {'mean|err| %':>12s} {'p95|err| %':>11s} {'max|err| %':>11s} "
+    print(f"{'suite':28s} {'n':>3s} {'fail':>4s} {'mean|err| %':>12s} {'p95|err| %':>11s} {'max|err| %':>11s} "
           f"{'n >10 %':>8s} {'time s':>7s}")
     for s, n, f, m, p95, mx, n10, t in summary:
-        print(f"{s:16s} {n:3d} {f:4d} {m:12.3f} {p95:11.3f} {mx:11.3f} {n10:8d} {t:7.0f}")
+        print(f"{s:28s} {n:3d} {f:4d} {m:12.3f} {p95:11.3f} {mx:11.3f} {n10:8d} {t:7.0f}")
     return 0
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from bmdpipe.calibrate.attenuation import (
-    hu_of, mass_attenuation, mineral_slope_hu_per_mg_cm3, mineral_solution_hu, mixture_hu)
+    effective_energy_of_slope, hu_of, mass_attenuation, mineral_slope_hu_per_mg_cm3, mineral_solution_hu, mixture_hu)
 
 
 @pytest.mark.parametrize("material,kev,nist", [
@@ -45,3 +45,13 @@ def test_unknown_material_and_energy_rejected():
         hu_of("titanium", 70)
     with pytest.raises(ValueError, match="outside the tabulated range"):
         hu_of("water", 10)
+
+
+@pytest.mark.parametrize("material", ["K2HPO4", "HA"])
+def test_effective_energy_of_slope_inverts_the_mineral_slope(material):
+    """Round trip E -> slope -> E within 0.05 keV over the clinical range, with a gain; out of range refused."""
+    for kev in (45.0, 62.5, 70.0, 88.0, 120.0):
+        slope = 1.01 * mineral_slope_hu_per_mg_cm3(material, kev)
+        assert effective_energy_of_slope(material, slope, gain=1.01) == pytest.approx(kev, abs=0.05)
+    with pytest.raises(ValueError, match="outside"):
+        effective_energy_of_slope(material, 50.0)

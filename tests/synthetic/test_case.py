@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from bmdpipe.results import Side
-from bmdpipe.synthetic import (MINDWAYS_RODS, TISSUE, CaseSpec, ScrewSpec, make_case)
+from bmdpipe.synthetic import (MINDWAYS_RODS, TISSUE, CaseSpec, ScrewSpec, case_scanner, make_case)
 
 COARSE = (2.0, 1.5, 1.5)
 
@@ -191,3 +191,10 @@ def test_screws_halo_rim_metal():
 def test_no_saturation_option():
     c = make_case(32, CaseSpec(spacing_mm=COARSE, screws=(ScrewSpec("L4", "left"),), metal_saturation=False))
     assert c.volume.array.max() > 3071.0
+
+
+def test_case_scanner_is_the_case_truth_scanner():
+    """case_scanner draws exactly what make_case puts in truth.scanner (same seed, same spec)."""
+    spec = CaseSpec(levels=("L4",), phantom=None, spacing_mm=(3.0, 2.0, 2.0))
+    assert case_scanner(17, spec) == make_case(17, spec).truth.scanner
+    assert case_scanner(17, spec) != case_scanner(18, spec)
