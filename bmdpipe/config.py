@@ -86,6 +86,7 @@ class CalibrationSettings(_Section):
     rod_streak_k: float = Field(3.5, gt=0)
     rod_streak_min_hu: float = Field(8.0, gt=0)
     rod_min_slices: int = Field(3, ge=1)
+    rod_max_core_gradient_hu: float = Field(30.0, gt=0)
     phantom_scan_min_slices: int = Field(3, ge=1)
     rod_padding_hu: float = -1500.0
     rod_infer_max_residual_hu: float = Field(10.0, gt=0)

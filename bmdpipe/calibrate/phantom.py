@@ -5,9 +5,13 @@ cylinders of similar size lying in one row (straight or gently curved, below or 
 patient). Circles come from a Hough transform on edges of slab-averaged axial images;
 circles are linked across slabs into 3-D rods; the largest group of rods of one size on a
 smooth row is the phantom (vertebrae, bowel gas and the table do not form such a row of
-uniform discs). Each rod is measured in an eroded core, slice by slice, over every slice
-where it is visible; slices hit by streaks are dropped by a robust outlier test. Rods are
-assigned to the definition by density order and count, never by left-right position.
+uniform discs). The pixel-quantised Hough circle is refined from the rod's edge
+(:func:`refine_rod_edge`: sub-pixel centre and radius, not pulled by shading). Each rod is
+measured in an eroded core, slice by slice, over every slice where it is visible; slices hit
+by streaks are dropped by a robust outlier test; a core whose HU change across it
+(:func:`core_gradient_hu`) exceeds ``rod_max_core_gradient_hu`` is named in a warning (beam
+hardening or scatter shading). Rods are assigned to the definition by density order and
+count, never by left-right position.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
@@ -25,7 +30,8 @@ from .attenuation import effective_energy_of_slope
 from .definitions import PhantomDefinition
 from .models import fit_linear, fit_quality_warnings, fit_two_component
 
-__all__ = ["RodMeasurement", "find_rods", "assign_rods", "calibrate_with_phantom"]
+__all__ = ["RodMeasurement", "find_rods", "assign_rods", "refine_rod_edge", "core_gradient_hu",
+           "calibrate_with_phantom"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class RodMeasurement:
         Core mean per used slice (QC).
     score : float
         Detection strength (normalised Hough accumulator, 0-1).
+    core_gradient_hu : float
+        HU change across the core's diameter along its steepest in-plane direction (a plane fitted
+        to the core voxels of all slices used), HU. A uniform rod shows noise only (a few HU);
+        beam hardening or scatter shading makes it tens of HU.
     warnings : tuple of str
     """
 
@@ -66,6 +76,7 @@ class RodMeasurement:
     k_range: tuple[int, int]
     slice_means: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     score: float = 0.0
+    core_gradient_hu: float = 0.0
     warnings: tuple[str, ...] = ()
 
 
@@ -120,15 +131,27 @@ def _circles_in_image(img: np.ndarray, px_mm: float, s: CalibrationSettings, k_c
     return out
 
 
-def _disc_stats(img: np.ndarray, y: float, x: float, r_in: float, r_out: float | None = None):
-    """Values of ``img`` inside a disc (or annulus r_in..r_out) around (y, x), px."""
+def _disc_stats(img: np.ndarray, y: float, x: float, r_in: float, r_out: float | None = None,
+                offsets: bool = False):
+    """Values of ``img`` inside a disc (or annulus r_in..r_out) around (y, x), px; with
+    ``offsets`` also each value's (row, column) offset from (y, x), px."""
     rr = int(np.ceil(r_out if r_out is not None else r_in)) + 1
     y0, y1 = max(0, int(y) - rr), min(img.shape[0], int(y) + rr + 2)
     x0, x1 = max(0, int(x) - rr), min(img.shape[1], int(x) + rr + 2)
     yy, xx = np.mgrid[y0:y1, x0:x1]
     d = np.hypot(yy - y, xx - x)
     m = d <= r_in if r_out is None else (d >= r_in) & (d <= r_out)
+    if offsets:
+        return img[y0:y1, x0:x1][m], yy[m] - y, xx[m] - x
     return img[y0:y1, x0:x1][m]
+
+
+def core_gradient_hu(values: np.ndarray, dy_px: np.ndarray, dx_px: np.ndarray, core_radius_px: float) -> float:
+    """HU change across a rod core's diameter from a least-squares plane ``HU = c + gy*dy + gx*dx``
+    over its voxels (offsets from the centre in px): ``2 * core_radius_px * |(gy, gx)|``, HU."""
+    a = np.column_stack([np.ones(values.size), dy_px, dx_px])
+    (_, gy, gx), *_ = np.linalg.lstsq(a, values.astype(float), rcond=None)
+    return float(2.0 * core_radius_px * np.hypot(gy, gx))
 
 
 def _candidate_ok(img: np.ndarray, c: _Circle, px_mm: float, s: CalibrationSettings) -> bool:
@@ -268,27 +291,22 @@ def _plausible_fit(rods: list[RodMeasurement], definition: PhantomDefinition, s:
     return fit
 
 
-def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: CalibrationSettings, pad_hu: float) -> RodMeasurement | None:
-    nk = arr.shape[0]
-    ks = np.array([c.k_center for c in t["circles"]])
-    ys = np.array([c.y for c in t["circles"]])
-    xs = np.array([c.x for c in t["circles"]])
-    if len(ks) >= 2 and np.ptp(ks) > 0:
-        ay, by = np.polyfit(ks, ys, 1)
-        ax, bx = np.polyfit(ks, xs, 1)
-    else:
-        ay, by, ax, bx = 0.0, float(ys.mean()), 0.0, float(xs.mean())
-    r_px = t["r_mm"] / px_mm
-    margin_px = s.rod_edge_margin_mm / px_mm
-    core_px = max(1.0, min(s.rod_core_fraction * r_px, r_px - margin_px))
-    warnings: list[str] = []
-    ref = t["hu_ref"]
-    means, counts, sds, used_k = [], [], [], []
-    for k in range(nk):
+def _core_samples(arr: np.ndarray, axis: tuple[float, float, float, float], r_px: float, core_px: float,
+                  ref: float, pad_hu: float, s: CalibrationSettings) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Core voxels of a rod on every slice where it is visible: (k, HU, row offset, column offset).
+
+    ``axis`` = (ay, by, ax, bx): the centre on slice k is (ay * k + by, ax * k + bx) px. A slice
+    counts when the disc reaching just past the edge is inside the reconstructed field of view and
+    its core median is within ``rod_visible_tolerance_hu`` (or 25 %) of ``ref``; voxels beyond
+    4 robust SD of the slice's core median (a streak, a speck) are left out.
+    """
+    ay, by, ax, bx = axis
+    out = []
+    for k in range(arr.shape[0]):
         y, x = ay * k + by, ax * k + bx
         if not (r_px <= y < arr.shape[1] - r_px and r_px <= x < arr.shape[2] - r_px):
             continue
-        vals = _disc_stats(arr[k], y, x, core_px)
+        vals, dy, dx = _disc_stats(arr[k], y, x, core_px, offsets=True)
         outside = _disc_stats(arr[k], y, x, r_px * 1.05)
         if vals.size < 3 or np.any(outside <= pad_hu):
             continue
@@ -297,10 +315,104 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: Calibrati
             continue  # rod not visible in this slice (ends, cut off)
         mad = 1.4826 * float(np.median(np.abs(vals - med))) + 1e-6
         keep = np.abs(vals - med) <= 4 * mad
-        means.append(float(vals[keep].mean()))
-        sds.append(float(vals[keep].std()))
-        counts.append(int(keep.sum()))
-        used_k.append(k)
+        out.append((k, vals[keep], dy[keep], dx[keep]))
+    return out
+
+
+def _fit_circle(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares circle through points (algebraic fit, Kasa): centre (y, x) and radius."""
+    a = np.column_stack([2.0 * y, 2.0 * x, np.ones(y.size)])
+    (cy, cx, c), *_ = np.linalg.lstsq(a, y * y + x * x, rcond=None)
+    return float(cy), float(cx), float(np.sqrt(max(c + cy * cy + cx * cx, 0.0)))
+
+
+def refine_rod_edge(arr: np.ndarray, ks, axis: tuple[float, float, float, float], r_px: float,
+                    min_contrast_hu: float, n_rays: int = 64) -> tuple[tuple[float, float, float, float], float]:
+    """Sub-pixel centre and radius of a rod from its edge.
+
+    Ray profiles from the centre (0.4-1.6 radii) are sampled on each slice ``ks`` around that
+    slice's centre and averaged over the slices; on each ray the edge is where the profile
+    crosses half-way between the ray's own inside level (median up to 0.6 radius) and its
+    surround (median beyond 1.3 radii), so shading across the rod does not move it. A circle is
+    fitted to the edges; rays more than 1 px off it (a neighbouring structure, the phantom's own
+    edge) are dropped and the circle refitted.
+
+    Parameters
+    ----------
+    arr : (K, J, I) ndarray
+        HU.
+    ks : sequence of int
+        Slices where the rod is visible.
+    axis : (ay, by, ax, bx)
+        Rod centre on slice k: (ay * k + by, ax * k + bx), px.
+    r_px : float
+        Radius estimate, px.
+    min_contrast_hu : float
+        Rays whose inside and surround differ by less are not used, HU.
+
+    Returns
+    -------
+    axis, r_px
+        Refined (the centre shifted, the tilt kept); the input unchanged when fewer than half
+        the rays give an edge or the shift or radius change exceeds 30 % of the radius.
+    """
+    ay, by, ax, bx = axis
+    ang = np.linspace(0.0, 2.0 * np.pi, n_rays, endpoint=False)
+    rho = np.linspace(0.4, 1.6, 49) * r_px
+    dy, dx = np.sin(ang)[:, None] * rho[None], np.cos(ang)[:, None] * rho[None]
+    prof = np.mean([ndi.map_coordinates(arr[k], [ay * k + by + dy, ax * k + bx + dx], order=1, mode="nearest")
+                    for k in ks], axis=0)
+    inner = np.median(prof[:, rho <= 0.6 * r_px], axis=1)
+    outer = np.median(prof[:, rho >= 1.3 * r_px], axis=1)
+    half = 0.5 * (inner + outer)
+    inside = np.sign(inner - outer)[:, None] * (prof - half[:, None]) > 0
+    i = np.argmax(~inside, axis=1)  # first sample outside, going outwards
+    ok = (np.abs(inner - outer) >= min_contrast_hu) & (i > 0) & (~inside).any(axis=1)
+    rows = np.arange(n_rays)
+    i = np.clip(i, 1, rho.size - 1)
+    p0, p1 = prof[rows, i - 1], prof[rows, i]
+    edge = rho[i - 1] + (p0 - half) / np.where(p0 == p1, 1.0, p0 - p1) * (rho[i] - rho[i - 1])
+    ey, ex = edge * np.sin(ang), edge * np.cos(ang)
+    for _ in range(3):
+        if ok.sum() < n_rays // 2:
+            return axis, r_px
+        cy, cx, r = _fit_circle(ey[ok], ex[ok])
+        ok &= np.abs(np.hypot(ey - cy, ex - cx) - r) <= 1.0
+    if ok.sum() < n_rays // 2 or np.hypot(cy, cx) > 0.3 * r_px or abs(r - r_px) > 0.3 * r_px:
+        return axis, r_px
+    return (ay, by + cy, ax, bx + cx), r
+
+
+def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings, pad_hu: float) -> RodMeasurement | None:
+    ks = np.array([c.k_center for c in t["circles"]])
+    ys = np.array([c.y for c in t["circles"]])
+    xs = np.array([c.x for c in t["circles"]])
+    if len(ks) >= 2 and np.ptp(ks) > 0:
+        ay, by = np.polyfit(ks, ys, 1)
+        ax, bx = np.polyfit(ks, xs, 1)
+    else:
+        ay, by, ax, bx = 0.0, float(ys.mean()), 0.0, float(xs.mean())
+    axis, r_px = (float(ay), float(by), float(ax), float(bx)), t["r_mm"] / px_mm
+    margin_px = s.rod_edge_margin_mm / px_mm
+    ref = t["hu_ref"]
+
+    def core_radius(r: float) -> float:
+        return max(1.0, min(s.rod_core_fraction * r, r - margin_px))
+
+    samples = _core_samples(arr, axis, r_px, core_radius(r_px), ref, pad_hu, s)
+    if samples:  # the detected circle is pixel-quantised: take centre and radius from the edge
+        axis2, r2 = refine_rod_edge(arr, [k for k, *_ in samples], axis, r_px, s.rod_min_contrast_hu)
+        refined = _core_samples(arr, axis2, r2, core_radius(r2), ref, pad_hu, s)
+        if refined:
+            axis, r_px, samples = axis2, r2, refined
+    core_px = core_radius(r_px)
+    ay, by, ax, bx = axis
+    warnings: list[str] = []
+    used_k = [k for k, *_ in samples]
+    cores = [(v, dy, dx) for _, v, dy, dx in samples]
+    means = [float(v.mean()) for v, _, _ in cores]
+    sds = [float(v.std()) for v, _, _ in cores]
+    counts = [int(v.size) for v, _, _ in cores]
     if not means:
         return None  # seen in slab averages but in no single slice: not a rod
     means_a = np.array(means)
@@ -314,10 +426,11 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: Calibrati
     sd = float(np.sqrt(np.average(np.array(sds)[ok] ** 2, weights=w)))
     kk = np.array(used_k)[ok]
     kc = 0.5 * (kk.min() + kk.max())
+    v, dy, dx = (np.concatenate(c) for c in zip(*(c for c, use in zip(cores, ok) if use)))  # slices used
     return RodMeasurement(
         center_kji=(float(kc), float(ay * kc + by), float(ax * kc + bx)),
         axis_ji_per_k=(float(ay), float(ax)),
-        radius_mm=float(t["r_mm"]),
+        radius_mm=float(r_px * px_mm),
         core_radius_mm=float(core_px * px_mm),
         hu_mean=mean,
         hu_sd=sd,
@@ -326,6 +439,7 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, dz: float, s: Calibrati
         k_range=(int(kk.min()), int(kk.max())),
         slice_means=means_a[ok],
         score=float(t["score"]),
+        core_gradient_hu=core_gradient_hu(v, dy, dx, core_px),
         warnings=tuple(warnings),
     )
 
@@ -381,7 +495,7 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
     kept = []
     min_slices = max(1, min(s.rod_min_slices, arr.shape[0]), int(np.ceil(s.rod_min_z_fraction * arr.shape[0])))
     for t in tracks:
-        m = _measure_rod(arr, t, px, dz, s, pad_hu)
+        m = _measure_rod(arr, t, px, s, pad_hu)
         if m is None or m.n_slices < min_slices:
             continue
         t["rod"] = m
@@ -469,7 +583,7 @@ def _predicted_rod_positions(rods: list[RodMeasurement]) -> list[tuple[float, fl
 def _measure_at(volume: Volume, centre_kji, radius_mm: float, s: CalibrationSettings) -> RodMeasurement | None:
     """Measure a rod of known position and size that shows no edge (e.g. a water-like rod)."""
     arr = np.asarray(volume.array, dtype=np.float32)
-    dz, dy, dx = volume.spacing
+    _, dy, dx = volume.spacing
     px = 0.5 * (dy + dx)
     k, y, x = centre_kji
     r_px = radius_mm / px
@@ -482,7 +596,7 @@ def _measure_at(volume: Volume, centre_kji, radius_mm: float, s: CalibrationSett
         return None  # not inside uniform phantom material
     circ = _Circle(0, float(k), float(y), float(x), float(r_px), 0.0)
     t = {"circles": [circ], "r_mm": radius_mm, "score": 0.0, "hu_ref": float(np.median(core))}
-    return _measure_rod(arr, t, px, dz, s, s.rod_padding_hu)
+    return _measure_rod(arr, t, px, s, s.rod_padding_hu)
 
 
 def _row_reaches_edge(rods: list[RodMeasurement], volume: Volume) -> bool:
@@ -618,6 +732,12 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         warnings += list(r.warnings)
         if r.n_slices < s.rod_min_slices:
             warnings.append(f"rod at HU {r.hu_mean:.0f} measured on only {r.n_slices} slice(s)")
+    shaded = [(d.name, r.core_gradient_hu) for r, d in pairs if r.core_gradient_hu > s.rod_max_core_gradient_hu]
+    if shaded:
+        warnings.append("rods not uniform (HU change across the measured core: "
+                        + ", ".join(f"{n} {g:.0f} HU" for n, g in shaded)
+                        + f"; > {s.rod_max_core_gradient_hu:g} HU): shading from beam hardening or scatter biases "
+                        "the rod means; check the QC plot and the scan set-up")
     refs = []
     for (r, d), res in zip(pairs, fit.residuals_hu):
         c = volume.index_to_lps(np.array(r.center_kji))
@@ -629,6 +749,7 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
     details = dict(fit.details)
     details.update({"model": fit.model, "rod_core_radius_mm": [r.core_radius_mm for r, _ in pairs],
                     "rod_n_slices": [r.n_slices for r, _ in pairs],
+                    "rod_core_gradient_hu": [r.core_gradient_hu for r, _ in pairs],
                     "rod_water_mg_cm3": [d.water_mg_cm3 for _, d in pairs]})
     try:  # the effective energy the slope implies (gain 1): pre-calibrates later phantomless fits
         details["kev"] = effective_energy_of_slope(definition.material.value, fit.slope_hu_per_mg_cm3)

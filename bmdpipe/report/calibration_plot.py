@@ -3,6 +3,7 @@ rods (or tissue samples) outlined on an axial slice. matplotlib with the Agg bac
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -83,16 +84,30 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
         k = int(np.clip(np.round(np.median(idx[:, 0])), 0, volume.shape[0] - 1))
         ax3.imshow(volume.array[k], cmap="gray", vmin=-300, vmax=1200, interpolation="nearest")
         px = float(np.mean(volume.spacing[1:]))
-        for r, (kk, j, i) in zip(refs, idx):
+        cores = cal.details.get("rod_core_radius_mm") or [None] * len(refs)
+        for r, (kk, j, i), core in zip(refs, idx, cores):
             rad = 3.0 if r.radius_mm is None else r.radius_mm / px
             ax3.add_patch(Circle((i, j), rad, fill=False, color="red", lw=0.8))
+            if core:  # the measured core
+                ax3.add_patch(Circle((i, j), core / px, fill=False, color="orange", lw=0.6, ls="--"))
             ax3.text(i, j - rad - 3, r.name, color="yellow", fontsize=7, ha="center")
-        ax3.set_title(f"slice {k}", fontsize=9)
+        # zoom on the rods with a margin that keeps the phantom and its surroundings in view
+        rmax = max((r.radius_mm or 3.0) / px for r in refs)
+        pad = 4 * rmax + 15.0 / px
+        ax3.set_xlim(max(idx[:, 2].min() - pad, -0.5), min(idx[:, 2].max() + pad, volume.shape[2] - 0.5))
+        ax3.set_ylim(min(idx[:, 1].max() + pad, volume.shape[1] - 0.5), max(idx[:, 1].min() - pad, -0.5))
+        ax3.set_title(f"slice {k}: rods (red) and measured cores (dashed)", fontsize=9)
     ax3.set_axis_off()
-    if cal.warnings:
-        fig.suptitle("; ".join(cal.warnings)[:180], fontsize=7, color="darkred")
-    fig.tight_layout()
+    lines = [textwrap.shorten(w, 230) for w in cal.warnings[:_MAX_WARNING_LINES]]
+    if len(cal.warnings) > _MAX_WARNING_LINES:
+        lines.append(f"... and {len(cal.warnings) - _MAX_WARNING_LINES} more (calibration.csv, warnings)")
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=7, color="darkred")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.035 * len(lines)))
     return fig
+
+
+_MAX_WARNING_LINES = 5
 
 
 _TISSUE_COLOURS = ("tab:cyan", "gold", "tab:red", "tab:green", "tab:purple", "tab:orange")
