@@ -133,6 +133,8 @@ class CalibrationSettings(_Section):
     internal_blood_smooth_mm: float = Field(3.0, gt=0)
     internal_blood_contrast_hu: float = Field(6.0, gt=0)
     internal_blood_min_mm3: float = Field(2000.0, gt=0)
+    internal_blood_min_length_mm: float = Field(30.0, gt=0)
+    internal_blood_centre_lateral_mm: float = Field(30.0, gt=0)
 
 
 class AnatomySettings(_Section):

@@ -1,0 +1,65 @@
+"""Phantomless reference tissues on the real 3 mm TotalSegmentator CT, checked against its labels.
+
+The label map is TotalSegmentator v2 "total" (example_seg_fast_force_split.nii.gz, same grid
+as the CT): 52 aorta, 63 inferior vena cava, 65-68 iliac arteries and veins, 80-85 gluteal
+muscles, 86/87 autochthon (paraspinal), 88/89 iliopsoas. Their positions were checked on the
+CT (aorta left-anterior and IVC right-anterior of the bodies, autochthon posterior, each side
+where its name says). Subcutaneous fat and air outside the body carry no label.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "anatomy"))
+from _realdata import TS, need, nifti_volume  # noqa: E402
+
+from bmdpipe.calibrate.internal import _tissue_masks, calibrate_internal  # noqa: E402
+from bmdpipe.config import CalibrationSettings  # noqa: E402
+
+MUSCLES = list(range(80, 90))
+VESSELS = [52, 63, 65, 66, 67, 68]
+
+
+@pytest.fixture(scope="module")
+def real_ct():
+    ct = nifti_volume(need(TS / "example_ct.nii.gz"))
+    labels = nifti_volume(need(TS / "example_seg_fast_force_split.nii.gz")).array.astype(int)
+    assert labels.shape == ct.shape
+    return ct, labels
+
+
+@pytest.mark.real_data
+def test_reference_tissues_lie_in_their_anatomy(real_ct):
+    """Fat and air are sampled outside every labelled organ (>= 99 %), muscle inside skeletal muscles
+    (>= 80 %), and blood, when used, inside the great vessels (>= 70 %): a psoas muscle, which has the
+    HU of unenhanced blood, must not be taken for it."""
+    ct, labels = real_ct
+    _, masks, step = _tissue_masks(ct, CalibrationSettings())
+    assert tuple(step) == (1, 1, 1)  # 3 mm voxels: sampled at full resolution, so the masks align
+
+    def share(name, ids):
+        return float(np.isin(labels[masks[name]], ids).mean())
+
+    assert share("fat", [0]) >= 0.99 and share("air", [0]) >= 0.99
+    assert share("muscle", MUSCLES) >= 0.80
+    if "blood" in masks:
+        assert share("blood", VESSELS) >= 0.70
+
+
+@pytest.mark.real_data
+def test_phantomless_calibration_of_the_real_ct(real_ct):
+    """The calibration runs on the real scan with air, fat and muscle at least, each near the HU
+    TotalSegmentator's own regions give (fat is unlabelled: the typical -90..-120 HU), and an
+    effective energy inside the clinical range."""
+    ct, labels = real_ct
+    cal = calibrate_internal(ct)
+    hu = {r.name: r.hu_mean for r in cal.references}
+    assert {"air", "fat", "muscle"} <= set(hu)
+    assert hu["air"] == pytest.approx(-1000.0, abs=10.0)
+    assert -120.0 <= hu["fat"] <= -90.0
+    muscle = ct.array[np.isin(labels, MUSCLES)]
+    assert np.percentile(muscle, 25) <= hu["muscle"] <= np.percentile(muscle, 75)
+    assert 45.0 <= cal.details["kev"] <= 80.0
