@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bmdpipe.cli import app
-from bmdpipe.store.csv import read_csv_rows
-from bmdpipe.synthetic import CaseSpec, make_case, write_dicom_series, write_labels_nifti
+sys.path.insert(0, str(Path(__file__).resolve().parent / "anatomy"))
+from _realdata import ANKLE  # noqa: E402
+
+from bmdpipe.cli import app  # noqa: E402
+from bmdpipe.store.csv import read_csv_rows  # noqa: E402
+from bmdpipe.synthetic import CaseSpec, make_case, write_dicom_series, write_labels_nifti  # noqa: E402
 
 runner = CliRunner()
 SCANNER = {"slope_hu_per_mg_cm3": 1.12, "intercept_hu": -6.0, "kev": 66.0}
@@ -118,7 +122,6 @@ def test_calibrate_fails_cleanly(scans, scan, definition):
     assert "calibration failed" in res.output and "Traceback" not in res.output
 
 
-ANKLE = Path(__file__).resolve().parents[1].parent / "shared/data/real/ucalgary_ankle_calib_phantom_ct/dicom"
 
 
 def _rod_definition(path, values):

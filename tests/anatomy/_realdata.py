@@ -12,6 +12,7 @@ from bmdpipe.volume import SeriesMeta, Volume
 REAL = Path(__file__).resolve().parents[2].parent / "shared/data/real"
 TS = REAL / "totalseg_example_ct"
 TS_DICOM = REAL / "totalseg_example_ct_dicom"
+ANKLE = REAL / "ucalgary_ankle_calib_phantom_ct" / "dicom"
 
 
 def need(path: Path) -> Path:

@@ -1,21 +1,21 @@
 """Rod finding and phantom calibration on the real Calgary scan and on synthetic cases."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bmdpipe.calibrate.definitions import load_phantom
-from bmdpipe.calibrate.phantom import calibrate_with_phantom, find_rods
-from bmdpipe.config import CalibrationSettings
-from bmdpipe.errors import CalibrationError
-from bmdpipe.synthetic import CaseSpec, make_case
-from bmdpipe.volume import SeriesMeta, Volume
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "anatomy"))
+from _realdata import ANKLE  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
-if not REAL.exists():  # tests/ may sit in a clone next to shared/
-    REAL = Path(__file__).resolve().parents[3] / "shared/data/real"
-ANKLE = REAL / "ucalgary_ankle_calib_phantom_ct" / "dicom"
+from bmdpipe.calibrate.definitions import load_phantom  # noqa: E402
+from bmdpipe.calibrate.phantom import calibrate_with_phantom, find_rods  # noqa: E402
+from bmdpipe.config import CalibrationSettings  # noqa: E402
+from bmdpipe.errors import CalibrationError  # noqa: E402
+from bmdpipe.synthetic import CaseSpec, make_case  # noqa: E402
+from bmdpipe.volume import SeriesMeta, Volume  # noqa: E402
+
 SPACING = (2.5, 1.0, 1.0)  # coarse synthetic grid: fast, rods still 13 px across
 
 
