@@ -173,7 +173,8 @@ def run(
 
             precalibration_kev(load_calibration(precalibration)[0])  # validate before any work
         except BmdpipeError as exc:
-            _fail_usage(f"--precalibration {precalibration}: {exc}")
+            where = "" if str(precalibration) in str(exc) else f" {precalibration}"
+            _fail_usage(f"--precalibration{where}: {exc}")
 
     options = RunOptions(
         out_dir=out,

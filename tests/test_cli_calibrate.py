@@ -99,13 +99,16 @@ def test_run_precalibrated_by_a_phantom_scan(same_scanner, tmp_path):
     (["--precalibration", "CAL", "--calibration", "CAL"], "not both"),
     (["--precalibration", "CAL", "--phantom", "mindways-model3-ct"], "for series without a phantom"),
     (["--precalibration", "MISSING"], "does not exist"),
+    (["--precalibration", "BAD"], "not a bmdpipe calibration file"),
 ])
 def test_precalibration_usage_errors(same_scanner, tmp_path, extra, message):
     """Contradictory or missing pre-calibration options: exit 2 with the reason, before any work."""
     root, _ = same_scanner
     cal = str(root / "cal.json")
     args = ["run", str(root / "patient"), "--out", str(tmp_path / "out")]
-    args += [cal if a == "CAL" else str(tmp_path / "missing.json") if a == "MISSING" else a for a in extra]
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    files = {"CAL": cal, "MISSING": str(tmp_path / "missing.json"), "BAD": str(tmp_path / "bad.json")}
+    args += [files.get(a, a) for a in extra]
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
     assert message in res.output
