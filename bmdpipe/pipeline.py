@@ -119,16 +119,18 @@ def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibratio
     from .calibrate import (calibrate_internal, calibrate_with_phantom, check_compatible, load_calibration,
                             load_phantom, precalibration_kev, to_ha_equivalent)
 
+    def saved(path: str) -> tuple[Calibration, tuple[str, ...]]:  # a saved calibration and its protocol check
+        cal, kvp, kernel = load_calibration(Path(path))
+        return cal, tuple(check_compatible(kvp, kernel, volume.meta.kvp, volume.meta.kernel))
+
     if job.calibration_file:
-        cal, kvp, kernel = load_calibration(Path(job.calibration_file))
-        notes = check_compatible(kvp, kernel, volume.meta.kvp, volume.meta.kernel)
-        cal = replace(cal, warnings=cal.warnings + tuple(notes))
+        cal, notes = saved(job.calibration_file)
+        cal = replace(cal, warnings=cal.warnings + notes)
     elif job.phantom is None or job.phantom.lower() == "none":
         scanner_kev, notes = None, ()
         if job.precalibration_file:
-            pre, kvp, kernel = load_calibration(Path(job.precalibration_file))
+            pre, notes = saved(job.precalibration_file)
             scanner_kev = precalibration_kev(pre)
-            notes = tuple(check_compatible(kvp, kernel, volume.meta.kvp, volume.meta.kernel))
         cal = calibrate_internal(volume, settings.calibration, scanner_kev=scanner_kev)
         cal = replace(cal, warnings=cal.warnings + notes)
         if job.phantom is None and not job.precalibration_file:

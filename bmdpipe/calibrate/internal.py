@@ -76,8 +76,8 @@ from ..results import Calibration, Material, ReferenceMeasurement, ReferenceOutl
 from ..volume import Volume
 from .attenuation import effective_energy_of_slope, hu_of, mineral_slope_hu_per_mg_cm3
 
-__all__ = ["measure_reference_tissues", "point_inside", "EnergyFit", "fit_effective_energy", "slope_uncertainty", "energy_prior",
-           "fit_tissues", "precalibration_kev", "calibrate_internal"]
+__all__ = ["measure_reference_tissues", "point_inside", "EnergyFit", "fit_effective_energy", "slope_uncertainty",
+           "energy_prior", "fit_tissues", "precalibration_kev", "calibrate_internal"]
 
 
 def _ball(radius_vox: np.ndarray) -> np.ndarray:
@@ -170,7 +170,7 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
     best, best_size, best_sign = empty, 0.0, 1.0
     for sign in (1.0, -1.0):
         lab, n = ndi.label(region & (sign * (heavy - m0) >= s.internal_blood_contrast_hu))
-        sizes = ndi.sum_labels(np.ones(lab.shape), lab, np.arange(1, n + 1)) if n else np.zeros(0)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
         if sizes[sizes >= min_vox].sum() > best_size:
             best_size, best_sign = float(sizes[sizes >= min_vox].sum()), sign
             best = np.isin(lab, _vessel_like(lab, n, lateral, min_vox, ssp[0], s))
@@ -196,7 +196,7 @@ def _vessel_like(lab: np.ndarray, n: int, lateral_mm: np.ndarray, min_vox: float
     signed distance of each voxel from it, mm). The psoas muscles and iliac vessels, which
     diverge laterally, fail the last test; scattered pieces of soft tissue the first two."""
     ids = np.arange(1, n + 1)
-    sizes = ndi.sum_labels(np.ones(lab.shape), lab, ids)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     boxes = ndi.find_objects(lab)
     length = np.array([(b[0].stop - b[0].start) * dz_mm for b in boxes])
     out = []

@@ -91,6 +91,13 @@ def run_precalibrated(seed: int):
             _err(phantom_cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3))
 
 
+def _summary_row(name: str, errs: list[float], fails: int, seconds: float) -> tuple:
+    """(name, n, failed, mean, 95th percentile, max of |error| in %, number beyond 10 %, seconds)."""
+    a = np.abs(np.array(errs)) * 100 if errs else np.array([np.nan])
+    return (name, len(errs), fails, float(np.mean(a)), float(np.percentile(a, 95)), float(np.max(a)),
+            int((a > 10.0).sum()), seconds)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
@@ -138,13 +145,9 @@ def main(argv=None) -> int:
                 extra = f"R2 {cal.r2:.5f}"
             print(f"{suite:28s} seed {seed}: noise {sc.noise_sd_hu:4.1f} HU psf {sc.psf_fwhm_mm:.2f} mm "
                   f"error at 150 mg/cm3 {100 * e:+7.3f} %  {extra}")
-        a = np.abs(np.array(errs)) * 100 if errs else np.array([np.nan])
-        summary.append((suite, len(errs), fails, float(np.mean(a)), float(np.percentile(a, 95)), float(np.max(a)),
-                        int((a > 10.0).sum()), time.time() - t0))
+        summary.append(_summary_row(suite, errs, fails, time.time() - t0))
         if async_errs:
-            b = np.abs(async_errs) * 100
-            summary.append((f"{suite}:async", len(b), 0, float(np.mean(b)), float(np.percentile(b, 95)),
-                            float(np.max(b)), int((b > 10.0).sum()), 0.0))
+            summary.append(_summary_row(f"{suite}:async", async_errs, 0, 0.0))
         if zs:
             z = np.abs(zs)
             print(f"{suite}: error / own uncertainty: RMS {np.sqrt(np.mean(np.square(zs))):.2f}, "
