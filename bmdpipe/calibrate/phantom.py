@@ -62,6 +62,9 @@ class RodMeasurement:
         HU change across the core's diameter along its steepest in-plane direction (a plane fitted
         to the core voxels of all slices used), HU. A uniform rod shows noise only (a few HU);
         beam hardening or scatter shading makes it tens of HU.
+    n_outlier_slices : int
+        Slices where the rod was visible but left out: their core mean was an outlier among the
+        rod's slices (a streak across the rod, ``rod_streak_k``).
     warnings : tuple of str
     """
 
@@ -77,6 +80,7 @@ class RodMeasurement:
     slice_means: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     score: float = 0.0
     core_gradient_hu: float = 0.0
+    n_outlier_slices: int = 0
     warnings: tuple[str, ...] = ()
 
 
@@ -407,7 +411,6 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings,
             axis, r_px, samples = axis2, r2, refined
     core_px = core_radius(r_px)
     ay, by, ax, bx = axis
-    warnings: list[str] = []
     used_k = [k for k, *_ in samples]
     cores = [(v, dy, dx) for _, v, dy, dx in samples]
     means = [float(v.mean()) for v, _, _ in cores]
@@ -419,8 +422,6 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings,
     med = np.median(means_a)
     mad = 1.4826 * np.median(np.abs(means_a - med))
     ok = np.abs(means_a - med) <= max(s.rod_streak_k * mad, s.rod_streak_min_hu)
-    if (~ok).sum():
-        warnings.append(f"{int((~ok).sum())} slice(s) dropped from a rod as outliers (streaks?)")
     w = np.array(counts)[ok]
     mean = float(np.average(means_a[ok], weights=w))
     sd = float(np.sqrt(np.average(np.array(sds)[ok] ** 2, weights=w)))
@@ -440,7 +441,7 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings,
         slice_means=means_a[ok],
         score=float(t["score"]),
         core_gradient_hu=core_gradient_hu(v, dy, dx, core_px),
-        warnings=tuple(warnings),
+        n_outlier_slices=int((~ok).sum()),
     )
 
 
@@ -728,10 +729,14 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         warnings.append(f"rod {pairs[worst][1].name} is {fit.residuals_hu[worst]:+.1f} HU off the fit "
                         f"(> {s.rod_residual_warn_hu} HU): wrong certificate value, a rod hit by artefacts, or a "
                         "mis-detected rod; check the QC plot")
-    for r, _ in pairs:
+    for r, d in pairs:
         warnings += list(r.warnings)
         if r.n_slices < s.rod_min_slices:
-            warnings.append(f"rod at HU {r.hu_mean:.0f} measured on only {r.n_slices} slice(s)")
+            warnings.append(f"rod {d.name} (HU {r.hu_mean:.0f}) measured on only {r.n_slices} slice(s)")
+    streaked = [(d.name, r.n_outlier_slices, r.n_slices + r.n_outlier_slices) for r, d in pairs if r.n_outlier_slices]
+    if streaked:
+        warnings.append("slices left out of rods as outliers (a streak across the phantom?): "
+                        + ", ".join(f"{n} {k} of {t}" for n, k, t in streaked))
     shaded = [(d.name, r.core_gradient_hu) for r, d in pairs if r.core_gradient_hu > s.rod_max_core_gradient_hu]
     if shaded:
         warnings.append("rods not uniform (HU change across the measured core: "
