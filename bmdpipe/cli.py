@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 EXIT_FAILED = 1
@@ -125,7 +126,7 @@ def run(
 ) -> None:
     """Measure vBMD (ROIs A, B, C) and screw halos for every CT series found in INPUT.
 
-    Writes series.csv, calibration.csv, vbmd.csv, screws.csv, rois/*.nii.gz and qc/*.png
+    Writes series.csv, calibration.csv, vbmd.csv, screws.csv, `rois/*.nii.gz` and `qc/*.png`
     under --out (see docs/output-contract.md). Exit status 0 when every CT series was
     processed, 1 when at least one failed (listed in series.csv with its reason), 2 for a
     usage or configuration error.
