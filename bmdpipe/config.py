@@ -112,6 +112,12 @@ class CalibrationSettings(_Section):
     internal_muscle_max_hu: float = 90.0
     internal_muscle_posterior_mm: float = 15.0
     internal_muscle_near_spine_mm: float = Field(15.0, gt=0)
+    internal_psoas_min_lateral_mm: float = Field(25.0, ge=0)
+    internal_psoas_max_lateral_mm: float = Field(50.0, gt=0)
+    internal_psoas_anterior_mm: float = 40.0
+    internal_psoas_posterior_mm: float = 40.0
+    internal_psoas_min_mm3: float = Field(2000.0, ge=0)
+    internal_psoas_min_component_fraction: float = Field(0.2, ge=0, le=1)
     internal_kev_min: float = Field(40.0, ge=25)
     internal_kev_max: float = Field(120.0, le=150)
     internal_max_rms_hu: float = Field(5.0, gt=0)

@@ -6,12 +6,19 @@ phantomless calibration (Michalski et al. 2020) and of calibration phantoms.
 
 Data source
 -----------
-- Elemental compositions (mass fractions) and densities of adipose tissue, skeletal muscle,
-  whole blood and cortical bone: ICRU Report 44 (1989), as tabulated by NIST
-  (Hubbell & Seltzer, "Tables of X-Ray Mass Attenuation Coefficients and Mass
-  Energy-Absorption Coefficients", NISTIR 5632, 1995; https://physics.nist.gov/PhysRefData/XrayMassCoef/).
-  Water and dry air (near sea level) compositions from the same tables. K2HPO4 and
-  hydroxyapatite Ca10(PO4)6(OH)2 from their formulas.
+- Elemental compositions (mass fractions) and densities of skeletal muscle, whole blood and
+  cortical bone: ICRU Report 44 (1989), as tabulated by NIST (Hubbell & Seltzer, "Tables of
+  X-Ray Mass Attenuation Coefficients and Mass Energy-Absorption Coefficients", NISTIR 5632,
+  1995; https://physics.nist.gov/PhysRefData/XrayMassCoef/). Water and dry air (near sea level)
+  compositions from the same tables. K2HPO4 and hydroxyapatite Ca10(PO4)6(OH)2 from their
+  formulas.
+- Adipose tissue (``fat``): the ICRP composition, 0.92 g/cm3 (NIST ESTAR material 123,
+  "Adipose tissue (ICRP)": H 11.95, C 63.72, N 0.80, O 23.23 % and traces), -103 HU at 70 keV,
+  the subcutaneous fat of clinical CT (science.md: fat ~ -100 HU; the real 3 mm CT of the
+  README: -103 HU). ICRU-44 adipose tissue (0.95 g/cm3, more water) gives -77 HU at 70 keV,
+  -100 HU only at ~52 keV: as the phantomless fit's only energy-sensitive tissue it put the real
+  CT at 58.5 keV (fit RMS 2.2 HU, a mineral slope 30 % steeper) where the ICRP fat puts it at
+  71 keV (RMS 0.5 HU).
 - mu/rho of each material was computed once (offline) by the mixture rule from elemental
   cross sections (Elam, Ravel & Sieber, Radiat. Phys. Chem. 63, 121-128, 2002, as served by
   the ``xraydb`` package 4.5.8, total = photo + coherent + incoherent), which agree with
@@ -60,9 +67,9 @@ _MU_RHO: dict[str, np.ndarray] = {
         0.17497, 0.17028, 0.16625, 0.16271, 0.15956, 0.15671, 0.15411, 0.15172, 0.1495,
         0.14742, 0.14546, 0.14361, 0.14186, 0.14018, 0.13858, 0.13705, 0.13558]),
     "adipose": np.array([
-        0.38685, 0.30637, 0.26432, 0.23956, 0.22353, 0.21231, 0.20394, 0.19738, 0.19201,
-        0.18747, 0.18353, 0.18004, 0.17688, 0.17399, 0.17132, 0.16884, 0.16651, 0.16431,
-        0.16223, 0.16025, 0.15836, 0.15654, 0.15481, 0.15313, 0.15152, 0.14997]),
+        0.37988, 0.30281, 0.26245, 0.23861, 0.22313, 0.21225, 0.2041, 0.19769, 0.19242,
+        0.18796, 0.18407, 0.18061, 0.17748, 0.17462, 0.17196, 0.16949, 0.16717, 0.16498,
+        0.1629, 0.16092, 0.15902, 0.15721, 0.15547, 0.1538, 0.15219, 0.15063]),
     "muscle": np.array([
         0.51378, 0.37835, 0.30866, 0.26854, 0.24331, 0.22626, 0.21402, 0.20478, 0.19751,
         0.19157, 0.18658, 0.18229, 0.17852, 0.17515, 0.1721, 0.1693, 0.16672, 0.16432,
@@ -85,11 +92,11 @@ _MU_RHO: dict[str, np.ndarray] = {
         0.17906, 0.17339, 0.16839, 0.16395, 0.15997, 0.15638, 0.15312, 0.15014]),
 }
 
-#: Mass densities in g/cm3 (ICRU-44 / NIST for tissues; crystal densities for the minerals).
+#: Mass densities in g/cm3 (ICRU-44 / NIST for tissues, ICRP for adipose; crystal densities for the minerals).
 DENSITY_G_CM3: dict[str, float] = {
     "water": 1.0,
     "air": 0.001205,
-    "adipose": 0.95,
+    "adipose": 0.92,
     "muscle": 1.05,
     "blood": 1.06,
     "cortical_bone": 1.92,

@@ -1,17 +1,19 @@
 """Phantomless (internal) calibration from reference tissues and an effective-energy fit.
 
-Reference tissues are found automatically: air outside the body, subcutaneous fat,
-paraspinal muscle and blood in the aorta / vena cava (prevertebral space). Their HU are
-fitted to the theoretical HU of the same tissues at an effective energy E
-(``H_t = a + b * HU_t(E)``, :mod:`bmdpipe.calibrate.attenuation`). The fit is regularised
-(maximum a posteriori): each tissue is weighted by its expected deviation from the tables
-(``internal_tissue_sd_hu``, air ``internal_air_sd_hu``), the scanner's offset a and gain b get
-priors ~N(0, 5 HU) and ~N(1, 0.01) (scanners are calibrated to water 0 / air -1000), and E a
-prior ~N(70 keV * kVp/120, 6 keV). The bone-mineral calibration then follows from the same
-physics: ``HU = a + b * HU_mineral(E, density)``. ``Calibration.references`` lists the tissues
-used with their HU and fit residuals; ``details["density_uncertainty_fraction"]`` is the fit's
-own 1-SD uncertainty of a density (spread of the mineral slope under the posterior over E),
-and ``Calibration.outlines`` shows where the tissues were sampled (QC image).
+Reference tissues are found automatically: air outside the body, subcutaneous fat, the psoas
+muscles beside the vertebral bodies (the paraspinal muscles when no psoas is found: older
+patients' paraspinal muscles are fat-infiltrated) and blood in the aorta / vena cava
+(prevertebral space). Their HU are fitted to the theoretical HU of the same tissues at an
+effective energy E (``H_t = a + b * HU_t(E)``, :mod:`bmdpipe.calibrate.attenuation`). The fit
+is regularised (maximum a posteriori): each tissue is weighted by its expected deviation from
+the tables (``internal_tissue_sd_hu``, air ``internal_air_sd_hu``), the scanner's offset a and
+gain b get priors ~N(0, 5 HU) and ~N(1, 0.01) (scanners are calibrated to water 0 / air
+-1000), and E a prior ~N(70 keV * kVp/120, 6 keV). The bone-mineral calibration then follows
+from the same physics: ``HU = a + b * HU_mineral(E, density)``. ``Calibration.references``
+lists the tissues used with their HU and fit residuals; ``details["density_uncertainty_fraction"]``
+is the fit's own 1-SD uncertainty of a density (spread of the mineral slope under the posterior
+over E), ``details["muscle_region"]`` where the muscle was sampled, and
+``Calibration.outlines`` shows where the tissues were sampled (QC image).
 
 Cortical bone, the fifth reference of Michalski et al., is not used: the lumbar cortex is
 0.4-1.4 mm thick, so on CT its HU are partial-volume averages, and its mineral content varies
@@ -20,27 +22,27 @@ every density through E.
 
 Method: Michalski AS, Besler BA, Michalak GJ, Boyd SK. CT-based internal density
 calibration for opportunistic skeletal assessment using abdominal CT scans. Med Eng Phys
-78:55-63 (2020). Mass attenuation data: ICRU-44 compositions / NIST (NISTIR 5632), see
-:mod:`bmdpipe.calibrate.attenuation`.
+78:55-63 (2020). Mass attenuation data: ICRU-44 compositions (muscle, blood), the ICRP adipose
+tissue (fat) / NIST, see :mod:`bmdpipe.calibrate.attenuation`.
 
 Measured accuracy (``scripts/bench/calibration_accuracy.py --seeds 30 --suites
-internal,internal-tables,internal-oracle,internal-precalibrated``), density implied at
+internal-oracle,internal,internal-tables,internal-precalibrated``), density implied at
 150 mg/cm3; synthetic cases with effective energy 64-76 keV, HU gain 0.985-1.015, offset
 +-8 HU, noise 10-25 HU, PSF FWHM 0.9-1.3 mm:
 
 - tissues as the tables predict (``internal-tables``): mean |error| 1.06 %, 95th percentile
-  2.65 %, max 3.08 % (30 seeds); the residual error is the energy prior's pull at the ends of
+  2.73 %, max 3.19 % (30 seeds); the residual error is the energy prior's pull at the ends of
   the 64-76 keV range.
 - every soft tissue also deviating N(0, 3 HU) from the tables (``internal``, the generator's
-  default): mean 4.30 %, 95th percentile 8.88 %, max 13.3 % (seed 103), 1 of 30 beyond 10 %;
-  the fit's own uncertainty (~5 %) matches: error / uncertainty RMS 1.03, 29 of 30 within 2 SD.
+  default): mean 4.18 %, 95th percentile 8.48 %, max 12.9 % (seed 103), 1 of 30 beyond 10 %;
+  the fit's own uncertainty (~5 %) matches: error / uncertainty RMS 1.04, 29 of 30 within 2 SD.
 - the same cases' TRUE tissue HU through the same fit (``internal-oracle``: no image, no
-  measurement): mean 4.30 %, max 13.3 %, 1 of 30 beyond 10 % (300 seeds: mean 4.23 %, 95th
-  percentile 10.6 %, 18 of 300 beyond 10 %). The image-based figures match these within 0.03 %
-  (mean and max): the error is the information the four tissues carry, which no better
-  segmentation can raise.
+  measurement): mean 4.12 %, max 12.8 %, 1 of 30 beyond 10 % (300 seeds: mean 4.11 %, 95th
+  percentile 10.5 %, 19 of 300 beyond 10 %). The image-based figures match these within 0.07 %
+  (mean and max): the error is the information the four tissues carry, which no
+  better segmentation can raise.
 - pre-calibrated (``internal-precalibrated``, ``scanner_kev`` from a Mindways scan of the same
-  scanner on another day): mean 1.78 %, 95th percentile 5.28 %, max 5.64 %, 0 of 30 beyond
+  scanner on another day): mean 1.78 %, 95th percentile 5.33 %, max 5.74 %, 0 of 30 beyond
   10 %, own uncertainty ~3 % (conservative: 30 of 30 within 2 SD). Applying that phantom fit
   as is (asynchronous) to the same cases: mean 2.94 %, max 8.67 % (the other day's offset and
   gain are not corrected).
@@ -48,7 +50,7 @@ internal,internal-tables,internal-oracle,internal-precalibrated``), density impl
 The tissue HU are measured to within ~1 HU of the truth; the error is set by the tissues'
 biological deviation: only fat is sensitive to E (~1 HU per keV near 70 keV, muscle 0.1,
 blood 0.2 HU/keV) while the mineral slope changes ~2 % per keV, so a fat 3 HU off the
-tables moves E ~3 keV and the density ~6 %. Seed 103 has fat 7.2 HU (2.4 SD) below the
+tables moves E ~3 keV and the density ~6 %. Seed 103 has fat 7 HU (2.4 SD) below the
 tables, which no choice of reference tissues can detect (no other tissue carries information
 on E). The unregularised 3-tissue fit gave mean 6.8 %, max 20.0 % on seeds 100-109. Real
 patients deviate more (fat infiltration, hematocrit: unenhanced blood 20-50 HU vs ~56 HU in
@@ -58,9 +60,12 @@ of the information: a scanner far from ~70 keV at 120 kVp is pulled towards it. 
 replaces that generic prior by the scanner's own energy: a phantom fit's slope fixes E
 (:func:`precalibration_kev`), and the prior becomes N(E, ``internal_precalibrated_kev_sd_kev``),
 while the tissues still fit the series' own offset, gain and (within that prior) energy.
-On a real 3 mm CT (README, ``tests/calibrate/test_internal_real.py``) the tissues are sampled in
-the right anatomy but all measure below the ICRU-44 tables (fat -103, fat-infiltrated muscle
-30 HU), and the fit puts E at 58.5 keV.
+
+On the real 3 mm CT (README, ``tests/calibrate/test_internal_real.py``) air -997, fat -103 and
+psoas 41 HU fit the tables within 0.5 HU RMS at 70.8 keV (71.3 +- 4.0 keV without the energy
+prior), offset -1.1 HU, gain 0.996: a Siemens 120 kVp scanner's typical energy. With the
+ICRU-44 adipose tissue (-77 HU at 70 keV) and the paraspinal muscle (30 HU there:
+fat-infiltrated) the same scan gave 58.5 keV at 2.2 HU RMS, a mineral slope 30 % steeper.
 """
 
 from __future__ import annotations
@@ -110,16 +115,113 @@ def _stats(values: np.ndarray, robust: bool = False) -> tuple[float, float, int]
     return float(v.mean()), float(v.std()), int(v.size)
 
 
-def _lps_y_of_plane(volume: Volume) -> np.ndarray:
-    """LPS y (posterior +) of every (j, i) pixel of the middle slice, mm."""
+def _plane_lps(volume: Volume, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LPS x and y (mm) of the (j, i) pixels of the middle slice on the sampling grid ``step``."""
     nk, nj, ni = volume.shape
-    jj, ii = np.mgrid[0:nj, 0:ni]
-    idx = np.stack([np.full(jj.shape, (nk - 1) / 2.0), jj, ii], axis=-1)
-    return volume.index_to_lps(idx)[..., 1]
+    jj, ii = np.mgrid[0:nj:step[1], 0:ni:step[2]]
+    plane = volume.index_to_lps(np.stack([np.full(jj.shape, (nk - 1) / 2.0), jj, ii], axis=-1))
+    return plane[..., 0], plane[..., 1]
 
 
-def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np.ndarray, volume: Volume,
-                step: np.ndarray, ssp: np.ndarray, s: CalibrationSettings) -> np.ndarray:
+@dataclass(frozen=True)
+class _SpineAxis:
+    """Where the spine is on every sampled slice: LPS x / y (mm) of the sampled (j, i) pixels of the
+    middle slice, the spine's midline x per slice, the vertebral bodies' anterior edge y per slice
+    (LPS y, posterior +) and whether the slice shows the spine (``seen``; the others are
+    interpolated or extended from the nearest slice that does)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    midline_x: np.ndarray
+    anterior_y: np.ndarray
+    seen: np.ndarray
+
+    def lateral_mm(self) -> np.ndarray:
+        """Signed distance (LPS x, left +) of every sampled voxel from the midline, mm."""
+        return self.x[None] - self.midline_x[:, None, None]
+
+    def behind_anterior_edge_mm(self) -> np.ndarray:
+        """Distance of every sampled voxel behind (+) or in front of (-) the bodies' anterior edge, mm."""
+        return self.y[None] - self.anterior_y[:, None, None]
+
+
+def _spine_axis(spine: np.ndarray, volume: Volume, step: np.ndarray, s: CalibrationSettings) -> _SpineAxis | None:
+    """Midline and anterior edge of the spine (``spine``: bone mask on the sampled grid, ``step``
+    the sampling step) per slice; the edge is the most anterior bone within
+    ``internal_blood_body_halfwidth_mm`` of the midline. None when fewer than 2 slices show the
+    spine."""
+    x, y = _plane_lps(volume, step)
+    nks = spine.shape[0]
+    xs, ya = np.full(nks, np.nan), np.full(nks, np.nan)
+    for k in range(nks):
+        if spine[k].any():
+            xs[k] = float(np.median(x[spine[k]]))
+            central = spine[k] & (np.abs(x - xs[k]) <= s.internal_blood_body_halfwidth_mm)
+            if central.any():
+                ya[k] = float(y[central].min())
+    ok = ~np.isnan(xs) & ~np.isnan(ya)
+    if ok.sum() < 2:
+        return None
+    kk = np.arange(nks)
+    return _SpineAxis(x, y, np.interp(kk, kk[ok], xs[ok]), np.interp(kk, kk[ok], ya[ok]), ok)
+
+
+def _find_psoas(soft: np.ndarray, spine: np.ndarray, blood: np.ndarray, axis: _SpineAxis, ssp: np.ndarray,
+                s: CalibrationSettings) -> np.ndarray:
+    """The psoas muscles: eroded muscle-range soft tissue beside the vertebral bodies.
+
+    Search space: on the slices that show the spine, ``internal_psoas_min_lateral_mm`` to
+    ``internal_psoas_max_lateral_mm`` left and right of the midline, from
+    ``internal_psoas_anterior_mm`` in front of the bodies' anterior edge to
+    ``internal_psoas_posterior_mm`` behind it, and not within 2 x ``internal_erosion_mm`` of the
+    blood found in the great vessels (``blood``, may be empty). On each side the regions that
+    reach within ``internal_muscle_near_spine_mm`` of the spine (the psoas arises from the bodies
+    and transverse processes; kidney and bowel do not touch them) and hold at least
+    ``internal_psoas_min_component_fraction`` of the side's largest such region are kept (one
+    muscle per side: small pieces are vessels or bowel). Empty when together they hold less than
+    ``internal_psoas_min_mm3``.
+
+    The psoas is the muscle reference because the paraspinal muscles of older patients are
+    fat-infiltrated: on the real 3 mm CT (README) the autochthon muscles measure a median 20 HU,
+    the psoas 40 HU (TotalSegmentator labels), and 10 HU of muscle moves the fitted energy ~5 keV.
+    """
+    lateral, behind = axis.lateral_mm(), axis.behind_anterior_edge_mm()
+    box = ((np.abs(lateral) >= s.internal_psoas_min_lateral_mm) & (np.abs(lateral) <= s.internal_psoas_max_lateral_mm)
+           & (behind >= -s.internal_psoas_anterior_mm) & (behind <= s.internal_psoas_posterior_mm)
+           & axis.seen[:, None, None])
+    if blood.any():
+        box &= ~ndi.binary_dilation(blood, structure=_ball(np.full(3, 2.0 * s.internal_erosion_mm) / ssp))
+    near = ndi.binary_dilation(spine, structure=_ball(np.full(3, s.internal_muscle_near_spine_mm) / ssp))
+    psoas = np.zeros_like(soft)
+    for side in (1.0, -1.0):
+        lab, n = ndi.label(soft & box & (side * lateral > 0))
+        ids = np.unique(lab[near & (lab > 0)])
+        ids = ids[ids > 0]
+        if ids.size:
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)[ids]
+            psoas |= np.isin(lab, ids[sizes >= s.internal_psoas_min_component_fraction * sizes.max()])
+    if psoas.sum() * float(np.prod(ssp)) < s.internal_psoas_min_mm3:
+        return np.zeros_like(soft)
+    return psoas
+
+
+def _find_paraspinal(soft: np.ndarray, spine: np.ndarray, volume: Volume, step: np.ndarray, ssp: np.ndarray,
+                     s: CalibrationSettings) -> np.ndarray:
+    """Paraspinal muscles (the fallback when no psoas is found): eroded muscle-range soft tissue at
+    least ``internal_muscle_posterior_mm`` behind the spine's centre, in regions reaching within
+    ``internal_muscle_near_spine_mm`` of it (not a phantom or table touching the back: the fat
+    layer and the erosion separate those)."""
+    ylps = _plane_lps(volume, step)[1]
+    spine_y = float(np.median(ylps[np.any(spine, axis=0)]))
+    posterior = soft & (ylps > spine_y + s.internal_muscle_posterior_mm)[None]
+    near = ndi.binary_dilation(spine, structure=_ball(np.full(3, s.internal_muscle_near_spine_mm) / ssp))
+    lab, n = ndi.label(posterior)
+    ids = np.unique(lab[near & (lab > 0)])
+    return np.isin(lab, ids[ids > 0]) if n else posterior
+
+
+def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np.ndarray, axis: _SpineAxis,
+                ssp: np.ndarray, s: CalibrationSettings) -> np.ndarray:
     """Blood in the great vessels (aorta anterior-left, IVC anterior-right of the vertebral bodies).
 
     Search space: per slice, within ``internal_blood_lateral_mm`` of the spine's midline and up to
@@ -134,27 +236,9 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
     ``internal_erosion_mm``. Returns an empty mask when nothing qualifies: no blood is better
     than a psoas muscle taken for it.
     """
-    nk, nj, ni = volume.shape
-    jj, ii = np.mgrid[0:nj:step[1], 0:ni:step[2]]
-    idx = np.stack([np.full(jj.shape, (nk - 1) / 2.0), jj, ii], axis=-1)
-    plane = volume.index_to_lps(idx)
-    x, y = plane[..., 0], plane[..., 1]
-    nks = spine.shape[0]
-    xs, ya = np.full(nks, np.nan), np.full(nks, np.nan)
-    for k in range(nks):
-        if spine[k].any():
-            xs[k] = float(np.median(x[spine[k]]))
-            central = spine[k] & (np.abs(x - xs[k]) <= s.internal_blood_body_halfwidth_mm)
-            if central.any():
-                ya[k] = float(y[central].min())
-    ok = ~np.isnan(xs) & ~np.isnan(ya)
     empty = np.zeros_like(spine)
-    if ok.sum() < 2:
-        return empty
-    kk = np.arange(nks)
-    xs, ya = np.interp(kk, kk[ok], xs[ok]), np.interp(kk, kk[ok], ya[ok])
-    box = ((np.abs(x[None] - xs[:, None, None]) <= s.internal_blood_lateral_mm)
-           & (y[None] < ya[:, None, None]) & (y[None] >= ya[:, None, None] - s.internal_blood_anterior_mm))
+    lateral, behind = axis.lateral_mm(), axis.behind_anterior_edge_mm()
+    box = (np.abs(lateral) <= s.internal_blood_lateral_mm) & (behind < 0) & (behind >= -s.internal_blood_anterior_mm)
     heavy = ndi.gaussian_filter(np.clip(sub, -1024, 3071).astype(np.float32), sigma=s.internal_blood_smooth_mm / ssp)
     region = box & body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
     # away from bone, whose blur on the smoothed image would look like a vessel
@@ -164,7 +248,6 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
         return empty
     m0 = float(np.median(heavy[region]))
     min_vox = s.internal_blood_min_mm3 / float(np.prod(ssp))
-    lateral = np.broadcast_to(x[None] - xs[:, None, None], region.shape)
     # the sign with more outlying soft tissue is the vessels' (the tissue between them differs from the
     # median only because they pull it); of its regions, only the vessel-shaped ones are kept
     best, best_size, best_sign = empty, 0.0, 1.0
@@ -217,11 +300,12 @@ def point_inside(mask: np.ndarray) -> np.ndarray:
     return idx[int(np.argmin(((idx - c) ** 2).sum(1)))].astype(float)
 
 
-def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, str]:
     """Masks of the reference tissues on a sampling grid of about ``internal_grid_mm``.
 
-    Returns the sampled HU ``sub``, the boolean masks (same shape; a tissue not found is absent)
-    and the sampling step (k, j, i) in voxels.
+    Returns the sampled HU ``sub``, the boolean masks (same shape; a tissue not found is absent),
+    the sampling step (k, j, i) in voxels and where the muscle was sampled (``psoas``,
+    ``paraspinal`` or, without a spine, ``soft tissue``).
     """
     arr = np.asarray(volume.array, dtype=np.float32)
     sp = np.array(volume.spacing, dtype=float)
@@ -252,26 +336,22 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     masks["fat"] = _major_components(ndi.binary_erosion(fat, structure=_ball(s.internal_erosion_mm / ssp)),
                                      s.internal_fat_min_component_fraction)
 
-    # paraspinal muscle: soft tissue posterior to the spine
+    # muscle: the psoas beside the vertebral bodies, else the paraspinal muscles behind the spine
     bone = body & (smooth > s.internal_bone_hu)
     spine = _largest_component(bone) if bone.any() else bone
     soft = body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
     soft = ndi.binary_erosion(soft, structure=_ball(s.internal_erosion_mm / ssp))
-    if spine.any():
-        ylps = _lps_y_of_plane(volume)[:: step[1], :: step[2]]
-        spine_y = float(np.median(ylps[np.any(spine, axis=0)]))
-        posterior = ylps > spine_y + s.internal_muscle_posterior_mm
-        # only soft tissue connected to the region next to the spine (not a phantom or table
-        # that touches the back: the fat layer and the erosion separate those)
-        near = ndi.binary_dilation(spine, structure=_ball(s.internal_muscle_near_spine_mm / ssp))
-        lab, nlab = ndi.label(soft & posterior[None])
-        ids = np.unique(lab[near & (lab > 0)])
-        masks["muscle"] = np.isin(lab, ids[ids > 0]) if nlab else soft & posterior[None]
+    axis = _spine_axis(spine, volume, step, s) if spine.any() else None
+    if axis is not None:
         if s.internal_use_blood:
-            masks["blood"] = _find_blood(sub, smooth, spine, body, volume, step, ssp, s)
+            masks["blood"] = _find_blood(sub, smooth, spine, body, axis, ssp, s)
+        masks["muscle"] = _find_psoas(soft, spine, masks.get("blood", np.zeros_like(soft)), axis, ssp, s)
+    region = "psoas"
+    if spine.any() and masks.get("muscle", np.zeros(0)).sum() < 50:
+        masks["muscle"], region = _find_paraspinal(soft, spine, volume, step, ssp, s), "paraspinal"
     if masks.get("muscle") is None or masks["muscle"].sum() < 50:
-        masks["muscle"] = soft  # no spine found: any soft tissue
-    return sub, {k: m for k, m in masks.items() if m.sum() >= 50}, step
+        masks["muscle"], region = soft, "soft tissue"  # no spine found: any soft tissue
+    return sub, {k: m for k, m in masks.items() if m.sum() >= 50}, step, region
 
 
 def _measure(volume: Volume, sub: np.ndarray, masks: dict[str, np.ndarray], step: np.ndarray) -> dict[str, ReferenceMeasurement]:
@@ -312,7 +392,7 @@ def measure_reference_tissues(volume: Volume, settings: CalibrationSettings | No
         is absent. ``center_lps`` is a voxel inside the sampled region (LPS mm).
     """
     s = settings or CalibrationSettings()
-    sub, masks, step = _tissue_masks(volume, s)
+    sub, masks, step, _ = _tissue_masks(volume, s)
     return _measure(volume, sub, masks, step)
 
 
@@ -516,7 +596,7 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
     s = settings or CalibrationSettings()
     mat = Material(material)
     sid = volume.meta.series_uid or "this series"
-    sub, masks, step = _tissue_masks(volume, s)
+    sub, masks, step, muscle_region = _tissue_masks(volume, s)
     tissues = _measure(volume, sub, masks, step)
     warnings: list[str] = []
     for name, (lo, hi) in s.internal_plausible_hu.items():
@@ -556,7 +636,7 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
         details={"kev": kev, "kev_sd": fit.kev_sd, "a_hu": a, "b": b, "rms_hu": fit.rms_hu,
                  "kev_prior": kev_prior, "kev_prior_sd": kev_prior_sd, "precalibrated_kev": scanner_kev,
                  "density_uncertainty_fraction": uncertainty,
-                 "tissues_hu": {k: v.hu_mean for k, v in tissues.items()},
-                 "source": "effective-energy method, Michalski et al. Med Eng Phys 2020; ICRU-44/NIST attenuation"},
+                 "tissues_hu": {k: v.hu_mean for k, v in tissues.items()}, "muscle_region": muscle_region,
+                 "source": "effective-energy method, Michalski et al. Med Eng Phys 2020; ICRU-44 / ICRP (adipose) compositions, NIST attenuation"},
         outlines=_outlines(volume, masks, [r.name for r in refs], step),
     )

@@ -130,7 +130,7 @@ def _plot_tissue_fit(ax, cal: Calibration, names: list[str], hu: np.ndarray) -> 
     ax.plot(xs, a + b * xs, "-", label=f"HU = {a:.1f} + {b:.4f} x HU_table({kev:.1f} keV)")
     ax.plot([], [], " ", label=f"-> {cal.slope_hu_per_mg_cm3:.4f} HU per mg {cal.material.value}/cm3, "
                                f"intercept {cal.intercept_hu:.1f} HU")
-    ax.set_xlabel(f"table HU at the fitted effective energy {kev:.1f} keV (ICRU-44)")
+    ax.set_xlabel(f"table HU at the fitted effective energy {kev:.1f} keV (ICRU-44 / ICRP)")
 
 
 def _show_tissue_outlines(ax, volume: Volume, cal: Calibration) -> None:
@@ -138,6 +138,7 @@ def _show_tissue_outlines(ax, volume: Volume, cal: Calibration) -> None:
     from ..calibrate.internal import point_inside
 
     o = cal.outlines
+    region = cal.details.get("muscle_region")
     ax.imshow(volume.array[o.slice_index], cmap="gray", vmin=-250, vmax=250, interpolation="nearest")
     for i, r in enumerate(cal.references):
         m = o.labels == i + 1
@@ -146,7 +147,8 @@ def _show_tissue_outlines(ax, volume: Volume, cal: Calibration) -> None:
         colour = _TISSUE_COLOURS[i % len(_TISSUE_COLOURS)]
         ax.contour(m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
         j, k = point_inside(m)
-        ax.text(k, j, f"{r.name} {r.hu_mean:.0f}", color=colour, fontsize=7, ha="center",
+        name = f"{r.name} ({region})" if r.name == "muscle" and region else r.name
+        ax.text(k, j, f"{name} {r.hu_mean:.0f}", color=colour, fontsize=7, ha="center",
                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
     ax.set_title(f"slice {o.slice_index}: tissues sampled (window -250..250 HU)", fontsize=9)
 

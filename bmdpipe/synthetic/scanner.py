@@ -71,7 +71,7 @@ def tissue_hu(kev: float, rng: np.random.Generator, *, gain: float = 1.0,
     """HU of the non-bone reference tissues for one case. The ONE place to change tissue HU.
 
     The scanner maps true attenuation to ``HU = offset_hu + gain * HU_physical(kev)``, where
-    ``HU_physical`` comes from ``bmdpipe.calibrate.attenuation.hu_of(material, kev)`` (ICRU-44
+    ``HU_physical`` comes from ``bmdpipe.calibrate.attenuation.hu_of(material, kev)`` (ICRU-44 / ICRP
     compositions) — the same response the bone mineral gets, so a case is physically
     consistent. On top, each soft tissue gets its own biological deviation ~ N(0, tissue_sd_hu)
     (fat and muscle composition vary between patients, a few HU). Air and water get none.

@@ -111,7 +111,7 @@ class CaseSpec:
         Effective energy, keV (random 64-76).
     tissue_sd_hu : float
         Biological deviation of each soft tissue's HU (fat, muscle, blood ...) from the
-        ICRU-44 tables, SD in HU (default 3: patients' fat and muscle composition vary);
+        attenuation tables, SD in HU (default 3: patients' fat and muscle composition vary);
         0 = tissues exactly as the attenuation tables predict through the scanner response.
     slope_from_kev : bool
         True (default): when ``slope_hu_per_mg_cm3`` is None the bone slope follows the

@@ -5,8 +5,8 @@ import pytest
 
 from bmdpipe.calibrate.attenuation import effective_energy_of_slope, hu_of, mineral_slope_hu_per_mg_cm3
 from bmdpipe.calibrate import calibrate_with_phantom, load_phantom
-from bmdpipe.calibrate.internal import (calibrate_internal, energy_prior, fit_effective_energy, fit_tissues,
-                                        precalibration_kev, slope_uncertainty)
+from bmdpipe.calibrate.internal import (_tissue_masks, calibrate_internal, energy_prior, fit_effective_energy,
+                                        fit_tissues, precalibration_kev, slope_uncertainty)
 from bmdpipe.config import CalibrationSettings
 from bmdpipe.errors import CalibrationError
 from bmdpipe.results import Calibration, Material
@@ -86,7 +86,7 @@ def test_internal_calibration_on_generator_case(seed):
 @pytest.mark.parametrize("seed", [21, 22])
 def test_internal_calibration_when_tissues_follow_the_tables(seed):
     """Random effective energy, gain, offset, noise and blur, but fat, muscle and blood exactly as the
-    ICRU-44 tables predict (tissue_sd_hu=0): the effective energy is recovered within 2.5 keV and the
+    attenuation tables predict (tissue_sd_hu=0): the effective energy is recovered within 2.5 keV and the
     density at 150 mg/cm3 within 4 % (the energy prior costs up to ~3 % at the ends of 64-76 keV).
     The fit's own uncertainty is reported (1-10 %: it assumes 3 HU tissue deviations)."""
     case = make_case(seed, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0), tissue_sd_hu=0.0))
@@ -126,6 +126,38 @@ def test_sampled_regions_lie_in_their_tissue():
         assert np.mean(truth[m] == code[r.name]) > 0.97, r.name
     phantom = np.isin(case.truth.tissue, [TISSUE["phantom_rod"], TISSUE["phantom_body"]])[o.slice_index]
     assert not (phantom & (o.labels > 0)).any()
+
+
+@pytest.mark.parametrize("psoas_min_mm3,region", [(2000.0, "psoas"), (1e12, "paraspinal")])
+def test_muscle_is_the_psoas_else_the_paraspinal_muscles(psoas_min_mm3, region):
+    """Over the whole volume (not one QC slice), >= 97 % of the muscle mask is generator soft tissue. By
+    default it is the psoas: >= 99 % of it 20-55 mm left or right of the true spine's midline on its
+    slice, mostly in front of the spine's centre; when no psoas qualifies (here: a minimum volume no
+    case reaches) the paraspinal muscles: >= 99 % behind the spine's centre."""
+    case = make_case(24, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0)))
+    s = CalibrationSettings(internal_psoas_min_mm3=psoas_min_mm3)
+    _, masks, step, found = _tissue_masks(case.volume, s)
+    assert found == region
+    m = masks["muscle"]
+    truth = case.truth.tissue[::step[0], ::step[1], ::step[2]]
+    assert np.mean(truth[m] == TISSUE["soft_tissue"]) >= 0.97
+    bone = np.isin(truth, [TISSUE["cancellous"], TISSUE["cortex"]])
+    kji = np.argwhere(m)
+    lps = case.volume.index_to_lps((kji * step).astype(float))
+    lateral, behind = np.full(len(kji), np.nan), np.full(len(kji), np.nan)
+    for k in np.unique(kji[:, 0]):  # against the true spine (bone voxels) on the same slice
+        ji = np.argwhere(bone[k]) * step[1:]
+        if len(ji):
+            spine = case.volume.index_to_lps(np.column_stack([np.full(len(ji), k * step[0]), ji]).astype(float))
+            on = kji[:, 0] == k
+            lateral[on] = np.abs(lps[on, 0] - np.median(spine[:, 0]))
+            behind[on] = lps[on, 1] - np.median(spine[:, 1])
+    seen = ~np.isnan(lateral)
+    if region == "psoas":  # beside the bodies: 25-50 mm out (5 mm for the midline's estimate), not behind the spine
+        assert np.mean((lateral[seen] >= 20.0) & (lateral[seen] <= 55.0)) >= 0.99
+        assert np.median(behind[seen]) < 0.0
+    else:
+        assert np.mean(behind[seen] > 0.0) >= 0.99
 
 
 def test_qc_plot_outlines_every_tissue():
