@@ -126,6 +126,7 @@ class CalibrationSettings(_Section):
         "air": (-1100.0, -900.0), "fat": (-200.0, -30.0), "muscle": (0.0, 100.0), "blood": (10.0, 90.0)}
     internal_tissue_sd_hu: float = Field(3.0, gt=0)
     internal_air_sd_hu: float = Field(1.0, gt=0)
+    internal_blood_sd_hu: float = Field(8.0, gt=0)
     internal_offset_prior_sd_hu: float | None = Field(5.0, gt=0)
     internal_gain_prior_sd: float | None = Field(0.01, gt=0)
     internal_kev_prior_kev: float | None = Field(70.0, gt=0)

@@ -67,14 +67,16 @@ class ScannerResponse:
 
 
 def tissue_hu(kev: float, rng: np.random.Generator, *, gain: float = 1.0,
-              offset_hu: float = 0.0, tissue_sd_hu: float = 3.0) -> tuple[dict[str, float], str]:
+              offset_hu: float = 0.0, tissue_sd_hu: float = 3.0,
+              blood_sd_hu: float = 8.0) -> tuple[dict[str, float], str]:
     """HU of the non-bone reference tissues for one case. The ONE place to change tissue HU.
 
     The scanner maps true attenuation to ``HU = offset_hu + gain * HU_physical(kev)``, where
     ``HU_physical`` comes from ``bmdpipe.calibrate.attenuation.hu_of(material, kev)`` (ICRU-44 / ICRP
     compositions) — the same response the bone mineral gets, so a case is physically
     consistent. On top, each soft tissue gets its own biological deviation ~ N(0, tissue_sd_hu)
-    (fat and muscle composition vary between patients, a few HU). Air and water get none.
+    (fat and muscle composition vary between patients, a few HU), blood ~ N(0, blood_sd_hu)
+    (hematocrit). Air and water get none.
     Materials not tabulated (csf, disc, fibrous) use :data:`NOMINAL_TISSUE_HU` through the
     same response.
 
@@ -92,7 +94,8 @@ def tissue_hu(kev: float, rng: np.random.Generator, *, gain: float = 1.0,
             physical = float(hu_of(name, kev))
         except (ValueError, KeyError):  # not tabulated: nominal value
             physical = nominal
-        jitter = 0.0 if name in ("air", "water") else float(rng.normal(0.0, tissue_sd_hu))
+        jitter = 0.0 if name in ("air", "water") else float(
+            rng.normal(0.0, blood_sd_hu if name == "blood" else tissue_sd_hu))
         out[name] = offset_hu + gain * physical + jitter
     return out, "attenuation.hu_of"
 
@@ -110,7 +113,8 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
 
     A scanner is an effective energy ``kev`` (random 64-76 keV) plus a small calibration
     error of the HU scale: gain ``b`` ~ U(0.985, 1.015) and offset ``a`` ~ U(-8, 8) HU applied
-    to every material, and each soft tissue's biological deviation N(0, ``spec.tissue_sd_hu``).
+    to every material, and each soft tissue's biological deviation N(0, ``spec.tissue_sd_hu``;
+    blood ``spec.blood_sd_hu``).
     Bone: ``slope = b * mineral_slope(material, kev)``, ``intercept = a``
     (water is 0 HU physically), unless ``spec`` pins them; ``spec.slope_from_kev=False`` draws
     the slope independently of kev instead (physically inconsistent; phantom tests only).
@@ -129,7 +133,8 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
     else:
         slope = (0.85 if material == "HA" else 1.10) + 0.3 * u[0]
     intercept = spec.intercept_hu if spec.intercept_hu is not None else offset
-    hu, source = tissue_hu(kev, rng, gain=gain, offset_hu=offset, tissue_sd_hu=spec.tissue_sd_hu)
+    hu, source = tissue_hu(kev, rng, gain=gain, offset_hu=offset, tissue_sd_hu=spec.tissue_sd_hu,
+                           blood_sd_hu=spec.blood_sd_hu)
     return ScannerResponse(
         material=material, slope_hu_per_mg_cm3=float(slope), intercept_hu=float(intercept),
         kev=float(kev), noise_sd_hu=float(noise), noise_corr_mm=float(spec.noise_corr_mm),

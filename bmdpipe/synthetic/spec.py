@@ -110,9 +110,12 @@ class CaseSpec:
     kev : float or None
         Effective energy, keV (random 64-76).
     tissue_sd_hu : float
-        Biological deviation of each soft tissue's HU (fat, muscle, blood ...) from the
-        attenuation tables, SD in HU (default 3: patients' fat and muscle composition vary);
+        Biological deviation of each soft tissue's HU (fat, muscle, csf, disc ...) but blood from
+        the attenuation tables, SD in HU (default 3: patients' fat and muscle composition vary);
         0 = tissues exactly as the attenuation tables predict through the scanner response.
+    blood_sd_hu : float
+        The same for blood, SD in HU (default 8: unenhanced blood varies with the hematocrit,
+        20-50 HU in science.md).
     slope_from_kev : bool
         True (default): when ``slope_hu_per_mg_cm3`` is None the bone slope follows the
         effective energy (``attenuation.mineral_slope_hu_per_mg_cm3(material, kev)``) times the
@@ -158,6 +161,7 @@ class CaseSpec:
     intercept_hu: float | None = None
     kev: float | None = None
     tissue_sd_hu: float = 3.0
+    blood_sd_hu: float = 8.0
     slope_from_kev: bool = True
     cancellous_mg_cm3: tuple[float, float] = (50.0, 180.0)
     cancellous_rim_gain: float = 0.2

@@ -34,7 +34,7 @@ def test_regularised_fit_on_exact_tissue_hu_stays_near_truth():
     and 76 keV are pulled towards 70 keV by less than 2.5 keV (cost of the energy prior)."""
     s = CalibrationSettings()
     sd = {"air": s.internal_air_sd_hu, "fat": s.internal_tissue_sd_hu, "muscle": s.internal_tissue_sd_hu,
-          "blood": s.internal_tissue_sd_hu}
+          "blood": s.internal_blood_sd_hu}
     for kev in (62.0, 76.0):
         hu = {t: 2.0 + 0.995 * hu_of(t, kev) for t in sd}
         fit = fit_effective_energy(hu, tissue_sd_hu=sd, offset_prior_sd_hu=s.internal_offset_prior_sd_hu,
@@ -61,7 +61,7 @@ def test_priors_damp_a_fat_deviation():
 
 @pytest.mark.parametrize("seed", [21, 22])
 def test_internal_calibration_on_generator_case(seed):
-    """Generator-default case (random keV 64-76, gain, offset, tissue deviations N(0, 3 HU)): the tissues
+    """Generator-default case (random keV 64-76, gain, offset, tissue deviations N(0, 3 HU), blood 8 HU): the tissues
     air/fat/muscle/blood are found with their true HU (within 2 HU), the calibration equals the fit of the
     TRUE tissue HU within 3 % (measurement error), and the density at 150 mg/cm3 is within 15 %."""
     case = make_case(seed, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0)))
@@ -86,10 +86,10 @@ def test_internal_calibration_on_generator_case(seed):
 @pytest.mark.parametrize("seed", [21, 22])
 def test_internal_calibration_when_tissues_follow_the_tables(seed):
     """Random effective energy, gain, offset, noise and blur, but fat, muscle and blood exactly as the
-    attenuation tables predict (tissue_sd_hu=0): the effective energy is recovered within 2.5 keV and the
+    attenuation tables predict (tissue_sd_hu = blood_sd_hu = 0): the effective energy is recovered within 2.5 keV and the
     density at 150 mg/cm3 within 4 % (the energy prior costs up to ~3 % at the ends of 64-76 keV).
     The fit's own uncertainty is reported (1-10 %: it assumes 3 HU tissue deviations)."""
-    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0), tissue_sd_hu=0.0))
+    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0), tissue_sd_hu=0.0, blood_sd_hu=0.0))
     sc = case.truth.scanner
     cal = calibrate_internal(case.volume)
     assert cal.details["kev"] == pytest.approx(sc.kev, abs=2.5)
