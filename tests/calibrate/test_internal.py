@@ -61,9 +61,10 @@ def test_priors_damp_a_fat_deviation():
 
 @pytest.mark.parametrize("seed", [21, 22])
 def test_internal_calibration_on_generator_case(seed):
-    """Generator-default case (random keV 64-76, gain, offset, tissue deviations N(0, 3 HU), blood 8 HU): the tissues
-    air/fat/muscle/blood are found with their true HU (within 2 HU), the calibration equals the fit of the
-    TRUE tissue HU within 3 % (measurement error), and the density at 150 mg/cm3 is within 15 %."""
+    """Generator-default case (random keV 64-76, gain, offset, tissue deviations N(0, 3 HU), blood
+    N(0, 8 HU)): the tissues air/fat/muscle/blood are found with their true HU (within 2 HU), the
+    calibration equals the fit of the TRUE tissue HU within 3 % (measurement error), and the density
+    at 150 mg/cm3 is within 15 %."""
     case = make_case(seed, CaseSpec(phantom=None, spacing_mm=(2.5, 1.0, 1.0)))
     sc = case.truth.scanner
     cal = calibrate_internal(case.volume)
