@@ -226,6 +226,23 @@ def _row_members(pts: np.ndarray, cand: list[int], i: int, j: int, tol: float) -
     return [int(m) for m in c[keep]]
 
 
+def _drop_stray_ends(pts: np.ndarray, group: list[int], tol: float) -> list[int]:
+    """Drop end members of a row of >= 5 that the quadratic through the others misses by more than
+    ``tol`` (mm): a quadratic through all of them bends to absorb one stray point at an end (a
+    phantom's corner taken for a rod), a truly curved row is predicted by its other rods."""
+    g = list(group)
+    while len(g) >= 5:
+        p = pts[g] - pts[g].mean(0)
+        _, _, vt = np.linalg.svd(p)
+        t, n = p @ vt[0], p @ vt[1]
+        stray = [e for e in (int(np.argmin(t)), int(np.argmax(t)))
+                 if abs(n[e] - np.polyval(np.polyfit(np.delete(t, e), np.delete(n, e), 2), t[e])) > tol]
+        if not stray:
+            break
+        del g[stray[0]]
+    return g
+
+
 def _trim_far_ends(pts: np.ndarray, group: list[int]) -> list[int]:
     """Drop rods at the ends of a row that sit much further out than the row's pitch."""
     g = list(group)
@@ -271,7 +288,7 @@ def _candidate_groups(tracks: list[dict], s: CalibrationSettings, px_mm: float) 
         if i not in chosen or j not in chosen:
             continue
         tol = s.rod_row_tolerance_fraction * r + 1.0
-        group = _row_members(pts, chosen, i, j, tol)
+        group = _drop_stray_ends(pts, _row_members(pts, chosen, i, j, tol), tol)
         if len(group) < 2 or not _on_row(pts[group], tol):
             continue
         group = _trim_far_ends(pts, group)
