@@ -190,7 +190,7 @@ def hu_of(material: str, kev, *, density_g_cm3: float | None = None):
     kev : float or array_like
         Effective energy in keV (25-150).
     density_g_cm3 : float, optional
-        Mass density; default the ICRU-44 / NIST value of :data:`DENSITY_G_CM3`.
+        Mass density; default the material's value in :data:`DENSITY_G_CM3`.
 
     Returns
     -------

@@ -109,6 +109,13 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return _major_components(mask, 1.0)
 
 
+def _components_reaching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Connected components of ``mask`` that overlap ``seed``."""
+    lab, _ = ndi.label(mask)
+    ids = np.unique(lab[seed & (lab > 0)])
+    return np.isin(lab, ids)
+
+
 def _stats(values: np.ndarray, robust: bool = False) -> tuple[float, float, int]:
     v = values.astype(float)
     if v.size == 0:
@@ -169,7 +176,7 @@ def _spine_axis(spine: np.ndarray, volume: Volume, step: np.ndarray, s: Calibrat
     return _SpineAxis(x, y, np.interp(kk, kk[ok], xs[ok]), np.interp(kk, kk[ok], ya[ok]), ok)
 
 
-def _find_psoas(soft: np.ndarray, spine: np.ndarray, blood: np.ndarray, axis: _SpineAxis, ssp: np.ndarray,
+def _find_psoas(soft: np.ndarray, near_spine: np.ndarray, blood: np.ndarray, axis: _SpineAxis, ssp: np.ndarray,
                 s: CalibrationSettings) -> np.ndarray:
     """The psoas muscles: eroded muscle-range soft tissue beside the vertebral bodies.
 
@@ -178,8 +185,8 @@ def _find_psoas(soft: np.ndarray, spine: np.ndarray, blood: np.ndarray, axis: _S
     ``internal_psoas_anterior_mm`` in front of the bodies' anterior edge to
     ``internal_psoas_posterior_mm`` behind it, and not within 2 x ``internal_erosion_mm`` of the
     blood found in the great vessels (``blood``, may be empty). On each side the regions that
-    reach within ``internal_muscle_near_spine_mm`` of the spine (the psoas arises from the bodies
-    and transverse processes; kidney and bowel do not touch them) and hold at least
+    reach ``near_spine`` (within ``internal_muscle_near_spine_mm`` of the spine: the psoas arises
+    from the bodies and transverse processes; kidney and bowel do not touch them) and hold at least
     ``internal_psoas_min_component_fraction`` of the side's largest such region are kept (one
     muscle per side: small pieces are vessels or bowel). Empty when together they hold less than
     ``internal_psoas_min_mm3``.
@@ -195,33 +202,24 @@ def _find_psoas(soft: np.ndarray, spine: np.ndarray, blood: np.ndarray, axis: _S
            & axis.seen[:, None, None])
     if blood.any():
         box &= ~ndi.binary_dilation(blood, structure=_ball(np.full(3, 2.0 * s.internal_erosion_mm) / ssp))
-    near = ndi.binary_dilation(spine, structure=_ball(np.full(3, s.internal_muscle_near_spine_mm) / ssp))
     psoas = np.zeros_like(soft)
     for side in (1.0, -1.0):
-        lab, n = ndi.label(soft & box & (side * lateral > 0))
-        ids = np.unique(lab[near & (lab > 0)])
-        ids = ids[ids > 0]
-        if ids.size:
-            sizes = np.bincount(lab.ravel(), minlength=n + 1)[ids]
-            psoas |= np.isin(lab, ids[sizes >= s.internal_psoas_min_component_fraction * sizes.max()])
+        reaching = _components_reaching(soft & box & (side * lateral > 0), near_spine)
+        psoas |= _major_components(reaching, s.internal_psoas_min_component_fraction)
     if psoas.sum() * float(np.prod(ssp)) < s.internal_psoas_min_mm3:
         return np.zeros_like(soft)
     return psoas
 
 
-def _find_paraspinal(soft: np.ndarray, spine: np.ndarray, volume: Volume, step: np.ndarray, ssp: np.ndarray,
+def _find_paraspinal(soft: np.ndarray, spine: np.ndarray, near_spine: np.ndarray, y_lps: np.ndarray,
                      s: CalibrationSettings) -> np.ndarray:
     """Paraspinal muscles (the fallback when no psoas is found): eroded muscle-range soft tissue at
-    least ``internal_muscle_posterior_mm`` behind the spine's centre, in regions reaching within
-    ``internal_muscle_near_spine_mm`` of it (not a phantom or table touching the back: the fat
-    layer and the erosion separate those)."""
-    ylps = _plane_lps(volume, step)[1]
-    spine_y = float(np.median(ylps[np.any(spine, axis=0)]))
-    posterior = soft & (ylps > spine_y + s.internal_muscle_posterior_mm)[None]
-    near = ndi.binary_dilation(spine, structure=_ball(np.full(3, s.internal_muscle_near_spine_mm) / ssp))
-    lab, n = ndi.label(posterior)
-    ids = np.unique(lab[near & (lab > 0)])
-    return np.isin(lab, ids[ids > 0]) if n else posterior
+    least ``internal_muscle_posterior_mm`` behind the spine's centre (``y_lps``: LPS y of the
+    sampled pixels, mm), in regions reaching ``near_spine`` (within
+    ``internal_muscle_near_spine_mm`` of the spine; not a phantom or table touching the back: the
+    fat layer and the erosion separate those)."""
+    spine_y = float(np.median(y_lps[np.any(spine, axis=0)]))
+    return _components_reaching(soft & (y_lps > spine_y + s.internal_muscle_posterior_mm)[None], near_spine)
 
 
 def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np.ndarray, axis: _SpineAxis,
@@ -346,13 +344,16 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     soft = body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
     soft = ndi.binary_erosion(soft, structure=_ball(s.internal_erosion_mm / ssp))
     axis = _spine_axis(spine, volume, step, s) if spine.any() else None
+    near_spine = (ndi.binary_dilation(spine, structure=_ball(np.full(3, s.internal_muscle_near_spine_mm) / ssp))
+                  if spine.any() else spine)
     if axis is not None:
         if s.internal_use_blood:
             masks["blood"] = _find_blood(sub, smooth, spine, body, axis, ssp, s)
-        masks["muscle"] = _find_psoas(soft, spine, masks.get("blood", np.zeros_like(soft)), axis, ssp, s)
+        masks["muscle"] = _find_psoas(soft, near_spine, masks.get("blood", np.zeros_like(soft)), axis, ssp, s)
     region = "psoas"
     if spine.any() and masks.get("muscle", np.zeros(0)).sum() < 50:
-        masks["muscle"], region = _find_paraspinal(soft, spine, volume, step, ssp, s), "paraspinal"
+        y_lps = axis.y if axis is not None else _plane_lps(volume, step)[1]
+        masks["muscle"], region = _find_paraspinal(soft, spine, near_spine, y_lps, s), "paraspinal"
     if masks.get("muscle") is None or masks["muscle"].sum() < 50:
         masks["muscle"], region = soft, "soft tissue"  # no spine found: any soft tissue
     return sub, {k: m for k, m in masks.items() if m.sum() >= 50}, step, region

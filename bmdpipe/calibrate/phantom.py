@@ -187,14 +187,18 @@ def _link(circles: list[_Circle], n_slabs: int) -> list[list[_Circle]]:
     return tracks
 
 
+def _row_coordinates(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of points along (t) and across (n) their principal axis through the centroid."""
+    p = pts - pts.mean(0)
+    _, _, vt = np.linalg.svd(p)
+    return p @ vt[0], p @ vt[1]
+
+
 def _on_row(pts_mm: np.ndarray, tol_mm: float) -> bool:
     """True when points lie on a straight or gently curved row (quadratic through >= 4 points)."""
     if len(pts_mm) <= 2:
         return True
-    c = pts_mm.mean(0)
-    u, sv, vt = np.linalg.svd(pts_mm - c)
-    t = (pts_mm - c) @ vt[0]
-    n = (pts_mm - c) @ vt[1]
+    t, n = _row_coordinates(pts_mm)
     deg = 2 if len(pts_mm) >= 4 else 1
     coef = np.polyfit(t, n, deg)
     res = n - np.polyval(coef, t)
@@ -232,9 +236,7 @@ def _drop_stray_ends(pts: np.ndarray, group: list[int], tol: float) -> list[int]
     phantom's corner taken for a rod), a truly curved row is predicted by its other rods."""
     g = list(group)
     while len(g) >= 5:
-        p = pts[g] - pts[g].mean(0)
-        _, _, vt = np.linalg.svd(p)
-        t, n = p @ vt[0], p @ vt[1]
+        t, n = _row_coordinates(pts[g])
         stray = [e for e in (int(np.argmin(t)), int(np.argmax(t)))
                  if abs(n[e] - np.polyval(np.polyfit(np.delete(t, e), np.delete(n, e), 2), t[e])) > tol]
         if not stray:
@@ -247,10 +249,7 @@ def _trim_far_ends(pts: np.ndarray, group: list[int]) -> list[int]:
     """Drop rods at the ends of a row that sit much further out than the row's pitch."""
     g = list(group)
     while len(g) >= 4:
-        p = pts[g]
-        c = p.mean(0)
-        _, _, vt = np.linalg.svd(p - c)
-        order = np.argsort((p - c) @ vt[0])
+        order = np.argsort(_row_coordinates(pts[g])[0])
         g = [g[o] for o in order]
         gaps = np.linalg.norm(np.diff(pts[g], axis=0), axis=1)
         med = float(np.median(gaps))
