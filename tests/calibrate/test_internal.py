@@ -14,6 +14,10 @@ from bmdpipe.synthetic import CaseSpec, make_case
 from bmdpipe.synthetic.tissue import TISSUE
 
 
+def _error_at_150(cal, scanner) -> float:
+    return float(cal.density(scanner.intercept_hu + scanner.slope_hu_per_mg_cm3 * 150.0)) / 150.0 - 1.0
+
+
 def test_effective_energy_recovered_from_exact_tissue_hu():
     """Ideal tissue HU at 67 keV with gain 1.01 and offset -3 HU give back E, a and b."""
     kev, a, b = 67.0, -3.0, 1.01
@@ -80,7 +84,7 @@ def test_internal_calibration_on_generator_case(seed):
     fit = fit_tissues({t: th[t] for t in refs}, s, kev_prior=kev_prior, kev_prior_sd_kev=kev_prior_sd)
     slope_true_hu = fit.b * mineral_slope_hu_per_mg_cm3("K2HPO4", fit.kev)
     assert cal.slope_hu_per_mg_cm3 == pytest.approx(slope_true_hu, rel=0.03)
-    err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+    err = _error_at_150(cal, sc)
     assert abs(err) < 0.15
 
 
@@ -94,7 +98,7 @@ def test_internal_calibration_when_tissues_follow_the_tables(seed):
     sc = case.truth.scanner
     cal = calibrate_internal(case.volume)
     assert cal.details["kev"] == pytest.approx(sc.kev, abs=2.5)
-    err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+    err = _error_at_150(cal, sc)
     assert abs(err) < 0.04
     assert 0.01 < cal.details["density_uncertainty_fraction"] < 0.10
 
@@ -174,10 +178,6 @@ def test_qc_plot_outlines_every_tissue():
     assert len(ax1.lines[0].get_xdata()) == cal.n_references
     assert len(ax3.collections) == cal.n_references  # one contour set per tissue
     assert str(cal.outlines.slice_index) in ax3.get_title()
-
-
-def _error_at_150(cal, scanner) -> float:
-    return float(cal.density(scanner.intercept_hu + scanner.slope_hu_per_mg_cm3 * 150.0)) / 150.0 - 1.0
 
 
 def test_precalibration_with_a_phantom_scan_of_the_same_scanner():

@@ -19,6 +19,11 @@ from bmdpipe.volume import SeriesMeta, Volume  # noqa: E402
 SPACING = (2.5, 1.0, 1.0)  # coarse synthetic grid: fast, rods still 13 px across
 
 
+def _error_at_150(cal, scanner) -> float:
+    """Relative error of the density ``cal`` gives for true 150 mg/cm3 (the scanner's own HU)."""
+    return float(cal.density(scanner.intercept_hu + scanner.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+
+
 def _load_ankle() -> Volume:
     pydicom = pytest.importorskip("pydicom")
     if not ANKLE.exists():
@@ -73,7 +78,7 @@ def test_synthetic_phantom_calibration_accuracy(kind, definition, seed):
     cal = calibrate_with_phantom(case.volume, load_phantom(definition))
     truth = case.truth
     sc = truth.scanner
-    err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+    err = _error_at_150(cal, sc)
     assert abs(err) < 0.005
     assert cal.slope_hu_per_mg_cm3 == pytest.approx(sc.slope_hu_per_mg_cm3, rel=0.01)
     assert cal.r2 > 0.999 and cal.n_references == len(truth.phantom.rods)
@@ -114,7 +119,7 @@ def test_phantom_beside_the_patient(kind, definition, seed):
     assert np.ptp(centres[:, 2]) < 0.2 * np.ptp(centres[:, 1])  # a column of rods, not a row
     cal = calibrate_with_phantom(side, load_phantom(definition))
     sc = case.truth.scanner
-    err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+    err = _error_at_150(cal, sc)
     assert abs(err) < 0.005
     by_name = {r.name: r for r in cal.references}
     for rt in rods:
@@ -179,16 +184,12 @@ def test_streak_across_the_rods_is_left_out(amplitude_hu):
     for kk in (k - 3, k + 2):
         a[kk][band, :] += amplitude_hu
     streaked, d = v.with_array(a), load_phantom("mindways-model3-ct")
-
-    def err(cal) -> float:
-        return float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
-
     cal = calibrate_with_phantom(streaked, d)
-    assert abs(err(cal)) < 0.005
+    assert abs(_error_at_150(cal, sc)) < 0.005
     notes = [w for w in cal.warnings if "left out of rods as outliers" in w]
     assert len(notes) == 1 and all(f"{r.name} 2 of " in notes[0] for r in d.rods)
     unguarded = calibrate_with_phantom(streaked, d, CalibrationSettings(rod_streak_k=1e9, rod_streak_min_hu=1e9))
-    assert abs(err(unguarded)) > 0.005
+    assert abs(_error_at_150(unguarded, sc)) > 0.005
 
 
 def test_stray_circle_at_the_end_of_the_row_is_not_a_rod():
@@ -198,7 +199,7 @@ def test_stray_circle_at_the_end_of_the_row_is_not_a_rod():
     case = make_case(109, CaseSpec(phantom="ha", spacing_mm=(2.0, 0.8, 0.8)))
     cal = calibrate_with_phantom(case.volume, load_phantom("qrm-bdc-6"))
     sc = case.truth.scanner
-    err = float(cal.density(sc.intercept_hu + sc.slope_hu_per_mg_cm3 * 150.0) - 150.0) / 150.0
+    err = _error_at_150(cal, sc)
     assert abs(err) < 0.005
     by_name = {r.name: r for r in cal.references}
     for rt in case.truth.phantom.rods:
