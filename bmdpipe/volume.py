@@ -46,6 +46,8 @@ class SeriesMeta:
         StudyDate (YYYYMMDD) or ''. Kept for timepoint matching; it is not PHI by itself.
     timepoint : str
         Trial timepoint (baseline, month_3, ...) or ''.
+    contrast_agent : str
+        Contrast agent of the acquisition (ContrastBolusAgent), '' for a non-contrast scan.
     warnings : tuple of str
         Non-fatal problems found while loading (gaps, tilt corrected, ...).
     """
@@ -62,6 +64,7 @@ class SeriesMeta:
     slice_thickness_mm: float | None = None
     study_date: str = ""
     timepoint: str = ""
+    contrast_agent: str = ""
     warnings: tuple[str, ...] = ()
 
 

@@ -99,6 +99,7 @@ class FileHeader:
     gantry_tilt_deg: float | None
     frames: tuple[FrameHeader, ...]
     series_uid_derived: bool = False
+    contrast_agent: str = ""
     patient_id: str = field(default="", repr=False, compare=False)
 
     @property
@@ -137,6 +138,26 @@ def _str(ds: Dataset, keyword: str, max_len: int = 64) -> str:
         return _clean(str(v), max_len)
     except Exception:
         return ""
+
+
+#: ContrastBolusAgent values that mean "no contrast" (some scanners fill the tag anyway).
+_NO_CONTRAST = {"NONE", "NO", "N", "NON", "0", "-", "NO CONTRAST", "WITHOUT", "NATIVE", "NATIV"}
+
+
+def contrast_agent(ds: Dataset) -> str:
+    """The contrast agent a CT was acquired with, '' for a non-contrast scan.
+
+    ContrastBolusAgent (0018,0010), or the code meaning of ContrastBolusAgentSequence
+    (0018,0012) of an Enhanced CT; values such as NONE or NO count as no contrast.
+    """
+    agent = _str(ds, "ContrastBolusAgent")
+    if not agent:
+        seq = _get(ds, "ContrastBolusAgentSequence")
+        try:
+            agent = _str(seq[0], "CodeMeaning") if seq else ""
+        except Exception:  # malformed sequence item: treat as absent
+            agent = ""
+    return "" if agent.upper() in _NO_CONTRAST else agent
 
 
 def _float(v: Any) -> float | None:
@@ -406,6 +427,7 @@ def _read_file_header(path: Path, max_frames: int) -> FileHeader | NotDicom:
         gantry_tilt_deg=_float(_get(ds, "GantryDetectorTilt")),
         frames=frames,
         series_uid_derived=derived,
+        contrast_agent=contrast_agent(ds),
         patient_id=_raw_text(ds, 0x00100020),
     )
 

@@ -346,6 +346,10 @@ def load_dicom_files(
         warn.append(f"{n_sitk} file(s) decoded with SimpleITK/GDCM (pydicom had no working decoder)")
     if not present.all():
         _fill_gaps(array, present)
+    if h0.contrast_agent:
+        warn.append(f"contrast-enhanced scan (ContrastBolusAgent {h0.contrast_agent!r}): iodine raises the HU of "
+                    "bone marrow and muscle, so vBMD reads higher than on a non-contrast QCT and is not comparable "
+                    "with one; measure bone density on the non-contrast series")
     lo, hi = float(array.min()), float(array.max())
     if lo > -500.0 or hi < 100.0:
         warn.append(f"HU range {lo:.0f}..{hi:.0f} is unusual for CT (no air below -500 or no tissue above 100 HU); "
@@ -362,6 +366,7 @@ def load_dicom_files(
         kvp=h0.kvp,
         slice_thickness_mm=h0.slice_thickness_mm,
         study_date=h0.study_date,
+        contrast_agent=h0.contrast_agent,
         warnings=tuple(warn),
     )
     return Volume(array=array, spacing=plan.spacing, origin=plan.origin, direction=plan.direction, meta=meta)

@@ -340,6 +340,40 @@ def test_real_totalseg_j2k_series(real_dir):
 
 
 @pytest.mark.real_data
+@pytest.mark.parametrize("name,agent", [
+    ("CT_small.dcm", "ISOVUE300/100"),           # ContrastBolusAgent
+    ("eCT_Supplemental.dcm", "Iohexol"),         # Enhanced CT: ContrastBolusAgentSequence code meaning
+    ("explicit_VR-UN.dcm", ""),                  # tag present, empty
+    ("693_UNCR.dcm", ""),                        # tag absent
+])
+def test_real_contrast_agent_read(real_dir, name, agent):
+    from bmdpipe.ingest._header import contrast_agent
+
+    ds = pydicom.dcmread(real_dir / "pydicom_ct_edge_cases" / name, stop_before_pixels=True)
+    assert contrast_agent(ds) == agent
+
+
+@pytest.mark.real_data
+def test_real_contrast_enhanced_series_warned(real_dir):
+    """The TotalSegmentator series is a contrast-enhanced PET/CT (ContrastBolusAgent APPLIED): its vBMD is
+    not comparable with a non-contrast QCT, and the series' warnings say so."""
+    d = discover([real_dir / "totalseg_example_ct_dicom" / "dicom"], S, PseudonymSettings(key="k"))
+    vol = load_series(d.series[0], S)
+    assert vol.meta.contrast_agent == "APPLIED"
+    assert [w for w in vol.meta.warnings if w.startswith("contrast-enhanced scan (ContrastBolusAgent 'APPLIED')")]
+
+
+@pytest.mark.parametrize("value,warned", [("NONE", False), ("", False), ("OMNIPAQUE 350", True)])
+def test_contrast_agent_tag_values(dicom_factory, value, warned):
+    def edit(i, ds):
+        ds.ContrastBolusAgent = value
+
+    vol = load_dicom_files(dicom_factory(edit=edit).paths, S)
+    assert vol.meta.contrast_agent == ("OMNIPAQUE 350" if warned else "")
+    assert any("contrast-enhanced" in w for w in vol.meta.warnings) == warned
+
+
+@pytest.mark.real_data
 def test_real_ankle_phantom_series(real_dir):
     import SimpleITK as sitk
 
