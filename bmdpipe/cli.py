@@ -81,8 +81,10 @@ def run(
     ] = None,
     levels: Annotated[
         Optional[str],
-        typer.Option(help="Names of the auto-localised vertebrae, superior to inferior, e.g. L3,L4,L5. "
-                     "Default: V1, V2 ... from superior to inferior."),
+        typer.Option(help="Vertebrae to measure, e.g. L3,L4,L5. Without --labels: the names of the "
+                     "auto-localised vertebrae, superior to inferior (default: V1, V2 ... from superior to "
+                     "inferior). With --labels: which labelled levels to measure (default: the lumbar ones; "
+                     "name thoracic ones such as T12,L1,L2 to include them)."),
     ] = None,
     manifest: Annotated[
         Optional[Path],

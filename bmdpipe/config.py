@@ -215,6 +215,7 @@ class ScrewSettings(_Section):
     thread_pitch_mm: float = Field(2.8, gt=0)
     axis_fit_range: tuple[float, float] = (0.35, 0.85)
     nominal_diameter_mm: float | None = None
+    max_distance_from_vertebra_mm: float = Field(5.0, ge=0)
 
 
 class HaloSettings(_Section):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
-from .errors import BmdpipeError
+from .errors import AnatomyError, BmdpipeError
 from .results import Calibration, Material, Roi, Screw, Vertebra
 from .volume import Volume
 
@@ -42,7 +42,8 @@ class SeriesJob:
     labels : str or None
         Vertebra label file or TotalSegmentator folder on this CT.
     levels : tuple of str
-        Names of auto-localised vertebrae, superior to inferior.
+        Levels to measure: the names of auto-localised vertebrae (superior to inferior), or
+        with ``labels`` the labelled levels to measure (empty: the lumbar ones).
     calibration_file : str or None
         A saved asynchronous calibration (``bmdpipe calibrate --save``) to reuse.
     precalibration_file : str or None
@@ -146,19 +147,37 @@ def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibratio
     return cal
 
 
-def _vertebrae(volume: Volume, job: SeriesJob, settings: Settings) -> list[Vertebra]:
-    from .anatomy import localize_vertebrae, vertebrae_from_labels
+def _vertebrae(volume: Volume, job: SeriesJob, settings: Settings) -> tuple[list[Vertebra], tuple[str, ...]]:
+    """The whole vertebrae of the series, and a note for each one cut by the scan's field of view."""
+    from .anatomy import localize_vertebrae, scan_edge_cut, vertebrae_from_labels
 
     if job.labels:
-        return vertebrae_from_labels(Path(job.labels), volume, settings.anatomy)
-    return localize_vertebrae(volume, settings.anatomy, levels=job.levels or None)
+        found = vertebrae_from_labels(Path(job.labels), volume, settings.anatomy, levels=job.levels or None)
+    else:
+        found = localize_vertebrae(volume, settings.anatomy, levels=job.levels or None)
+    cut = {v.name: scan_edge_cut(v, volume, settings.anatomy.fov_edge_margin_mm) for v in found}
+    notes = tuple(f"{name} not measured: its vertebral body reaches the {edge} end of the scan (cut by the field "
+                  "of view; ROI A needs the whole body)" for name, edge in cut.items() if edge)
+    whole = [v for v in found if not cut[v.name]]
+    if not whole:
+        raise AnatomyError("no whole vertebra to measure: " + "; ".join(notes))
+    return whole, notes
 
 
-def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> list[Screw]:
+def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tuple[list[Screw], tuple[str, ...]]:
+    """Pedicle screws of the measured vertebrae with their halos, and a note for each other metal object."""
     from .screws import detect_screws, measure_screws
 
-    screws = detect_screws(volume, settings.screws, vertebrae=vertebrae)
-    return measure_screws(volume, screws, settings.halo) if screws else []
+    found = detect_screws(volume, settings.screws, vertebrae=vertebrae)
+    screws = [s for s in found if s.vertebra]
+    levels = ", ".join(v.name for v in vertebrae)
+    notes = tuple(
+        f"straight metal object not in a measured vertebra ({levels}) ignored: {s.length_mm:.0f} mm long, "
+        f"{s.diameter_mm:.0f} mm wide, LPS ({', '.join(f'{c:.0f}' for c in s.entry_lps)}) to "
+        f"({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (an implant elsewhere, or a screw of an unmeasured "
+        "level: name it in --levels)"
+        for s in found if not s.vertebra)
+    return (measure_screws(volume, screws, settings.halo) if screws else []), notes
 
 
 def _calibration_row(cal: Calibration) -> dict:
@@ -248,9 +267,9 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("calibrate"):
         cal = _calibrate(volume, job, settings)
     with _stage("anatomy"):
-        vertebrae = _vertebrae(volume, job, settings)
+        vertebrae, anatomy_notes = _vertebrae(volume, job, settings)
     with _stage("screws"):
-        screws = _screws(volume, vertebrae, settings)
+        screws, screw_notes = _screws(volume, vertebrae, settings)
     with _stage("roi"):
         rois = place_rois(volume, vertebrae, settings, screws=screws)
     ident = {"study_id": volume.meta.study_id, "timepoint": volume.meta.timepoint,
@@ -262,7 +281,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         "calibration_row": {**ident, **_calibration_row(cal)},
         "vbmd_rows": vbmd_rows,
         "screw_rows": screw_rows,
-        "warnings": tuple(volume.meta.warnings) + tuple(cal.warnings),
+        "warnings": tuple(volume.meta.warnings) + tuple(cal.warnings) + anatomy_notes + screw_notes,
         "roi_maps": {},
         "qc_images": {},
     }

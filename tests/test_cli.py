@@ -198,3 +198,29 @@ def test_postop_screws_found_called_and_c_follows_them(postop_run):
         rel = pts - entry
         dist = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
         assert dist.max() <= float(row["diameter_mm"]) / 2 + 3.0 + 1.5
+
+
+def test_thoracic_level_measured_when_named(tmp_path):
+    """Labels holding T12 and L1: by default only L1 is measured; with --levels T12,L1 both are, T12 with
+    ROI codes 190/191/192 (10 x VerSe id 19 + side) inside its own label and ROI A close to the truth."""
+    case = make_case(5, CaseSpec(levels=("T12", "L1"), phantom="mindways"))
+    write_dicom_series(case, tmp_path / "dicom")
+    write_labels_nifti(case, tmp_path / "labels.nii.gz")
+    env = {"BMDPIPE_PSEUDONYM_KEY": "test-key", "MPLBACKEND": "Agg"}
+    base = ["run", str(tmp_path / "dicom"), "--phantom", "mindways-model3-ct", "--labels", str(tmp_path / "labels.nii.gz")]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "lumbar")], env=env)
+    assert result.exit_code == 0, result.output
+    assert {r["vertebra"] for r in read_csv_rows(tmp_path / "lumbar" / "vbmd.csv")} == {"L1"}
+
+    out = tmp_path / "named"
+    result = runner.invoke(app, [*base, "--levels", "T12,L1", "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    rows = read_csv_rows(out / "vbmd.csv")
+    assert [r["vertebra"] for r in rows if r["region"] == "A"] == ["T12", "L1"]
+    _, amap = _roi_map(out, case, "A")
+    _, bmap = _roi_map(out, case, "B")
+    assert set(np.unique(amap)) == {0, 190, 200} and {191, 192} <= set(np.unique(bmap))
+    assert (case.labels[amap == 190] == 19).mean() > 0.99
+    a_t12 = next(r for r in rows if r["vertebra"] == "T12" and r["region"] == "A")
+    truth = float(case.truth.mineral_mg_cm3[amap == 190].mean())
+    assert float(a_t12["vbmd_mg_cm3"]) == pytest.approx(truth, abs=3.0)

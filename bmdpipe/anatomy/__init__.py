@@ -10,7 +10,7 @@ from .labels import (
     vertebrae_from_masks,
 )
 from .localize import localize_vertebrae
-from .vertebra import vertebra_geometry
+from .vertebra import scan_edge_cut, vertebra_geometry
 
 __all__ = [
     "CanonicalFrame",
@@ -22,4 +22,5 @@ __all__ = [
     "vertebrae_from_masks",
     "localize_vertebrae",
     "vertebra_geometry",
+    "scan_edge_cut",
 ]

@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5", "L6")
+#: Levels measured by default when the labels name no ``levels``: the lumbar spine. Other levels
+#: (T12 of a thoracolumbar QCT, T11 when T12 is fractured) are measured when named in ``levels``.
+DEFAULT_LEVELS = LUMBAR
 
 #: id -> level name for each known scheme.
 SCHEMES: dict[str, dict[int, str]] = {
@@ -284,14 +287,14 @@ def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str,
             continue
         idx = np.argwhere(m).mean(axis=0)
         cents[lvl] = volume.index_to_lps(idx)
-    order = [lvl for lvl in LUMBAR if lvl in cents]
+    order = sorted(cents, key=VERSE_IDS.__getitem__)  # superior to inferior
     for a, b in zip(order, order[1:]):
         za, zb = cents[a][2], cents[b][2]
         if not za > zb:
             problems.append(f"{a} is not superior to {b} (z {za:.1f} vs {zb:.1f} mm): levels mislabelled "
                             "or a flipped axis")
         step = float(np.linalg.norm(cents[a] - cents[b]))
-        n_between = LUMBAR.index(b) - LUMBAR.index(a)
+        n_between = VERSE_IDS[b] - VERSE_IDS[a]
         if step > settings.label_max_centroid_step_mm * n_between:
             problems.append(f"{a}-{b} centroids are {step:.0f} mm apart: a level is missing or mislabelled")
     return problems
@@ -299,7 +302,8 @@ def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str,
 
 def vertebrae_from_labels(path: Path, volume: Volume, settings: AnatomySettings | None = None,
                           *, levels=None) -> list[Vertebra]:
-    """Lumbar vertebrae (L1..L6) from a label file or folder, with their geometry.
+    """Vertebrae from a label file or folder, with their geometry: the lumbar ones (L1..L6), or
+    the named ``levels`` (thoracic ones too, e.g. T12 of a thoracolumbar QCT).
 
     Parameters
     ----------
@@ -309,7 +313,8 @@ def vertebrae_from_labels(path: Path, volume: Volume, settings: AnatomySettings 
         The CT.
     settings : AnatomySettings, optional
     levels : sequence of str, optional
-        Keep only these levels (e.g. ``('L3', 'L4', 'L5')``); an absent one is an error.
+        Measure these levels (e.g. ``('L3', 'L4', 'L5')`` or ``('T12', 'L1')``) instead of the
+        lumbar ones; an absent one is an error.
 
     Returns
     -------
@@ -329,7 +334,8 @@ def vertebrae_from_labels(path: Path, volume: Volume, settings: AnatomySettings 
 
 def vertebrae_from_label_map(label_map: np.ndarray, volume: Volume, settings: AnatomySettings | None = None,
                              *, scheme: str = "verse", levels=None) -> list[Vertebra]:
-    """Lumbar vertebrae from a label array already on ``volume``'s grid (e.g. a synthetic case).
+    """Vertebrae (lumbar, or the named ``levels``) from a label array already on ``volume``'s grid
+    (e.g. a synthetic case).
 
     Parameters
     ----------
@@ -342,32 +348,38 @@ def vertebrae_from_label_map(label_map: np.ndarray, volume: Volume, settings: An
     if label_map.shape != volume.shape:
         raise AnatomyError(f"label map shape {label_map.shape} differs from the CT {volume.shape}; "
                            "resample it onto the CT grid (load_labels does so from a file)")
-    masks = {lvl: label_map == vid for vid, lvl in SCHEMES[scheme].items() if lvl in LUMBAR}
+    masks = {lvl: label_map == vid for vid, lvl in SCHEMES[scheme].items()}
     return vertebrae_from_masks(masks, volume, settings, levels=levels, what="label map", scheme=scheme)
 
 
 def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings: AnatomySettings,
                          *, inside: dict[str, float] | None = None, levels=None, what: str = "labels",
                          scheme: str = "") -> list[Vertebra]:
-    """Check whole-grid level masks against the CT and measure each lumbar vertebra."""
+    """Check whole-grid level masks against the CT and measure each lumbar vertebra, or each of
+    ``levels`` (superior to inferior)."""
     inside = inside or {}
     path = what
-    lum = {lvl: masks[lvl] for lvl in LUMBAR if lvl in masks and masks[lvl].any()}
-    if not lum:
-        found = sorted(k for k, v in masks.items() if v.any())
-        outside = [k for k in masks if inside.get(k, 1) < settings.label_min_inside_fraction]
-        hint = " (the labels fall outside the CT grid: wrong origin?)" if outside and not found else ""
-        raise AnatomyError(f"{path}: no lumbar vertebra on this CT{hint}; levels present: "
-                           f"{', '.join(found) or 'none'}")
-    problems = check_labels(volume, lum, {k: inside.get(k, 1.0) for k in lum}, settings)
-    if problems:
-        raise AnatomyError(f"{path} do not fit the CT ({scheme} ids): " + "; ".join(problems))
+    found = sorted((k for k, v in masks.items() if v.any()), key=VERSE_IDS.__getitem__)
     if levels:
-        missing = [lvl for lvl in levels if lvl not in lum]
+        missing = [lvl for lvl in levels if lvl not in found]
         if missing:
             raise AnatomyError(f"{path}: requested level(s) {', '.join(missing)} absent; "
-                               f"labelled lumbar levels: {', '.join(lum)}")
-        lum = {lvl: lum[lvl] for lvl in levels}
+                               f"labelled levels: {', '.join(found) or 'none'}")
+        wanted = sorted(levels, key=VERSE_IDS.__getitem__)
+    else:
+        wanted = [lvl for lvl in found if lvl in DEFAULT_LEVELS]
+    if not wanted:
+        outside = [k for k in masks if inside.get(k, 1) < settings.label_min_inside_fraction]
+        hint = " (the labels fall outside the CT grid: wrong origin?)" if outside and not found else ""
+        name_them = f"; to measure them, name them: --levels {','.join(found)}" if found else ""
+        raise AnatomyError(f"{path}: no lumbar vertebra on this CT{hint}; levels present: "
+                           f"{', '.join(found) or 'none'}{name_them}")
+    checked = [lvl for lvl in found if lvl in DEFAULT_LEVELS or lvl in wanted]
+    problems = check_labels(volume, {k: masks[k] for k in checked}, {k: inside.get(k, 1.0) for k in checked},
+                            settings)
+    if problems:
+        raise AnatomyError(f"{path} do not fit the CT ({scheme} ids): " + "; ".join(problems))
+    lum = {lvl: masks[lvl] for lvl in wanted}
     frame = CanonicalFrame.of(volume)
     hu_c_full = frame.to_canonical(volume.array)
     bone_pad_mm = 30.0

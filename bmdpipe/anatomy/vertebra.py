@@ -30,7 +30,7 @@ from ..results import PedicleAxis, Side, Vertebra
 from ..volume import Volume
 from .frame import CanonicalFrame
 
-__all__ = ["vertebra_geometry", "ball", "largest_component"]
+__all__ = ["vertebra_geometry", "ball", "largest_component", "scan_edge_cut"]
 
 
 def ball(radius_mm: float, spacing) -> np.ndarray:
@@ -283,3 +283,28 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
         pedicles=tuple(pedicles), source=source,
         canal_width_mm=canal_w, canal_depth_mm=float(canal_depth),
     )
+
+
+def scan_edge_cut(vertebra: Vertebra, volume: Volume, margin_mm: float) -> str:
+    """Which end of the scan cuts a vertebral body: ``'superior'``, ``'inferior'`` or ``''`` (whole).
+
+    The body is cut when the vertebra's mask, within the body's axial footprint (so that its
+    posterior elements, which reach beyond the endplates, do not count), comes closer than
+    ``margin_mm`` (mm; at least one slice) to the first or last slice. A cut body has no
+    mid-height for ROI A; the morphological body estimate is also unreliable at the edge.
+    """
+    if vertebra.body_mask is None or not vertebra.body_mask.any():
+        return ""
+    footprint = vertebra.body_mask.any(axis=0)
+    ks = np.flatnonzero((vertebra.mask & footprint[None]).any(axis=(1, 2))) + vertebra.offset[0]
+    if ks.size == 0:
+        return ""
+    edge = max(1, int(np.ceil(margin_mm / volume.spacing[0])))
+    nk = volume.shape[0]
+    z_first, z_last = (float(volume.index_to_lps(np.array([k, 0.0, 0.0]))[2]) for k in (0, nk - 1))
+    first, last = ("inferior", "superior") if z_last > z_first else ("superior", "inferior")
+    if ks.min() < edge:
+        return first
+    if ks.max() > nk - 1 - edge:
+        return last
+    return ""

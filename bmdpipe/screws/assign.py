@@ -10,7 +10,7 @@ import numpy as np
 from ..results import Screw, Side, Vertebra
 from ..volume import Volume
 
-__all__ = ["screw_points", "assign_screws"]
+__all__ = ["screw_points", "box_distance_mm", "assign_screws"]
 
 
 def screw_points(screw: Screw, step_mm: float = 1.0) -> np.ndarray:
@@ -37,8 +37,17 @@ def _segment_distance(points: np.ndarray, c: np.ndarray) -> float:
     return float(np.min(np.linalg.norm(points - c, axis=1)))
 
 
+def box_distance_mm(points: np.ndarray, vertebra: Vertebra, volume: Volume) -> float:
+    """Smallest distance (mm) of ``points`` (N, 3 LPS) from the box of ``vertebra``'s mask; 0 inside."""
+    idx = volume.lps_to_index(points)
+    lo = np.asarray(vertebra.offset, dtype=float)
+    hi = lo + np.asarray(vertebra.mask.shape) - 1.0
+    outside = np.maximum(lo - idx, 0.0) + np.maximum(idx - hi, 0.0)
+    return float(np.min(np.linalg.norm(outside * np.asarray(volume.spacing), axis=1)))
+
+
 def assign_screws(screws: Sequence[Screw], vertebrae: Sequence[Vertebra] = (), *,
-                  volume: Volume | None = None) -> list[Screw]:
+                  volume: Volume | None = None, max_distance_mm: float | None = None) -> list[Screw]:
     """Name each screw's vertebra and side.
 
     Parameters
@@ -49,28 +58,31 @@ def assign_screws(screws: Sequence[Screw], vertebrae: Sequence[Vertebra] = (), *
         otherwise the vertebra whose centroid is nearest to the screw (segment distance).
     volume : Volume, optional
         Grid of the vertebra masks (needed to use the masks).
+    max_distance_mm : float, optional
+        With ``volume``: a screw farther than this (mm) from the box of every vertebra's mask
+        belongs to none (``vertebra`` ''): it is other metal (a hip stem, a clip) or a screw of
+        a level not among ``vertebrae``. None = always assign.
 
     Returns
     -------
     list of Screw
         Copies with ``vertebra`` and ``side`` set. The side is the sign of the LPS x offset of
         the screw's entry point from the vertebra's centroid (+x = patient's left). Without
-        vertebrae, ``vertebra`` stays ``''`` and the side is relative to the mean x of all
-        entry points.
+        vertebrae (or far from all of them), ``vertebra`` stays ``''`` and the side is relative
+        to the mean x of all entry points.
     """
     screws = list(screws)
     if not screws:
         return []
+    mid_x = float(np.mean([s.entry_lps[0] for s in screws]))
     out = []
-    if not vertebrae:
-        mid_x = float(np.mean([s.entry_lps[0] for s in screws]))
-        for s in screws:
-            side = Side.left if s.entry_lps[0] > mid_x else Side.right
-            out.append(replace(s, side=side))
-        return out
     cents = np.array([v.centroid_lps for v in vertebrae], dtype=float)
     for s in screws:
         pts = screw_points(s)
+        if not vertebrae or (volume is not None and max_distance_mm is not None and min(
+                box_distance_mm(pts, v, volume) for v in vertebrae) > max_distance_mm):
+            out.append(replace(s, vertebra="", side=Side.left if s.entry_lps[0] > mid_x else Side.right))
+            continue
         votes = _mask_votes(pts, vertebrae, volume) if volume is not None else np.zeros(len(vertebrae))
         if votes.max() > 0:
             k = int(np.argmax(votes))

@@ -362,7 +362,8 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
     vertebrae : sequence of Vertebra, optional
         Labelled or localised vertebrae; used to name each screw's level and side.
         Without them ``vertebra`` is ``''`` and the side is relative to the midline of all
-        screws found.
+        screws found. A straight metal run farther than ``max_distance_from_vertebra_mm`` from
+        all of them keeps ``vertebra`` '' too (other metal, or a screw of another level).
 
     Returns
     -------
@@ -407,6 +408,6 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
     screws = [Screw(entry_lps=tuple(float(x) for x in e), tip_lps=tuple(float(x) for x in t),
                     length_mm=float(np.linalg.norm(t - e)), diameter_mm=float(d), n_voxels=nv)
               for e, t, d, nv in found]
-    screws = assign_screws(screws, vertebrae, volume=volume)
+    screws = assign_screws(screws, vertebrae, volume=volume, max_distance_mm=settings.max_distance_from_vertebra_mm)
     screws.sort(key=lambda s: (-0.5 * (s.entry_lps[2] + s.tip_lps[2]), s.entry_lps[0]))
     return screws

@@ -161,8 +161,30 @@ def test_missing_requested_level(tmp_path):
 def test_no_lumbar_level_is_refused():
     """The DICOM series' labels hold T11/T12 only: a clear 'no lumbar vertebra' error."""
     vol = dicom_volume(need(TS_DICOM / "dicom"))
-    with pytest.raises(AnatomyError, match="no lumbar vertebra"):
+    with pytest.raises(AnatomyError, match="no lumbar vertebra.*levels present: T11, T12; .*--levels T11,T12"):
         vertebrae_from_labels(TS_DICOM / "example_seg_dicom.nii.gz", vol)
+
+
+def test_thoracic_level_measured_when_named():
+    """Named in ``levels``, the T12 of the DICOM series' labels is measured: VerSe id 19, its body centre
+    inside the T12 label."""
+    vol = dicom_volume(need(TS_DICOM / "dicom"))
+    (v,) = vertebrae_from_labels(TS_DICOM / "example_seg_dicom.nii.gz", vol, levels=["T12"])
+    assert (v.name, v.verse_id, v.source) == ("T12", 19, "labels")
+    masks, _, _ = load_labels(TS_DICOM / "example_seg_dicom.nii.gz", vol)
+    k, j, i = np.rint(vol.lps_to_index(v.body_center_lps)).astype(int)
+    assert masks["T12"][k, j, i]
+
+
+def test_named_levels_ordered_superior_to_inferior_across_t12_l1():
+    """T12 and L1 of the 3 mm CT, asked for in any order, come back superior to inferior with their
+    own ids; without ``levels`` only the lumbar ones are measured."""
+    vol = nifti_volume(need(TS / "example_ct.nii.gz"))
+    seg = TS / "example_seg_fast_force_split.nii.gz"
+    verts = vertebrae_from_labels(seg, vol, levels=["L1", "T12"])
+    assert [(v.name, v.verse_id) for v in verts] == [("T12", 19), ("L1", 20)]
+    assert verts[0].body_center_lps[2] > verts[1].body_center_lps[2] + 15.0  # one body height apart
+    assert [v.name for v in vertebrae_from_labels(seg, vol)] == LUMBAR5
 
 
 def test_dicom_labels_with_flipped_y_align():

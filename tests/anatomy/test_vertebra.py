@@ -31,3 +31,28 @@ def test_geometry_matches_truth(seed, orientation):
             assert sign * (p.isthmus_lps[0] - v.body_center_lps[0]) > 5.0
         # canal posterior to the body (+y in LPS)
         assert v.canal_center_lps[1] > v.body_center_lps[1] + 10.0
+
+
+@pytest.mark.parametrize("orientation", ["HFS", "FFS"])
+def test_scan_edge_cut_names_the_cut_end(orientation):
+    """The scan cropped through the middle of the superior body (L3): L3 is cut at the superior end,
+    L4 and L5 are whole; with the crop at the inferior body (L5) it is the inferior end. Slice order
+    (head or feet first) does not matter: the end is named from the LPS z of the slices."""
+    from bmdpipe.anatomy import scan_edge_cut
+    from bmdpipe.volume import Volume
+
+    c = case(11, orientation)
+    vol = c.volume
+    z = vol.index_to_lps(np.stack([np.arange(vol.shape[0]), np.zeros(vol.shape[0]), np.zeros(vol.shape[0])], 1))[:, 2]
+    for level, end in (("L3", "superior"), ("L5", "inferior")):
+        zc = c.truth.vertebra(level).body_center_lps[2]
+        keep = z <= zc if end == "superior" else z >= zc  # drop the slices beyond the body centre
+        ks = np.flatnonzero(keep)
+        crop = Volume(array=vol.array[ks[0]:ks[-1] + 1], spacing=vol.spacing,
+                      origin=tuple(vol.index_to_lps(np.array([ks[0], 0.0, 0.0]))), direction=vol.direction,
+                      meta=vol.meta)
+        verts = vertebrae_from_label_map(c.labels[ks[0]:ks[-1] + 1], crop, AnatomySettings())
+        cut = {v.name: scan_edge_cut(v, crop, 2.0) for v in verts}
+        assert cut == {lv: (end if lv == level else "") for lv in ("L3", "L4", "L5")}
+    # the whole case: nothing cut
+    assert {scan_edge_cut(v, vol, 2.0) for v in vertebrae_from_label_map(c.labels, vol, AnatomySettings())} == {""}

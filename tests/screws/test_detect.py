@@ -59,10 +59,12 @@ def test_runs_split_screw_from_rod_and_reject_block():
     assert all(r.kind != "screw" for r in runs)
 
 
-def _vertebra(vol, name, vid, centre_lps):
-    m = np.ones((3, 3, 3), bool)
-    k, j, i = np.rint(vol.lps_to_index(np.asarray(centre_lps))).astype(int)
-    return Vertebra(name=name, verse_id=vid, offset=(k - 1, j - 1, i - 1), mask=m, centroid_lps=tuple(centre_lps))
+def _vertebra(vol, name, vid, centre_lps, half_mm=(12.0, 15.0, 15.0)):
+    """A vertebra whose mask is a block of +-half_mm (z, y, x) around centre_lps (a lumbar vertebra's extent)."""
+    h = np.ceil(np.asarray(half_mm) / np.asarray(vol.spacing)).astype(int)
+    kji = np.rint(vol.lps_to_index(np.asarray(centre_lps))).astype(int)
+    return Vertebra(name=name, verse_id=vid, offset=tuple(int(v) for v in kji - h), mask=np.ones(2 * h + 1, bool),
+                    centroid_lps=tuple(centre_lps))
 
 
 @pytest.mark.parametrize("flip_x", [False, True])
@@ -83,3 +85,16 @@ def test_side_from_lps_not_index(screw_block, flip_x):
     assert set(by_side) == {Side.left, Side.right}
     assert by_side[Side.left].entry_lps[0] > by_side[Side.right].entry_lps[0]
     assert all(s.vertebra == "L4" for s in screws)
+
+
+@pytest.mark.parametrize("gap_mm,assigned", [(3.0, True), (8.0, False)])
+def test_metal_away_from_every_vertebra_is_not_assigned(screw_block, gap_mm, assigned):
+    """A straight metal run whose closest point lies ``gap_mm`` above the only vertebra's box belongs to
+    it within max_distance_from_vertebra_mm (5 mm), to none beyond (hip stem, a screw of another level)."""
+    vol, tr = screw_block(width_mm=0.0, seed=3)
+    (s,) = detect_screws(vol, SMOOTH)
+    z_low = min(s.entry_lps[2], s.tip_lps[2])
+    half = np.array([10.0, 15.0, 15.0])
+    centre = (30.0, 30.0, z_low - gap_mm - half[0])
+    (found,) = detect_screws(vol, SMOOTH, vertebrae=[_vertebra(vol, "L4", 23, centre, half_mm=half)])
+    assert (found.vertebra == "L4") is assigned
