@@ -8,6 +8,7 @@ Exit status of ``run``: 0 every CT series processed, 1 at least one failed,
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -231,6 +232,11 @@ def run(
     )
     for uid, stage, reason in summary.failures:
         console.print(f"[red]failed[/red] {uid} at {stage}: {reason}")
+    if not discovery.series and discovery.skipped:
+        console.print("[yellow]no CT series to measure in the input[/yellow]: every item was skipped, for these "
+                      "reasons (series.csv lists each one):")
+        for reason, n in Counter(item.reason for item in discovery.skipped).most_common(5):
+            console.print(f"  {n} x {reason}")
     console.print(f"outputs in {out.resolve()} (series.csv, calibration.csv, vbmd.csv, screws.csv, rois/, qc/)")
     raise typer.Exit(summary.exit_code)
 

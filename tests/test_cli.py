@@ -224,3 +224,18 @@ def test_thoracic_level_measured_when_named(tmp_path):
     a_t12 = next(r for r in rows if r["vertebra"] == "T12" and r["region"] == "A")
     truth = float(case.truth.mineral_mg_cm3[amap == 190].mean())
     assert float(a_t12["vbmd_mg_cm3"]) == pytest.approx(truth, abs=3.0)
+
+
+def test_input_with_nothing_to_measure_says_why(tmp_path):
+    """A folder without a CT series: nothing fails (exit 0 as the contract says), and the output says
+    that nothing was measured and why, counted by reason."""
+    (tmp_path / "in").mkdir()
+    for name in ("notes.txt", "protocol.txt"):
+        (tmp_path / "in" / name).write_text("not an image")
+    result = runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "0 processed, 0 failed, 2 skipped" in result.output
+    assert "no CT series to measure in the input" in result.output
+    assert "2 x not a DICOM file" in result.output
+    assert len(read_csv_rows(tmp_path / "out" / "series.csv")) == 2
