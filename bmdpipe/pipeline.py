@@ -174,8 +174,8 @@ def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tu
     notes = tuple(
         f"straight metal object not in a measured vertebra ({levels}) ignored: {s.length_mm:.0f} mm long, "
         f"{s.diameter_mm:.0f} mm wide, LPS ({', '.join(f'{c:.0f}' for c in s.entry_lps)}) to "
-        f"({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (an implant elsewhere, or a screw of an unmeasured "
-        "level: name it in --levels)"
+        f"({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (an implant elsewhere, or a screw of a level not "
+        "measured)"
         for s in found if not s.vertebra)
     return (measure_screws(volume, screws, settings.halo) if screws else []), notes
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..results import Calibration
 from ..volume import Volume
+from .orientation import RADIOLOGICAL, radiological_axial
 
 __all__ = ["plot_calibration", "save_calibration_qc"]
 
@@ -96,7 +97,8 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
         pad = 4 * rmax + 15.0 / px
         ax3.set_xlim(max(idx[:, 2].min() - pad, -0.5), min(idx[:, 2].max() + pad, volume.shape[2] - 0.5))
         ax3.set_ylim(min(idx[:, 1].max() + pad, volume.shape[1] - 0.5), max(idx[:, 1].min() - pad, -0.5))
-        ax3.set_title(f"slice {k}: rods (red) and measured cores (dashed)", fontsize=9)
+        radiological_axial(ax3, volume)
+        ax3.set_title(f"slice {k}: rods (red) and measured cores (dashed)\n{RADIOLOGICAL}", fontsize=9)
     ax3.set_axis_off()
     lines = [textwrap.shorten(w, 230) for w in cal.warnings[:_MAX_WARNING_LINES]]
     if len(cal.warnings) > _MAX_WARNING_LINES:
@@ -150,7 +152,8 @@ def _show_tissue_outlines(ax, volume: Volume, cal: Calibration) -> None:
         name = f"{r.name} ({region})" if r.name == "muscle" and region else r.name
         ax.text(k, j, f"{name} {r.hu_mean:.0f}", color=colour, fontsize=7, ha="center",
                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
-    ax.set_title(f"slice {o.slice_index}: tissues sampled (window -250..250 HU)", fontsize=9)
+    radiological_axial(ax, volume)
+    ax.set_title(f"slice {o.slice_index}: tissues sampled (window -250..250 HU)\n{RADIOLOGICAL}", fontsize=9)
 
 
 def save_calibration_qc(cal: Calibration, volume: Volume | None, path: str | Path) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 from ..config import HaloSettings
 from ..results import Screw
 from ..volume import Volume
+from .orientation import RADIOLOGICAL, radiological_axial
 
 __all__ = ["screw_qc_figure", "save_screw_qc"]
 
@@ -88,8 +89,9 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, win
     ax2.plot(ends[:, 2], ends[:, 1], "c-", lw=0.8)
     for rad, col in ((R, "c"), (R + h.max_width_mm, "r")):
         ax2.add_patch(Circle((kji[2], kji[1]), rad / volume.spacing[2], fill=False, ec=col, lw=0.8))
+    radiological_axial(ax2, volume)
     ax2.set_title(f"{screw.vertebra or '?'} {screw.side.value}: d {screw.diameter_mm:.1f} mm, "
-                  f"L {screw.length_mm:.0f} mm (slice {k})", fontsize=8)
+                  f"L {screw.length_mm:.0f} mm (slice {k})\n{RADIOLOGICAL}", fontsize=8)
     ax2.set_xticks([])
     ax2.set_yticks([])
     fig.tight_layout()
