@@ -195,9 +195,11 @@ def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, 
         py = cy[k] - off_y / sp[1]
         disk = ((yy - py) * sp[1]) ** 2 + ((xx - cx[k]) * sp[2]) ** 2 <= r * r
         if disk.any():
-            # a body slice: the disk is enclosed bone, or (a ring open at the basivertebral
-            # foramen) its mean HU is bone-like; a disc is neither
-            fill[k] = max(filled[k][disk].mean(), float(sm[k][disk].mean() >= settings.bone_threshold_hu))
+            # a body slice: the disk is enclosed bone (cortical ring filled, gaps closed); a disc is
+            # not. Not its mean HU: on 3 mm slices a thin disc between two endplates averages
+            # above bone_threshold_hu (the real CT's T12/L1 disc: 113-117 HU), as much as an
+            # osteoporotic body's own cancellous core (90-100 HU), so only the fill tells them apart
+            fill[k] = filled[k][disk].mean()
     runs = body_runs(fill, sp[0], settings)
     edge = int(np.ceil(settings.fov_edge_margin_mm / sp[0]))
     runs = [(a, b) for a, b in runs if a > edge - 1 and b < nz - edge + 1 and a > 0 and b < nz]
