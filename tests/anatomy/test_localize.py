@@ -63,9 +63,9 @@ def test_real_ct_body_found_within_5mm(level):
 
 
 @pytest.mark.real_data
-@pytest.mark.xfail(reason="known weak (issue 4): at 3 mm the tilted L5/S1 disc never empties the probe disk and "
-                          "L5's upper half holds a 30-60 HU region; the L5 found is S1's top and L5's lower part, "
-                          "22 mm off", strict=True)
+@pytest.mark.xfail(reason="known weak (issue 4): at 3 mm the canal is not found in the sacrum (track extrapolated) "
+                          "and the tilted L5/S1 disc never empties the probe disk; the L5 found is S1's top and "
+                          "L5's lower part, 22 mm off", strict=True)
 @pytest.mark.parametrize("level", ["L5"])
 def test_real_ct_end_levels_within_5mm(level):
     vol, ref, verts = _real_bodies()
