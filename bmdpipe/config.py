@@ -168,6 +168,7 @@ class AnatomySettings(_Section):
     body_fill_fraction: float = Field(0.25, gt=0, lt=1)
     min_body_height_mm: float = Field(18.0, gt=0)
     max_body_height_mm: float = Field(45.0, gt=0)
+    max_body_height_ratio: float = Field(1.3, gt=1)
     fov_edge_margin_mm: float = Field(2.0, ge=0)
 
 

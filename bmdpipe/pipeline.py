@@ -148,16 +148,19 @@ def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibratio
 
 
 def _vertebrae(volume: Volume, job: SeriesJob, settings: Settings) -> tuple[list[Vertebra], tuple[str, ...]]:
-    """The whole vertebrae of the series, and a note for each one cut by the scan's field of view."""
-    from .anatomy import localize_vertebrae, scan_edge_cut, vertebrae_from_labels
+    """The whole vertebrae of the series, and a note for each one cut by the scan's field of view (and,
+    when localised, for each body much taller than the others)."""
+    from .anatomy import localize_vertebrae, scan_edge_cut, tall_bodies, vertebrae_from_labels
 
     if job.labels:
         found = vertebrae_from_labels(Path(job.labels), volume, settings.anatomy, levels=job.levels or None)
+        notes = ()
     else:
         found = localize_vertebrae(volume, settings.anatomy, levels=job.levels or None)
+        notes = tuple(tall_bodies(found, settings.anatomy.max_body_height_ratio))
     cut = {v.name: scan_edge_cut(v, volume, settings.anatomy.fov_edge_margin_mm) for v in found}
-    notes = tuple(f"{name} not measured: its vertebral body reaches the {edge} end of the scan (cut by the field "
-                  "of view; ROI A needs the whole body)" for name, edge in cut.items() if edge)
+    notes += tuple(f"{name} not measured: its vertebral body reaches the {edge} end of the scan (cut by the field "
+                   "of view; ROI A needs the whole body)" for name, edge in cut.items() if edge)
     whole = [v for v in found if not cut[v.name]]
     if not whole:
         raise AnatomyError("no whole vertebra to measure: " + "; ".join(notes))

@@ -73,3 +73,15 @@ def test_t12_of_the_3mm_ct_is_cut_and_l1_measured(tmp_path):
     assert {r["vertebra"] for r in read_csv_rows(out / "vbmd.csv")} == {"L1"}
     (series,) = read_csv_rows(out / "series.csv")
     assert "T12 not measured: its vertebral body reaches the superior end of the scan" in series["reason"]
+
+
+def test_localised_run_flags_the_merged_l5(tmp_path):
+    """Without labels the 3 mm CT's five bodies are localised; the lowest (L5 run together with S1's top)
+    is measured but flagged in series.csv, and the hip stem is still no screw."""
+    out, proc = _run(tmp_path, str(TS / "example_ct.nii.gz"), "--phantom", "none")
+    assert proc.returncode == 0, proc.stderr
+    (series,) = read_csv_rows(out / "series.csv")
+    assert "V5 is 39 mm tall, 37 % more than the other bodies" in series["reason"]
+    assert "V4 is" not in series["reason"]
+    assert read_csv_rows(out / "screws.csv") == []
+    assert {r["vertebra"] for r in read_csv_rows(out / "vbmd.csv")} == {"V1", "V2", "V3", "V4", "V5"}

@@ -9,7 +9,7 @@ from .labels import (
     vertebrae_from_labels,
     vertebrae_from_masks,
 )
-from .localize import localize_vertebrae
+from .localize import localize_vertebrae, tall_bodies
 from .vertebra import scan_edge_cut, vertebra_geometry
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "vertebrae_from_label_map",
     "vertebrae_from_masks",
     "localize_vertebrae",
+    "tall_bodies",
     "vertebra_geometry",
     "scan_edge_cut",
 ]

@@ -37,7 +37,7 @@ from ..volume import Volume
 from .frame import CanonicalFrame
 from .vertebra import vertebra_geometry
 
-__all__ = ["localize_vertebrae", "find_canal", "body_runs"]
+__all__ = ["localize_vertebrae", "find_canal", "body_runs", "tall_bodies"]
 
 
 def _fill_slices(mask: np.ndarray, spacing=None, close_mm: float = 0.0) -> np.ndarray:
@@ -142,6 +142,26 @@ def body_runs(fill: np.ndarray, spacing_z: float, settings: AnatomySettings) -> 
             continue
         runs.append((int(a), int(b)))
     return sorted(runs)
+
+
+def tall_bodies(vertebrae: Sequence[Vertebra], max_ratio: float) -> list[str]:
+    """Warnings for localised bodies much taller than the others: two bodies run together.
+
+    A body whose height exceeds ``max_ratio`` times the median height of the other bodies
+    (at least two others) probably holds a disc that the body probe did not see (the tilted
+    lumbosacral junction on thick slices); its ROI A is then not at a body's mid-height.
+    """
+    if len(vertebrae) < 3:
+        return []
+    heights = np.array([v.body_height_mm for v in vertebrae], dtype=float)
+    out = []
+    for i, v in enumerate(vertebrae):
+        others = float(np.median(np.delete(heights, i)))
+        if heights[i] > max_ratio * others:
+            out.append(f"{v.name} is {heights[i]:.0f} mm tall, {100 * (heights[i] / others - 1):.0f} % more than the "
+                       f"other bodies (median {others:.0f} mm): two bodies may have run together; check its QC "
+                       "image or pass --labels")
+    return out
 
 
 def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, *,
