@@ -45,10 +45,9 @@ __all__ = [
     "vertebrae_from_masks",
 ]
 
+#: The lumbar levels: the ones measured when no ``levels`` are named. Other levels (T12 of a
+#: thoracolumbar QCT, T11 when T12 is fractured) are measured when named in ``levels``.
 LUMBAR = ("L1", "L2", "L3", "L4", "L5", "L6")
-#: Levels measured by default when the labels name no ``levels``: the lumbar spine. Other levels
-#: (T12 of a thoracolumbar QCT, T11 when T12 is fractured) are measured when named in ``levels``.
-DEFAULT_LEVELS = LUMBAR
 
 #: id -> level name for each known scheme.
 SCHEMES: dict[str, dict[int, str]] = {
@@ -367,14 +366,14 @@ def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings:
                                f"labelled levels: {', '.join(found) or 'none'}")
         wanted = sorted(levels, key=VERSE_IDS.__getitem__)
     else:
-        wanted = [lvl for lvl in found if lvl in DEFAULT_LEVELS]
+        wanted = [lvl for lvl in found if lvl in LUMBAR]
     if not wanted:
         outside = [k for k in masks if inside.get(k, 1) < settings.label_min_inside_fraction]
         hint = " (the labels fall outside the CT grid: wrong origin?)" if outside and not found else ""
         name_them = f"; to measure them, name them: --levels {','.join(found)}" if found else ""
         raise AnatomyError(f"{path}: no lumbar vertebra on this CT{hint}; levels present: "
                            f"{', '.join(found) or 'none'}{name_them}")
-    checked = [lvl for lvl in found if lvl in DEFAULT_LEVELS or lvl in wanted]
+    checked = [lvl for lvl in found if lvl in LUMBAR or lvl in wanted]
     problems = check_labels(volume, {k: masks[k] for k in checked}, {k: inside.get(k, 1.0) for k in checked},
                             settings)
     if problems:

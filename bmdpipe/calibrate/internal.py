@@ -269,7 +269,7 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
     ids = np.unique(lab[best & (lab > 0)])
     shaped = np.intersect1d(ids, _vessel_like(lab, n, lateral, min_vox, ssp[0], s))
     near = ndi.binary_dilation(best, structure=_ball(np.full(3, s.internal_blood_smooth_mm) / ssp))
-    vessel = np.isin(lab, shaped) | (np.isin(lab, ids[ids > 0]) & near)
+    vessel = np.isin(lab, shaped) | (np.isin(lab, ids) & near)  # ids: labels > 0 only
     return ndi.binary_erosion(vessel, structure=_ball(s.internal_erosion_mm / ssp))
 
 
