@@ -306,11 +306,18 @@ def calibrate(
 
 @app.command()
 def phantoms() -> None:
-    """List the shipped calibration phantom definitions."""
-    from .calibrate import list_phantoms
+    """List the shipped calibration phantom definitions.
 
-    for name, description in list_phantoms():
-        typer.echo(f"{name:32s} {description}")
+    One line each: the name to give to `--phantom`, the model, the material, the number of
+    rods and the description. A definition marked "example values" holds one phantom's
+    certificate: copy its file and put in your own phantom's values.
+    """
+    from .calibrate import list_phantoms, load_phantom
+
+    for name in list_phantoms():
+        d = load_phantom(name)
+        example = " [example values: use your own certificate]" if d.example_values else ""
+        typer.echo(f"{name:28s} {d.model:13s} {d.material.value:6s} {len(d.rods)} rods  {d.description}{example}")
 
 
 @app.command()

@@ -239,3 +239,16 @@ def test_input_with_nothing_to_measure_says_why(tmp_path):
     assert "no CT series to measure in the input" in result.output
     assert "2 x not a DICOM file" in result.output
     assert len(read_csv_rows(tmp_path / "out" / "series.csv")) == 2
+
+
+def test_phantoms_lists_every_shipped_definition():
+    from bmdpipe.calibrate import list_phantoms, load_phantom
+
+    result = runner.invoke(app, ["phantoms"])
+    assert result.exit_code == 0, result.output
+    lines = {ln.split()[0]: ln for ln in result.output.splitlines() if ln.strip()}
+    assert set(lines) == set(list_phantoms())
+    for name, line in lines.items():
+        d = load_phantom(name)
+        assert f"{d.model} " in line and f" {len(d.rods)} rods" in line
+        assert ("example values" in line) == d.example_values
