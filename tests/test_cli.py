@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -252,3 +253,24 @@ def test_phantoms_lists_every_shipped_definition():
         d = load_phantom(name)
         assert f"{d.model} " in line and f" {len(d.rods)} rods" in line
         assert ("example values" in line) == d.example_values
+
+
+def test_synth_writes_cases_and_a_manifest_run_can_read(tmp_path):
+    from bmdpipe.calibrate import load_phantom
+    from bmdpipe.manifest import read_manifest
+
+    out = tmp_path / "sample"
+    result = runner.invoke(app, ["synth", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_manifest(out / "manifest.csv")
+    assert len(rows) == 3
+    by_id = {r.study_id: r for r in rows}
+    assert len(by_id) == 3
+    for r in rows:
+        assert Path(r.path).is_dir() and any(Path(r.path).iterdir()), r.path
+        assert Path(r.labels).is_file(), r.labels
+        assert (Path(r.path).parent / "truth.json").is_file()
+        load_phantom(r.phantom)
+    post = [r for r in rows if "postop" in str(r.path)]
+    assert len(post) == 1 and post[0].timepoint == "month_12"
+    assert {r.timepoint for r in rows if r not in post} == {"baseline"}
