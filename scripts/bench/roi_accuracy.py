@@ -20,6 +20,7 @@ Exit status 1 when a done-when criterion fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -34,7 +35,6 @@ def run_case(seed: int, *, localize: bool, spacing, settings):
     from bmdpipe.synthetic.case import make_case
     from bmdpipe.synthetic.spec import ORIENTATIONS, CaseSpec
     from bmdpipe.synthetic.tissue import TISSUE
-    import dataclasses
 
     orient = sorted(ORIENTATIONS)[seed % len(ORIENTATIONS)]
     spec = CaseSpec(orientation=orient, sclerosis=bool(seed % 2) or None, spacing_mm=spacing)
