@@ -158,6 +158,11 @@ class AnatomySettings(_Section):
     default_canal_width_mm: float = Field(22.0, gt=0)
     max_pedicle_convergence_deg: float = Field(35.0, gt=0)
     max_pedicle_sagittal_deg: float = Field(30.0, gt=0)
+    pedicle_transverse_angle_deg: dict[str, float] = {"L1": 11.0, "L2": 12.0, "L3": 14.0, "L4": 18.0, "L5": 30.0}
+    pedicle_transverse_angle_sd_deg: float = Field(5.0, gt=0)
+    pedicle_isolated_area_ratio: float = Field(1.35, gt=1)
+    pedicle_partial_section_fraction: float = Field(0.8, gt=0, lt=1)
+    body_tilt_min_column_height_fraction: float = Field(0.8, gt=0, le=1)
     trajectory_depth_fraction: float = Field(0.8, gt=0, le=1)
     spine_search_halfwidth_mm: float = Field(60.0, gt=0)
     canal_min_area_mm2: float = Field(60.0, gt=0)

@@ -15,6 +15,15 @@ Method
 3. Pedicles: the mask lateral to the canal, between the posterior wall and the lamina,
    in the body's height range, one connected part per side. Its coronal cross-sections give
    the axis (least-squares line through their centroids) and the isthmus (smallest section).
+   The axis' medial convergence is that line's, combined with the level's typical angle
+   (``pedicle_transverse_angle_deg``) by inverse-variance weights: the line's uncertainty
+   follows from the voxel size and the length of pedicle it spans (:func:`combined_angle`),
+   so a 1 mm scan keeps its own measurement and a 3 mm scan, whose few coarse sections
+   barely resolve a 15 degree slant, leans on the typical angle. Sagittally the axis runs
+   parallel to the body's endplates (:func:`body_sagittal_tilt`): the sections' own tilt is
+   cut short by the body's height range they are taken from. Sections smaller than
+   ``pedicle_partial_section_fraction`` of the median (slivers where the pedicle meets the
+   body) are never the isthmus.
    Entry = where the axis leaves the bone posteriorly; target = ``trajectory_depth_fraction``
    of the body depth along the axis, from the posterior wall.
 """
@@ -26,11 +35,12 @@ from scipy import ndimage as ndi
 
 from ..config import AnatomySettings
 from ..errors import AnatomyError
-from ..results import PedicleAxis, Side, Vertebra
+from ..results import VERSE_IDS, PedicleAxis, Side, Vertebra
 from ..volume import Volume
 from .frame import CanonicalFrame
 
-__all__ = ["vertebra_geometry", "ball", "largest_component", "scan_edge_cut"]
+__all__ = ["vertebra_geometry", "ball", "largest_component", "scan_edge_cut", "typical_transverse_angle",
+           "combined_angle", "body_sagittal_tilt"]
 
 
 def ball(radius_mm: float, spacing) -> np.ndarray:
@@ -89,7 +99,80 @@ def _last_run_end(t, inside) -> float:
     return float(t[out[0] - 1]) if out.size else float(t[-1])
 
 
-def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spacing, settings, body_depth_mm):
+def typical_transverse_angle(level: str, settings: AnatomySettings) -> float:
+    """Typical medial convergence (deg) of a level's pedicle axis (``pedicle_transverse_angle_deg``).
+
+    A level not in the table takes the nearest listed level by VerSe id (T12 -> L1, S1 -> L5);
+    an unnamed one (``V1``...) the median of the table.
+    """
+    table = settings.pedicle_transverse_angle_deg
+    if level in table:
+        return float(table[level])
+    listed = [k for k in table if k in VERSE_IDS]
+    if level not in VERSE_IDS or not listed:
+        return float(np.median(list(table.values())))
+    nearest = min(listed, key=lambda k: abs(VERSE_IDS[k] - VERSE_IDS[level]))
+    return float(table[nearest])
+
+
+def combined_angle(measured_deg: float | None, sd_measured_deg: float, typical_deg: float,
+                   sd_typical_deg: float) -> float:
+    """An angle (deg) from a measured and an expected value, inverse-variance weighted.
+
+    ``measured_deg`` None (no line could be fitted) gives the expected value.
+    """
+    if measured_deg is None or not np.isfinite(measured_deg) or not sd_measured_deg > 0:
+        return float(typical_deg)
+    w_m, w_t = sd_measured_deg ** -2, sd_typical_deg ** -2
+    return float((w_m * measured_deg + w_t * typical_deg) / (w_m + w_t))
+
+
+def body_sagittal_tilt(body: np.ndarray, spacing, min_height_fraction: float = 0.8) -> float:
+    """Sagittal tilt (deg) of a vertebral body in a canonical box, from its endplates.
+
+    ``body`` is best the vertebra's mask within the body's axial footprint: the morphological
+    opening that finds the body rounds its edges off.
+
+    In the body's central third (left-right), each column at least ``min_height_fraction`` as
+    high as the highest (not the front and back edges, rounded, and cut obliquely when the body is
+    tilted) gives its mid-height, halfway between the superior and inferior endplate; a line
+    through them along the posterior axis gives the tilt, positive when the body rises going
+    posteriorly. Endplate concavity, the same front to back, does not tilt that line.
+    """
+    xs = np.flatnonzero(body.any(axis=(0, 1)))
+    if xs.size < 3:
+        return 0.0
+    third = max(1, (xs.max() - xs.min() + 1) // 3)
+    band = body[:, :, xs.min() + third:xs.max() + 1 - third]
+    has = band.any(axis=0)  # (y, x) columns holding body
+    nz = band.shape[0]
+    top = np.where(has, nz - 1 - np.argmax(band[::-1], axis=0), 0)
+    bottom = np.where(has, np.argmax(band, axis=0), 0)
+    height = np.where(has, top - bottom, 0)
+    full = height >= min_height_fraction * height.max()  # not the front and back edges, rounded and cut by the tilt
+    yy = np.broadcast_to(np.arange(band.shape[1])[:, None], has.shape)
+    if np.unique(yy[full]).size < 3:
+        return 0.0
+    mid = 0.5 * (top + bottom)[full] * spacing[0]
+    return float(np.degrees(np.arctan(np.polyfit(yy[full] * spacing[1], mid, 1)[0])))
+
+
+def _line_slope(t: np.ndarray, v: np.ndarray, voxel_mm: float) -> tuple[float, float]:
+    """Least-squares slope of ``v`` (mm) against ``t`` (mm) and its standard error.
+
+    The error is the larger of the residuals' (from 4 points on) and the one a voxel's
+    quantisation of each point, ``voxel_mm / sqrt(12)``, implies.
+    """
+    slope, icpt = np.polyfit(t, v, 1)
+    spread = np.sqrt(np.sum((t - t.mean()) ** 2))
+    sd_point = voxel_mm / np.sqrt(12.0)
+    if len(t) >= 4:
+        sd_point = max(sd_point, float(np.sqrt(np.sum((v - (slope * t + icpt)) ** 2) / (len(t) - 2))))
+    return float(slope), float(sd_point / spread)
+
+
+def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spacing, settings, body_depth_mm,
+             typical_deg, body_tilt_deg):
     """One pedicle in canonical voxel coordinates: (entry, isthmus, target, width, height) or None."""
     nz, ny, nx = mask.shape
     sz, sy, sx = spacing
@@ -119,13 +202,19 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
     cents = np.array(cents, float)
     areas = np.array(areas, float)
     # isolated pedicle sections: not widened by the transverse / articular processes or the body
-    k0 = int(np.argmin(areas[1:-1])) + 1 if len(ys) >= 3 else int(np.argmin(areas))
+    # (slivers, where the pedicle meets the body or the mask thins out, are not the isthmus)
+    whole = areas >= settings.pedicle_partial_section_fraction * np.median(areas)
+    interior = whole.copy()
+    if len(ys) >= 3:
+        interior[0] = interior[-1] = False
+    k0 = int(np.flatnonzero(interior)[np.argmin(areas[interior])]) if interior.any() else int(np.argmax(areas))
     a_ref = areas[k0]
+    ratio = settings.pedicle_isolated_area_ratio
     lo = k0
-    while lo > 0 and areas[lo - 1] <= 1.35 * a_ref:
+    while lo > 0 and whole[lo - 1] and areas[lo - 1] <= ratio * a_ref:
         lo -= 1
     hi = k0
-    while hi < len(ys) - 1 and areas[hi + 1] <= 1.35 * a_ref:
+    while hi < len(ys) - 1 and whole[hi + 1] and areas[hi + 1] <= ratio * a_ref:
         hi += 1
     run = np.arange(lo, hi + 1)
     k = int(run[len(run) // 2])
@@ -134,23 +223,19 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
     zi, xi = np.nonzero(sl)
     width = float((xi.max() - xi.min() + 1) * sx)
     height = float((zi.max() - zi.min() + 1) * sz)
-    # axis: least-squares line x(y), z(y) through the isolated section centroids, in mm
+    # axis: least-squares line x(y) through the isolated sections' centroids, in mm
+    conv, sd_conv = None, np.inf  # measured medial convergence, deg
     if len(run) >= 3:
-        py = cents[run, 1] * sy
-        dxdy = np.polyfit(py, cents[run, 2] * sx, 1)[0]
-        dzdy = np.polyfit(py, cents[run, 0] * sz, 1)[0]
-        # the sections of an oblique bar are widened by 1/cos: width_x = w / cos(conv)
-    else:
-        dxdy = dzdy = 0.0
-    # anterior direction (-y); convergence = medial tilt going anteriorly
-    d = np.array([-dzdy, -1.0, -dxdy])
-    conv = np.degrees(np.arctan(abs(dxdy)))
-    sag = np.degrees(np.arctan(abs(dzdy)))
-    medial_anteriorly = np.sign(-dxdy) == -side_sign or dxdy == 0
-    if conv > settings.max_pedicle_convergence_deg or not medial_anteriorly:
-        d[2] = side_sign * -np.tan(np.radians(10.0))  # typical 10 deg convergence
-    if sag > settings.max_pedicle_sagittal_deg:
-        d[0] = 0.0
+        slope, sd_slope = _line_slope(cents[run, 1] * sy, cents[run, 2] * sx, sx)
+        conv, sd_conv = float(np.degrees(np.arctan(side_sign * slope))), float(np.degrees(sd_slope))  # + = medial
+        if not 0.0 <= conv <= settings.max_pedicle_convergence_deg:
+            conv = None  # the fit failed (processes in the sections): lumbar pedicles converge medially
+    conv = combined_angle(conv, sd_conv, typical_deg, settings.pedicle_transverse_angle_sd_deg)
+    # sagittally the axis runs parallel to the endplates: the sections' own tilt is cut short by
+    # the body's height range they are taken from
+    tilt = body_tilt_deg if abs(body_tilt_deg) <= settings.max_pedicle_sagittal_deg else 0.0
+    # anterior direction (-y): medially by conv, down by tilt (positive tilt rises posteriorly)
+    d = np.array([-np.tan(np.radians(tilt)), -1.0, -side_sign * np.tan(np.radians(conv))])
     d /= np.linalg.norm(d)
     # entry: leave the bone posteriorly (mask filled), from the isthmus
     t_b, in_b = _ray(mask, isth, -d, spacing, 60.0)
@@ -258,9 +343,13 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
         canal_w = settings.default_canal_width_mm
     canal_w = float(np.clip(canal_w, 10.0, 40.0))
     pedicles = []
+    typical = typical_transverse_angle(name, settings)
+    # the mask's endplates within the body's footprint, not the opened (rounded) body's
+    body_tilt = body_sagittal_tilt(mask & body.any(axis=0)[None], sp, settings.body_tilt_min_column_height_fraction)
     z_rng = (max(0, z_lo - 1), min(mask.shape[0] - 1, z_hi + 1))
     for side, sign in ((Side.left, 1.0), (Side.right, -1.0)):
-        res = _pedicle(mask, body, sign, z_rng, y_bp, y_lam, x_mid, 0.5 * canal_w, sp, settings, depth)
+        res = _pedicle(mask, body, sign, z_rng, y_bp, y_lam, x_mid, 0.5 * canal_w, sp, settings, depth, typical,
+                       body_tilt)
         if res is None:
             continue
         entry, isth, target, w, h = res

@@ -4,7 +4,8 @@
 For each case and ROI: measured density = mean calibrated HU over the ROI the pipeline chose,
 using the TRUE calibration (truth.scanner) so calibration error is not mixed in; truth = mean
 of the noise-free, un-blurred truth.mineral_mg_cm3 over the same voxels. Also the share of ROI
-voxels in cortex, sclerosis or outside the vertebra (truth.tissue / labels).
+voxels in cortex, sclerosis or outside the vertebra (truth.tissue / labels), and how far each
+pedicle axis (entry -> target direction, deg) and isthmus (mm) are from the truth.
 
 The error is split in two with a noise-free twin of each case (same seed, noise SD 0: the same
 anatomy, scanner and blur): ``noise`` = measured - the twin's mean over the same voxels (the
@@ -52,6 +53,7 @@ def run_case(seed: int, *, localize: bool, spacing, settings):
         verts = vertebrae_from_label_map(case.labels, case.volume, settings.anatomy)
     rois = place_rois(case.volume, verts, settings)
     dt = time.perf_counter() - t0
+    axes = [err for v in verts for err in pedicle_axis_errors(v, tr.vertebra(v.name))]
     bad_codes = [TISSUE["cortex"], TISSUE["sclerosis"]]
     rows = []
     for r in rois:
@@ -66,7 +68,23 @@ def run_case(seed: int, *, localize: bool, spacing, settings):
                          n=m["n_voxels"], excl=m["excluded_fraction"], measured=m["vbmd_mg_cm3"], truth=truth,
                          err=m["vbmd_mg_cm3"] - truth, noise=m["vbmd_mg_cm3"] - clean, method=clean - truth,
                          bad=bad))
-    return rows, dt, len(tr.sclerosis), sc.noise_sd_hu
+    return rows, dt, len(tr.sclerosis), sc.noise_sd_hu, axes
+
+
+def _unit(a, b) -> np.ndarray:
+    d = np.subtract(b, a)
+    return d / np.linalg.norm(d)
+
+
+def pedicle_axis_errors(vertebra, truth) -> list[tuple[float, float]]:
+    """(angle between found and true entry->target direction in deg, isthmus distance in mm) per pedicle."""
+    out = []
+    for p in vertebra.pedicles:
+        t = truth.pedicle(p.side)
+        cos = float(_unit(p.entry_lps, p.target_lps) @ _unit(t.entry_lps, t.target_lps))
+        out.append((float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))),
+                    float(np.linalg.norm(np.subtract(p.isthmus_lps, t.isthmus_lps)))))
+    return out
 
 
 def main(argv=None) -> int:
@@ -81,10 +99,11 @@ def main(argv=None) -> int:
 
     settings = load_settings()
     spacing = tuple(float(v) for v in a.spacing.split(","))
-    all_rows, ok_rows = [], True
+    all_rows, all_axes, ok_rows = [], [], True
     for seed in range(a.seed0, a.seed0 + a.cases):
-        rows, dt, n_scl, noise = run_case(seed, localize=a.localize, spacing=spacing, settings=settings)
+        rows, dt, n_scl, noise, axes = run_case(seed, localize=a.localize, spacing=spacing, settings=settings)
         all_rows += rows
+        all_axes += axes
         n15 = len(rows) == 15
         ok_rows &= n15
         print(f"case {seed:3d} {rows[0]['orient'] if rows else '':9s} noise {noise:4.1f} HU  sclerosis foci {n_scl}  "
@@ -111,6 +130,9 @@ def main(argv=None) -> int:
         print(f"{region:6s} {len(rr):5d} {np.nanmean(np.abs(err)):9.2f} {np.nanmean(err):+9.2f} "
               f"{np.nanmax(np.abs(err)):9.2f} {lim_avg:6.1f}/{lim_max:<6.1f} {bad:12.3f} "
               f"{np.nanmean(method):8.2f}/{np.nanmax(method):<9.2f} {noise_sd:8.2f}  {'ok' if good else 'FAIL'}")
+    ang, isth = np.array(all_axes).T if all_axes else (np.array([np.nan]), np.array([np.nan]))
+    print(f"pedicle axes: {len(all_axes)}; direction error mean {ang.mean():.1f}, max {ang.max():.1f} deg; "
+          f"isthmus error mean {isth.mean():.1f}, max {isth.max():.1f} mm (not a criterion)")
     print(f"rows per case 15: {'ok' if ok_rows else 'FAIL'}")
     print("RESULT:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
