@@ -90,6 +90,8 @@ class CalibrationSettings(_Section):
     phantom_scan_min_slices: int = Field(3, ge=1)
     rod_padding_hu: float = -1500.0
     rod_infer_max_residual_hu: float = Field(10.0, gt=0)
+    phantom_hint_min_rods: int = Field(4, ge=2)
+    phantom_hint_min_span_hu: float = Field(300.0, gt=0)
     rod_min_z_fraction: float = Field(0.4, ge=0, le=1)
     rod_max_groups: int = Field(30, ge=1)
     slope_min_hu_per_mg_cm3: float = Field(0.5, gt=0)

@@ -118,7 +118,7 @@ def _stage(name: str):
 
 def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibration:
     from .calibrate import (calibrate_internal, calibrate_with_phantom, check_compatible, load_calibration,
-                            load_phantom, precalibration_kev, to_ha_equivalent)
+                            load_phantom, phantom_hint, precalibration_kev, to_ha_equivalent)
 
     def saved(path: str) -> tuple[Calibration, tuple[str, ...]]:  # a saved calibration and its protocol check
         cal, kvp, kernel = load_calibration(Path(path))
@@ -133,7 +133,8 @@ def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibratio
             pre, notes = saved(job.precalibration_file)
             scanner_kev = precalibration_kev(pre)
         cal = calibrate_internal(volume, settings.calibration, scanner_kev=scanner_kev)
-        cal = replace(cal, warnings=cal.warnings + notes)
+        hint = phantom_hint(volume, settings.calibration)
+        cal = replace(cal, warnings=cal.warnings + notes + ((hint,) if hint else ()))
         if job.phantom is None and not job.precalibration_file:
             cal = replace(
                 cal,

@@ -69,6 +69,7 @@ def same_scanner(tmp_path_factory):
     write_dicom_series(phantom, root / "phantom", add_localizer=False, add_stray_files=False)
     write_dicom_series(patient, root / "patient", add_localizer=False, add_stray_files=False)
     write_labels_nifti(patient, root / "labels.nii.gz")
+    write_labels_nifti(phantom, root / "phantom_labels.nii.gz")
     res = runner.invoke(app, ["calibrate", str(root / "phantom"), "--phantom", "mindways-model3-ct",
                               "--save", str(root / "cal.json")])
     assert res.exit_code == 0, res.output
@@ -93,6 +94,21 @@ def test_run_precalibrated_by_a_phantom_scan(same_scanner, tmp_path):
         row["slope_hu_per_mg_cm3"])
     assert density == pytest.approx(150.0, rel=0.05)
     assert "differs" not in row["warnings"] and "no --phantom given" not in row["warnings"]
+    assert "phantom seems to be in the scan" not in row["warnings"]
+
+
+def test_phantomless_run_of_a_scan_with_a_phantom_names_it(same_scanner, tmp_path):
+    """`--phantom none` on the phantom scan: it is calibrated from its tissues as asked, and the
+    warnings say a phantom (its five rods) is in the scan and how to use it."""
+    root, _ = same_scanner
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(root / "phantom"), "--out", str(out), "--phantom", "none",
+                              "--labels", str(root / "phantom_labels.nii.gz")])
+    assert res.exit_code == 0, res.output
+    (row,) = read_csv_rows(out / "calibration.csv")
+    assert row["method"] == "internal"
+    assert "calibration phantom seems to be in the scan (5 rods" in row["warnings"]
+    assert "--phantom NAME" in row["warnings"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -31,7 +31,7 @@ from .definitions import PhantomDefinition
 from .models import fit_linear, fit_quality_warnings, fit_two_component
 
 __all__ = ["RodMeasurement", "find_rods", "assign_rods", "refine_rod_edge", "core_gradient_hu",
-           "calibrate_with_phantom"]
+           "calibrate_with_phantom", "phantom_hint"]
 
 
 @dataclass(frozen=True)
@@ -673,6 +673,21 @@ def _add_invisible_rod(volume: Volume, rods: list[RodMeasurement], definition: P
             "the row's pitch predicts and the fit accepted it: check the QC plot")
     m2 = replace(m, warnings=m.warnings + (note,))
     return [m2 if r is m else r for r in best[1]], True
+
+
+def phantom_hint(volume: Volume, settings: CalibrationSettings | None = None) -> str:
+    """A warning when a scan calibrated without a phantom seems to hold one, else ``''``.
+
+    A row of at least ``phantom_hint_min_rods`` round uniform rods (:func:`find_rods`) whose
+    core HU span at least ``phantom_hint_min_span_hu`` is a calibration phantom, not anatomy.
+    """
+    s = settings or CalibrationSettings()
+    rods = find_rods(volume, s)
+    hu = sorted(r.hu_mean for r in rods)
+    if len(hu) < s.phantom_hint_min_rods or hu[-1] - hu[0] < s.phantom_hint_min_span_hu:
+        return ""
+    return (f"a calibration phantom seems to be in the scan ({len(hu)} rods, {hu[0]:.0f} to {hu[-1]:.0f} HU) but "
+            "phantomless calibration was used: give --phantom NAME (bmdpipe phantoms) to calibrate with it")
 
 
 def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settings: CalibrationSettings | None = None) -> Calibration:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "anatomy"))
-from _realdata import ANKLE  # noqa: E402
+from _realdata import ANKLE, TS, TS_DICOM, dicom_volume, need, nifti_volume  # noqa: E402
 
 from bmdpipe.calibrate.definitions import load_phantom  # noqa: E402
 from bmdpipe.calibrate.phantom import calibrate_with_phantom, find_rods  # noqa: E402
@@ -244,3 +244,16 @@ def test_wrong_definition_rod_count():
     case = make_case(17, CaseSpec(phantom="ha", spacing_mm=SPACING))
     with pytest.raises(CalibrationError, match=r"found [56] rods but phantom 'qrm-bdc-3' has 3"):
         calibrate_with_phantom(case.volume, load_phantom("qrm-bdc-3"))
+
+
+def test_phantom_hint_names_a_phantom_only_where_there_is_one():
+    """Synthetic Mindways and HA scans and the real Calgary pad are named; phantom-free synthetic
+    cases and the two real patient CTs (one with 3 round objects of 32-123 HU) are not."""
+    from bmdpipe.calibrate import phantom_hint
+
+    for seed, kind in ((20, "mindways"), (21, "ha"), (22, None)):
+        hint = phantom_hint(make_case(seed, CaseSpec(phantom=kind, spacing_mm=SPACING)).volume)
+        assert ("calibration phantom seems to be in the scan" in hint) == (kind is not None), (kind, hint)
+    assert "6 rods" in phantom_hint(_load_ankle())
+    assert phantom_hint(nifti_volume(need(TS / "example_ct.nii.gz"))) == ""
+    assert phantom_hint(dicom_volume(need(TS_DICOM / "dicom"))) == ""
