@@ -160,6 +160,14 @@ def main(argv=None) -> int:
           f"{'n >10 %':>8s} {'time s':>7s}")
     for s, n, f, m, p95, mx, n10, t in summary:
         print(f"{s:28s} {n:3d} {f:4d} {m:12.3f} {p95:11.3f} {mx:11.3f} {n10:8d} {t:7.0f}")
+    print()
+    print("issue 3 done-when (density implied at 150 mg/cm3):")
+    for s, n, f, m, p95, mx, n10, t in summary:
+        if s in ("mindways", "ha"):
+            print(f"  {s}: every case within 0.5 %: {'yes' if f == 0 and mx <= 0.5 else 'NO'} (max {mx:.3f} %)")
+        elif s.startswith("internal") and not s.endswith(":async"):
+            print(f"  {s}: mean within 10 % (goal 5 %): {'yes' if f == 0 and m <= 10 else 'NO'} ({m:.2f} %, goal "
+                  f"{'met' if m <= 5 else 'not met'}); every case within 10 %: {n - n10 - f} of {n}")
     return 0
 
 
