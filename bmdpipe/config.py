@@ -187,6 +187,7 @@ class RoiSettings(_Section):
     b_half_length_mm: float = Field(5.0, gt=0)
     screw_diameter_mm: float = Field(6.5, gt=0)
     postop_shell_mm: float = Field(3.0, gt=0)
+    max_standard_error_mg_cm3: float = Field(3.0, gt=0)
 
 
 class MaskingSettings(_Section):

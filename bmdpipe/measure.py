@@ -17,7 +17,7 @@ import numpy as np
 from .results import Calibration, Region, Roi
 from .volume import Volume
 
-__all__ = ["roi_values", "measure_roi", "roi_label_map"]
+__all__ = ["roi_values", "measure_roi", "roi_label_map", "imprecise_roi_note"]
 
 
 def _slices(roi: Roi) -> tuple[slice, ...]:
@@ -51,9 +51,16 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     -------
     dict
         ``hu_mean, hu_median, hu_sd`` (HU), ``vbmd_mg_cm3`` (calibrated mean),
-        ``vbmd_median_mg_cm3``, ``vbmd_sd_mg_cm3`` (mg/cm3), ``n_voxels``, ``volume_mm3``,
-        ``excluded_fraction`` (share of candidates removed as cortex/sclerosis). NaN for an
-        empty ROI.
+        ``vbmd_median_mg_cm3``, ``vbmd_sd_mg_cm3`` (mg/cm3), ``vbmd_se_mg_cm3`` (standard
+        error of the mean, mg/cm3: SD / sqrt(n), the voxels taken as independent), ``n_voxels``,
+        ``volume_mm3``, ``excluded_fraction`` (share of candidates removed as cortex/sclerosis).
+        NaN for an empty ROI.
+
+    Notes
+    -----
+    On the synthetic cases (noise correlated over 0.3 mm) the mean's actual noise error over
+    ROIs A, B, C has an RMS of 0.75-1.1 times ``vbmd_se_mg_cm3`` (1 and 3 mm voxels); a sharper
+    kernel's more correlated noise makes it an underestimate.
     """
     hu = roi_values(volume.array, roi)
     n = int(hu.size)
@@ -61,7 +68,7 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     out = {"n_voxels": n, "excluded_fraction": float(roi.excluded_fraction)}
     if n == 0:
         out.update(hu_mean=nan, hu_median=nan, hu_sd=nan, vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan,
-                   vbmd_sd_mg_cm3=nan, volume_mm3=0.0)
+                   vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan, volume_mm3=0.0)
         return out
     if roi.weights is not None:
         w = np.asarray(roi.weights[roi.mask], dtype=np.float64)
@@ -69,19 +76,42 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         sd = float(np.sqrt(np.average((hu - mean) ** 2, weights=w)))
         median = _weighted_median(hu, w)
         vol = float(w.sum() * volume.voxel_volume_mm3)
+        n_eff = float(w.sum() ** 2 / np.sum(w ** 2))
     else:
         mean = float(hu.mean())
         sd = float(hu.std(ddof=1)) if n > 1 else 0.0
         median = float(np.median(hu))
         vol = float(n * volume.voxel_volume_mm3)
+        n_eff = float(n)
     out.update(hu_mean=mean, hu_median=median, hu_sd=sd, volume_mm3=vol)
     if calibration is not None:
         out["vbmd_mg_cm3"] = float(calibration.density(mean))
         out["vbmd_median_mg_cm3"] = float(calibration.density(median))
         out["vbmd_sd_mg_cm3"] = float(sd / abs(calibration.slope_hu_per_mg_cm3))
+        out["vbmd_se_mg_cm3"] = out["vbmd_sd_mg_cm3"] / np.sqrt(n_eff)
     else:
-        out.update(vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan)
+        out.update(vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan)
     return out
+
+
+def imprecise_roi_note(rows: Iterable[dict], max_standard_error_mg_cm3: float) -> str:
+    """One warning naming the ROIs (``vbmd.csv`` rows) whose mean is imprecise, else ``''``.
+
+    An ROI is imprecise when it is empty or the standard error of its mean
+    (``vbmd_se_mg_cm3``) exceeds ``max_standard_error_mg_cm3`` (mg/cm3).
+    """
+    items = []
+    for r in rows:
+        se, n = r.get("vbmd_se_mg_cm3"), int(r["n_voxels"])
+        name = f"{r['vertebra']} {Region(r['region']).value} {getattr(r['side'], 'value', r['side'])}"
+        if n == 0:
+            items.append(f"{name} empty (every voxel excluded)")
+        elif se is not None and np.isfinite(se) and se > max_standard_error_mg_cm3:
+            items.append(f"{name} +-{se:.1f} ({n} voxels)")
+    if not items:
+        return ""
+    return (f"imprecise ROIs, check their QC images (standard error of the mean above {max_standard_error_mg_cm3:g} "
+            "mg/cm3, roi.max_standard_error_mg_cm3): " + ", ".join(items))
 
 
 def roi_label_map(shape, rois: Iterable[Roi], region: Region | str) -> np.ndarray:

@@ -61,6 +61,12 @@ class SeriesJob:
     precalibration_file: str | None = None
 
 
+def join_warnings(warnings) -> str:
+    """One CSV cell from a series' warnings: ``'; '``-separated, so a warning's own ``'; '``
+    becomes ``', '`` (the cell splits back into the warnings on ``'; '``)."""
+    return "; ".join(w.replace("; ", ", ") for w in warnings)
+
+
 @dataclass(frozen=True)
 class SeriesResult:
     """Everything one series produced; picklable (sent back from Dask workers)."""
@@ -87,7 +93,7 @@ class SeriesResult:
         """The row of ``series.csv``: the failure reason, or the warnings of a processed series."""
         from .store.csv import series_row
 
-        reason = self.reason if self.status == "failed" else "; ".join(self.warnings)
+        reason = self.reason if self.status == "failed" else join_warnings(self.warnings)
         return series_row(self.series_uid, self.path, self.n_files, self.modality,
                           self.description, self.status, reason, self.stage)
 
@@ -194,7 +200,7 @@ def _calibration_row(cal: Calibration) -> dict:
         "r2": cal.r2,
         "n_references": cal.n_references,
         "references": "; ".join(f"{r.name}={r.hu_mean:.1f}HU" for r in cal.references),
-        "warnings": "; ".join(cal.warnings),
+        "warnings": join_warnings(cal.warnings),
         "effective_kev": cal.details.get("kev"),
         "density_uncertainty_percent": (None if cal.details.get("density_uncertainty_fraction") is None
                                         else 100.0 * cal.details["density_uncertainty_fraction"]),
@@ -222,6 +228,7 @@ def _vbmd_row(volume: Volume, roi: Roi, cal: Calibration) -> dict:
         "roi_source": roi.source,
         "vbmd_median_mg_cm3": m.get("vbmd_median_mg_cm3"),
         "vbmd_sd_mg_cm3": m.get("vbmd_sd_mg_cm3"),
+        "vbmd_se_mg_cm3": m.get("vbmd_se_mg_cm3"),
         "label_code": roi.label_code,
     }
 
@@ -264,7 +271,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     Returns the fields of :class:`SeriesResult` that depend on the image. Raises
     :class:`~bmdpipe.errors.BmdpipeError` subclasses; ``process_series`` catches them.
     """
-    from .measure import roi_label_map
+    from .measure import imprecise_roi_note, roi_label_map
     from .roi import place_rois
     from .screws import screw_row
 
@@ -281,11 +288,13 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("measure"):
         vbmd_rows = tuple({**ident, **_vbmd_row(volume, roi, cal)} for roi in rois)
         screw_rows = tuple({**ident, **screw_row(s)} for s in screws)
+        roi_note = imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3)
     out = {
         "calibration_row": {**ident, **_calibration_row(cal)},
         "vbmd_rows": vbmd_rows,
         "screw_rows": screw_rows,
-        "warnings": tuple(volume.meta.warnings) + tuple(cal.warnings) + anatomy_notes + screw_notes,
+        "warnings": (tuple(volume.meta.warnings) + tuple(cal.warnings) + anatomy_notes + screw_notes
+                     + ((roi_note,) if roi_note else ())),
         "roi_maps": {},
         "qc_images": {},
     }

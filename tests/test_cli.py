@@ -92,6 +92,13 @@ def test_calibration_and_vbmd_rows(preop_run):
         assert int(r["n_voxels"]) == int(in_roi.sum()) > 500
         truth_mean = float(case.truth.mineral_mg_cm3[in_roi].mean())
         assert float(r["vbmd_mg_cm3"]) == pytest.approx(truth_mean, abs=3.0)
+    # 1 mm slices: every ROI's mean is precise (standard error SD / sqrt(n)), so none is named
+    for r in rows:
+        assert float(r["vbmd_se_mg_cm3"]) == pytest.approx(float(r["vbmd_sd_mg_cm3"]) / np.sqrt(int(r["n_voxels"])),
+                                                           rel=1e-4)
+        assert float(r["vbmd_se_mg_cm3"]) < 3.0
+    processed = [s for s in read_csv_rows(out / "series.csv") if s["status"] == "processed"]
+    assert processed and not any("imprecise ROIs" in s["reason"] for s in processed)
 
 
 def test_roi_map_codes_and_alignment(preop_run):

@@ -43,7 +43,13 @@ def test_hip_implant_is_not_a_pedicle_screw(tmp_path):
     # where it is: at the bottom of the scan (the hip; the first slice is at z = 94 mm), patient's left (+x)
     ends = [[float(c) for c in part.split(")")[0].split(", ")] for part in note[0].split("(")[2:4]]
     assert all(p[0] > 50.0 and 80.0 <= p[2] <= 160.0 for p in ends), ends
-    assert [r["vertebra"] for r in read_csv_rows(out / "vbmd.csv")][::5] == ["L1", "L2", "L3", "L4", "L5"]
+    rows = read_csv_rows(out / "vbmd.csv")
+    assert [r["vertebra"] for r in rows][::5] == ["L1", "L2", "L3", "L4", "L5"]
+    # 3 mm voxels: the small pedicle ROIs (40-80 voxels, partial-volume cortex) are named as imprecise
+    (note,) = [w for w in series["reason"].split("; ") if w.startswith("imprecise ROIs")]
+    imprecise_b = [r for r in rows if r["region"] == "B" and float(r["vbmd_se_mg_cm3"]) > 3.0]
+    assert len(imprecise_b) >= 8
+    assert all(f"{r['vertebra']} B {r['side']} +-" in note for r in imprecise_b)
 
 
 def test_vertebrae_cut_by_the_scan_are_named_not_measured(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bmdpipe.measure import measure_roi, roi_label_map, roi_values
+from bmdpipe.measure import imprecise_roi_note, measure_roi, roi_label_map, roi_values
 from bmdpipe.results import Calibration, Material, Region, Roi, Side
 from bmdpipe.volume import Volume
 
@@ -29,6 +29,7 @@ def test_measure_values():
     assert m["hu_sd"] == pytest.approx(vals.std(ddof=1), rel=1e-5)
     assert m["vbmd_mg_cm3"] == pytest.approx((vals.mean() + 10.0) / 1.25, rel=1e-6)
     assert m["vbmd_sd_mg_cm3"] == pytest.approx(vals.std(ddof=1) / 1.25, rel=1e-5)
+    assert m["vbmd_se_mg_cm3"] == pytest.approx(vals.std(ddof=1) / 1.25 / np.sqrt(vals.size), rel=1e-5)
     assert m["volume_mm3"] == pytest.approx(vals.size * 0.25)
     assert m["excluded_fraction"] == pytest.approx(10 / (vals.size + 10))
 
@@ -58,3 +59,30 @@ def test_label_map_codes():
     assert lm[0, 0, 0] == 231 and lm[4, 4, 4] == 232 and lm[1, 1, 1] == 231
     assert (roi_label_map((6, 6, 6), rois, Region.A) == 230).sum() == 8
     assert roi_values(lm, rois[1]).tolist() == [232] * 8
+
+
+def test_standard_error_is_the_spread_of_the_mean_over_noise():
+    """Independent check of vbmd_se_mg_cm3: the SD of one ROI's mean over 400 noise draws."""
+    rng = np.random.default_rng(1)
+    mask = rng.random((6, 6, 6)) > 0.5
+    cal = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.4, intercept_hu=0.0)
+    means, ses = [], []
+    for _ in range(400):
+        m = measure_roi(Volume(rng.normal(120, 25, (6, 6, 6)).astype(np.float32), (1.0, 1.0, 1.0)),
+                        _roi((0, 0, 0), mask), cal)
+        means.append(m["vbmd_mg_cm3"])
+        ses.append(m["vbmd_se_mg_cm3"])
+    assert np.mean(ses) == pytest.approx(np.std(means), rel=0.1)
+    assert np.mean(ses) == pytest.approx(25 / 1.4 / np.sqrt(mask.sum()), rel=0.05)
+
+
+def test_imprecise_rois_are_named_in_one_note():
+    rows = [
+        {"vertebra": "L4", "region": Region.A, "side": Side.center, "n_voxels": 5000, "vbmd_se_mg_cm3": 0.2},
+        {"vertebra": "L4", "region": Region.B, "side": Side.left, "n_voxels": 40, "vbmd_se_mg_cm3": 4.31},
+        {"vertebra": "L5", "region": "B", "side": "right", "n_voxels": 0, "vbmd_se_mg_cm3": float("nan")},
+    ]
+    note = imprecise_roi_note(rows, 3.0)
+    assert "L4 B left +-4.3 (40 voxels)" in note and "L5 B right empty" in note and "L4 A" not in note
+    assert "roi.max_standard_error_mg_cm3" in note
+    assert imprecise_roi_note(rows[:1], 3.0) == ""

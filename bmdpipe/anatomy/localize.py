@@ -159,7 +159,7 @@ def tall_bodies(vertebrae: Sequence[Vertebra], max_ratio: float) -> list[str]:
         others = float(np.median(np.delete(heights, i)))
         if heights[i] > max_ratio * others:
             out.append(f"{v.name} is {heights[i]:.0f} mm tall, {100 * (heights[i] / others - 1):.0f} % more than the "
-                       f"other bodies (median {others:.0f} mm): two bodies may have run together; check its QC "
+                       f"other bodies (median {others:.0f} mm): two bodies may have run together, check its QC "
                        "image or pass --labels")
     return out
 

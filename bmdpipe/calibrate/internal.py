@@ -607,7 +607,7 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
     warnings: list[str] = []
     for name, (lo, hi) in s.internal_plausible_hu.items():
         if name in tissues and not (lo <= tissues[name].hu_mean <= hi):
-            warnings.append(f"{name} HU {tissues[name].hu_mean:.0f} outside {lo:.0f}..{hi:.0f}; not used")
+            warnings.append(f"{name} HU {tissues[name].hu_mean:.0f} outside {lo:.0f}..{hi:.0f}, not used")
             del tissues[name]
     if "air" not in tissues or "fat" not in tissues or len(tissues) < 3:
         raise CalibrationError(
@@ -619,7 +619,7 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
                       kev_prior=kev_prior, kev_prior_sd_kev=kev_prior_sd)
     kev, a, b = fit.kev, fit.a_hu, fit.b
     if kev <= s.internal_kev_min + 0.5 or kev >= s.internal_kev_max - 0.5:
-        warnings.append(f"effective energy {kev:.1f} keV at the edge of the search range; calibration unreliable")
+        warnings.append(f"effective energy {kev:.1f} keV at the edge of the search range: calibration unreliable")
     slope = b * mineral_slope_hu_per_mg_cm3(mat.value, kev)
     intercept = a  # mineral in a water-equivalent matrix: 0 HU at zero density (ideal), times gain, plus offset
     uncertainty = slope_uncertainty(fit, mat.value)
@@ -633,8 +633,8 @@ def calibrate_internal(volume: Volume, settings: CalibrationSettings | None = No
         warnings.append(f"tissue HU fit RMS {fit.rms_hu:.1f} HU > {s.internal_max_rms_hu} HU: tissues do not match "
                         "the attenuation model")
     if 100.0 * uncertainty > s.internal_max_uncertainty_percent:
-        warnings.append(f"phantomless calibration uncertain: densities +-{100 * uncertainty:.0f} % (1 SD; "
-                        f"{sorted(tissues)} used); use a phantom for absolute density")
+        warnings.append(f"phantomless calibration uncertain: densities +-{100 * uncertainty:.0f} % (1 SD, "
+                        f"{sorted(tissues)} used): use a phantom for absolute density")
     return Calibration(
         method="internal", phantom="internal", material=mat, slope_hu_per_mg_cm3=float(slope),
         intercept_hu=float(intercept), r2=None, n_references=len(refs), references=tuple(refs),

@@ -106,7 +106,7 @@ def check_compatible(saved_kvp: float | None, saved_kernel: str | None,
         out.append(f"kVp unknown (calibration {saved_kvp}, series {kvp}): cannot check the calibration applies")
     elif abs(float(saved_kvp) - float(kvp)) > kvp_tolerance:
         out.append(f"series kVp {float(kvp):g} differs from the calibration's {float(saved_kvp):g} kVp: "
-                   "densities will be biased; calibrate with a phantom scan of this protocol")
+                   "densities will be biased, calibrate with a phantom scan of this protocol")
     sk, k = (saved_kernel or "").strip().upper(), (kernel or "").strip().upper()
     if sk and k and sk != k:
         out.append(f"series kernel {kernel!r} differs from the calibration's {saved_kernel!r}: check the protocol")

@@ -736,7 +736,7 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         raise CalibrationError(f"{sid}: {exc}.{extra}") from None
     warnings: list[str] = []
     if definition.example_values:
-        warnings.append(f"phantom definition {definition.name!r} holds EXAMPLE certificate values; use your phantom's certificate")
+        warnings.append(f"phantom definition {definition.name!r} holds EXAMPLE certificate values: use your phantom's certificate")
     fit = _fit(pairs, definition, s)
     if not (s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3):
         raise CalibrationError(
@@ -759,7 +759,7 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
     if abs(fit.residuals_hu[worst]) > s.rod_residual_warn_hu:
         warnings.append(f"rod {pairs[worst][1].name} is {fit.residuals_hu[worst]:+.1f} HU off the fit "
                         f"(> {s.rod_residual_warn_hu} HU): wrong certificate value, a rod hit by artefacts, or a "
-                        "mis-detected rod; check the QC plot")
+                        "mis-detected rod: check the QC plot")
     for r, d in pairs:
         warnings += list(r.warnings)
         if r.n_slices < s.rod_min_slices:
@@ -772,8 +772,8 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
     if shaded:
         warnings.append("rods not uniform (HU change across the measured core: "
                         + ", ".join(f"{n} {g:.0f} HU" for n, g in shaded)
-                        + f"; > {s.rod_max_core_gradient_hu:g} HU): shading from beam hardening or scatter biases "
-                        "the rod means; check the QC plot and the scan set-up")
+                        + f", > {s.rod_max_core_gradient_hu:g} HU): shading from beam hardening or scatter biases "
+                        "the rod means, check the QC plot and the scan set-up")
     refs = []
     for (r, d), res in zip(pairs, fit.residuals_hu):
         c = volume.index_to_lps(np.array(r.center_kji))

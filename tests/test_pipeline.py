@@ -1,0 +1,10 @@
+"""Small pure helpers of bmdpipe.pipeline."""
+
+from bmdpipe.pipeline import join_warnings
+
+
+def test_joined_warnings_split_back_into_the_warnings():
+    warnings = ["rod A shaded; check the QC plot", "no --phantom given", "L5 B right empty"]
+    cell = join_warnings(warnings)
+    assert cell.split("; ") == ["rod A shaded, check the QC plot", "no --phantom given", "L5 B right empty"]
+    assert join_warnings([]) == ""
