@@ -88,7 +88,7 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         out["vbmd_mg_cm3"] = float(calibration.density(mean))
         out["vbmd_median_mg_cm3"] = float(calibration.density(median))
         out["vbmd_sd_mg_cm3"] = float(sd / abs(calibration.slope_hu_per_mg_cm3))
-        out["vbmd_se_mg_cm3"] = out["vbmd_sd_mg_cm3"] / np.sqrt(n_eff)
+        out["vbmd_se_mg_cm3"] = float(out["vbmd_sd_mg_cm3"] / np.sqrt(n_eff))
     else:
         out.update(vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan)
     return out
