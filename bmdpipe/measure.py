@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .results import Calibration, Region, Roi
+from .results import Calibration, Region, Roi, Side
 from .volume import Volume
 
 __all__ = ["roi_values", "measure_roi", "roi_label_map", "imprecise_roi_note"]
@@ -103,7 +103,7 @@ def imprecise_roi_note(rows: Iterable[dict], max_standard_error_mg_cm3: float) -
     items = []
     for r in rows:
         se, n = r.get("vbmd_se_mg_cm3"), int(r["n_voxels"])
-        name = f"{r['vertebra']} {Region(r['region']).value} {getattr(r['side'], 'value', r['side'])}"
+        name = f"{r['vertebra']} {Region(r['region']).value} {Side(r['side']).value}"
         if n == 0:
             items.append(f"{name} empty (every voxel excluded)")
         elif se is not None and np.isfinite(se) and se > max_standard_error_mg_cm3:

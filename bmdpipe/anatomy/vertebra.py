@@ -172,7 +172,7 @@ def _line_slope(t: np.ndarray, v: np.ndarray, voxel_mm: float) -> tuple[float, f
 
 
 def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spacing, settings, body_depth_mm,
-             typical_deg, body_tilt_deg):
+             typical_deg, tilt_deg):
     """One pedicle in canonical voxel coordinates: (entry, isthmus, target, width, height) or None."""
     nz, ny, nx = mask.shape
     sz, sy, sx = spacing
@@ -231,11 +231,8 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
         if not 0.0 <= conv <= settings.max_pedicle_convergence_deg:
             conv = None  # the fit failed (processes in the sections): lumbar pedicles converge medially
     conv = combined_angle(conv, sd_conv, typical_deg, settings.pedicle_transverse_angle_sd_deg)
-    # sagittally the axis runs parallel to the endplates: the sections' own tilt is cut short by
-    # the body's height range they are taken from
-    tilt = body_tilt_deg if abs(body_tilt_deg) <= settings.max_pedicle_sagittal_deg else 0.0
-    # anterior direction (-y): medially by conv, down by tilt (positive tilt rises posteriorly)
-    d = np.array([-np.tan(np.radians(tilt)), -1.0, -side_sign * np.tan(np.radians(conv))])
+    # anterior direction (-y): medially by conv, down by the body's tilt (positive rises posteriorly)
+    d = np.array([-np.tan(np.radians(tilt_deg)), -1.0, -side_sign * np.tan(np.radians(conv))])
     d /= np.linalg.norm(d)
     # entry: leave the bone posteriorly (mask filled), from the isthmus
     t_b, in_b = _ray(mask, isth, -d, spacing, 60.0)
@@ -344,12 +341,15 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
     canal_w = float(np.clip(canal_w, 10.0, 40.0))
     pedicles = []
     typical = typical_transverse_angle(name, settings)
-    # the mask's endplates within the body's footprint, not the opened (rounded) body's
-    body_tilt = body_sagittal_tilt(mask & body.any(axis=0)[None], sp, settings.body_tilt_min_column_height_fraction)
+    # sagittally the pedicle axes run parallel to the endplates (the sections' own tilt is cut short
+    # by the body's height range they are taken from): the mask's endplates within the body's
+    # footprint, not the opened (rounded) body's; a tilt beyond max_pedicle_sagittal_deg = failed
+    tilt = body_sagittal_tilt(mask & body.any(axis=0)[None], sp, settings.body_tilt_min_column_height_fraction)
+    tilt = tilt if abs(tilt) <= settings.max_pedicle_sagittal_deg else 0.0
     z_rng = (max(0, z_lo - 1), min(mask.shape[0] - 1, z_hi + 1))
     for side, sign in ((Side.left, 1.0), (Side.right, -1.0)):
         res = _pedicle(mask, body, sign, z_rng, y_bp, y_lam, x_mid, 0.5 * canal_w, sp, settings, depth, typical,
-                       body_tilt)
+                       tilt)
         if res is None:
             continue
         entry, isth, target, w, h = res
