@@ -129,31 +129,73 @@ def _thread_phase_radii(crest_mm: float, thread_depth_mm: float, pitch_mm: float
     return t, crest_mm - thread_depth_mm + thread_depth_mm * tooth
 
 
+def metal_fraction(r: np.ndarray, radius_mm: float, sigma_mm: float, td: float = 0.0,
+                   pitch: float = 2.8) -> np.ndarray:
+    """Blurred metal fraction of a threaded shaft per thread phase, before the scanner clips.
+
+    The shaft is approximated as axially symmetric threads (triangular, depth ``td``, pitch
+    ``pitch``, mm): at axial position ``t`` the metal is a disk of radius ``x(t)``. The 3-D
+    Gaussian PSF (SD ``sigma_mm``) is the 2-D blur of that disk (:func:`step`) convolved along the
+    axis with the same SD, so the blur mixes neighbouring thread phases.
+
+    Returns
+    -------
+    (phases, ...) ndarray
+        Fraction 0..1 at distance ``r`` (mm) from the axis for each of :data:`N_THREAD_PHASES`
+        phases (one row for a plain cylinder, ``td = 0``).
+    """
+    if td <= 1e-6:
+        return step(r, radius_mm, sigma_mm)[None]
+    t, xs = _thread_phase_radii(radius_mm, td, pitch)
+    # a triangular tooth takes each radius twice per pitch: blur each distinct disk once
+    radii, which = np.unique(xs, return_inverse=True)
+    disks = np.stack([step(r, x, sigma_mm) for x in radii])[which]  # (phases, ...)
+    d = np.mod(t[:, None] - t[None, :] + 0.5 * pitch, pitch) - 0.5 * pitch
+    axial = np.exp(-0.5 * (d / sigma_mm) ** 2)
+    axial /= axial.sum(axis=1, keepdims=True)
+    return np.tensordot(axial, disks, axes=1)
+
+
+def clipped_profile(fraction: np.ndarray, r: np.ndarray, p, clip) -> np.ndarray:
+    """Mean HU over the thread phases of ``bg + amp * fraction`` clipped at ``clip`` (None: not
+    clipped), minus the lucent band of ``p = (radius, sigma, amp, bg, depth, width)`` (mm, HU)."""
+    radius, sigma, amp, bg, depth, width = p
+    y = bg + amp * fraction
+    if clip is not None:
+        y = np.minimum(y, clip)
+    lucent = depth * (step_1d(r, radius + width, sigma) - step_1d(r, radius, sigma))
+    return y.mean(axis=0) - lucent
+
+
+class _ShaftModel:
+    """:func:`_model` at fixed sample radii ``r``, remembering the last blur of the metal.
+
+    A least-squares fit differentiates numerically, so most of its evaluations change only the
+    amplitude, background or axis offsets; the blurred metal fraction depends on the radius and
+    blur alone and is reused for them (same numbers, a fraction of the time).
+    """
+
+    def __init__(self, r: np.ndarray, clip, td: float, pitch: float):
+        self.r, self.clip, self.td, self.pitch = r, clip, td, pitch
+        self._key, self._fraction = None, None
+
+    def __call__(self, p) -> np.ndarray:
+        key = (float(p[0]), float(p[1]))
+        if key != self._key:
+            self._key, self._fraction = key, metal_fraction(self.r, key[0], key[1], self.td, self.pitch)
+        return clipped_profile(self._fraction, self.r, p, self.clip)
+
+
 def _model(p, r, clip, td=0.0, pitch=2.8):
     """Mean HU at distance ``r`` from the axis of a blurred, clipped, threaded shaft.
 
-    The shaft is approximated as axially symmetric threads (triangular, depth ``td``, pitch
-    ``pitch``): at axial position ``t`` the metal is a disk of radius ``x(t)``. The 3-D Gaussian
-    PSF is the 2-D blur of that disk (:func:`step`) convolved along the axis with the same SD, so
-    the blur mixes neighbouring thread phases *before* the scanner clips; the mean over one pitch
-    of the clipped values is the profile. (Clipping each phase alone assumes resolved threads and
-    biases the crest radius by 0.15-0.25 mm on 3071-HU images; mixing them brings this below
-    0.02 mm on continuously blurred test objects.)
+    ``p = (radius, sigma, amp, bg, depth, width)``: :func:`metal_fraction` per thread phase, then
+    ``bg + amp * fraction`` clipped and averaged over one pitch (:func:`clipped_profile`). The
+    blur mixes thread phases *before* the scanner clips; clipping each phase alone assumes
+    resolved threads and biases the crest radius by 0.15-0.25 mm on 3071-HU images; mixing them
+    brings this below 0.02 mm on continuously blurred test objects.
     """
-    radius, sigma, amp, bg, depth, width = p
-    lucent = depth * (step_1d(r, radius + width, sigma) - step_1d(r, radius, sigma))
-    if td <= 1e-6:
-        y = bg + amp * step(r, radius, sigma)
-        return (np.minimum(y, clip) if clip is not None else y) - lucent
-    t, xs = _thread_phase_radii(radius, td, pitch)
-    disks = np.stack([step(r, x, sigma) for x in xs])  # (phases, ...)
-    d = np.mod(t[:, None] - t[None, :] + 0.5 * pitch, pitch) - 0.5 * pitch
-    axial = np.exp(-0.5 * (d / sigma) ** 2)
-    axial /= axial.sum(axis=1, keepdims=True)
-    y = bg + amp * np.tensordot(axial, disks, axes=1)
-    if clip is not None:
-        y = np.minimum(y, clip)
-    return y.mean(axis=0) - lucent
+    return clipped_profile(metal_fraction(r, p[0], p[1], td, pitch), r, p, clip)
 
 
 def metal_excess(r: np.ndarray, edge: "EdgeFit") -> np.ndarray:
@@ -276,8 +318,10 @@ def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float 
             amp = metal_hu_prior - b
         return np.array([radius, sigma, amp, b, 0.0, 0.0])
 
+    model = _ShaftModel(rb, clip, thread_depth_mm, thread_pitch_mm)
+
     def resid(p):
-        return (_model(full(p), rb, clip, thread_depth_mm, thread_pitch_mm) - yb) * weight
+        return (model(full(p)) - yb) * weight
 
     lo = [radius_bounds_mm[0], 0.1, 100.0] + ([b_lo] if fit_bg else [])
     hi = [radius_bounds_mm[1], 2.5, 30000.0] + ([b_hi + 1e-3] if fit_bg else [])
@@ -297,7 +341,7 @@ def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float 
             best = sol
     p = full(best.x)
     valid = (yb < clip - 1.0) if clip is not None else np.ones_like(yb, dtype=bool)
-    rms = float(np.sqrt(np.average((_model(p, rb, clip, thread_depth_mm, thread_pitch_mm) - yb)[valid] ** 2, weights=nb[valid]))) \
+    rms = float(np.sqrt(np.average((model(p) - yb)[valid] ** 2, weights=nb[valid]))) \
         if valid.any() else 0.0
     return EdgeFit(radius_mm=float(p[0]), sigma_mm=float(p[1]), amplitude_hu=float(p[2]),
                    background_hu=float(p[3]), rms_hu=rms, clip_hu=clip, thread_depth_mm=float(thread_depth_mm),
@@ -357,6 +401,7 @@ def refine_axis(t_mm: np.ndarray, offset_lps: np.ndarray, values_hu: np.ndarray,
     clip = edge.clip_hu
     weight = np.where(y >= clip - 1.0, 0.3, 1.0) if clip is not None else np.ones_like(y)
     r_grid = np.arange(0.0, R + outer_mm + 2.0, 0.01)
+    model = _ShaftModel(r_grid, clip, edge.thread_depth_mm, edge.thread_pitch_mm)
 
     def unpack(q):
         radius = q[4] if fit_radius else R
@@ -368,7 +413,7 @@ def refine_axis(t_mm: np.ndarray, offset_lps: np.ndarray, values_hu: np.ndarray,
         dv = b0 + (b1 - b0) * f
         r = np.hypot(pu - du, pv - dv)
         prm = [radius, sigma, edge.amplitude_hu, edge.background_hu, 0.0, 0.0]
-        m = np.interp(r, r_grid, _model(prm, r_grid, clip, edge.thread_depth_mm, edge.thread_pitch_mm))
+        m = np.interp(r, r_grid, model(prm))
         return (m - y) * weight
 
     q0 = np.array([0.0, 0.0, 0.0, 0.0, R, edge.sigma_mm])

@@ -66,3 +66,36 @@ def test_fitted_background_keeps_the_blur_next_to_a_halo():
     assert free.background_hu == pytest.approx(lucent, abs=40.0)
     # a known blur is kept
     assert fit_edge_spread(r, y, clip_hu=3071.0, fixed_radius_mm=R, fixed_sigma_mm=0.47).sigma_mm == pytest.approx(0.47, abs=1e-3)
+
+
+def test_metal_fraction_is_the_axially_blurred_mean_of_phase_disks():
+    """Independent computation: one disk per thread phase (16 over a pitch, triangular tooth),
+    each phase the Gaussian-weighted mean (SD sigma, periodic over the pitch) of the phase disks."""
+    from bmdpipe.screws.esf import N_THREAD_PHASES, metal_fraction
+
+    r = np.linspace(0.0, 6.0, 61)
+    crest, depth, pitch, sigma = 3.2, 0.8, 2.8, 0.45
+    t = (np.arange(N_THREAD_PHASES) + 0.5) / N_THREAD_PHASES * pitch
+    x = crest - depth + depth * (1.0 - 2.0 * np.abs(t / pitch - 0.5))
+    disks = np.array([step(r, xi, sigma) for xi in x])
+    expected = []
+    for ti in t:
+        d = (t - ti + 0.5 * pitch) % pitch - 0.5 * pitch
+        w = np.exp(-0.5 * (d / sigma) ** 2)
+        expected.append(w @ disks / w.sum())
+    np.testing.assert_allclose(metal_fraction(r, crest, sigma, depth, pitch), np.array(expected), atol=1e-12)
+    np.testing.assert_array_equal(metal_fraction(r, crest, sigma), step(r, crest, sigma)[None])
+
+
+@pytest.mark.parametrize("td", [0.0, 0.8])
+def test_cached_shaft_model_equals_the_model(td):
+    """The fit's model reuses the metal blur while only amplitude/background change; after any change
+    of radius or blur (also back to an earlier value) it must equal a fresh evaluation exactly."""
+    from bmdpipe.screws.esf import _model, _ShaftModel
+
+    r = np.linspace(0.0, 7.0, 141)
+    model = _ShaftModel(r, 3071.0, td, 2.8)
+    params = [(3.0, 0.5, 6000, 200, 0, 0), (3.0, 0.5, 6100, 180, 0, 0), (3.1, 0.5, 6100, 180, 0, 0),
+              (3.1, 0.6, 6100, 180, 0, 0), (3.0, 0.5, 5900, 220, 0, 0), (3.0, 0.5, 5900, 220, 300, 0.8)]
+    for p in params:
+        np.testing.assert_array_equal(model(p), _model(p, r, 3071.0, td, 2.8))
