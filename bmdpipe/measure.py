@@ -10,7 +10,7 @@ SD are weighted and the volume is the sum of weights x voxel volume.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 
@@ -94,18 +94,24 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     return out
 
 
-def imprecise_roi_note(rows: Iterable[dict], max_standard_error_mg_cm3: float) -> str:
+def imprecise_roi_note(rows: Iterable[dict], max_standard_error_mg_cm3: float,
+                       screw_sides: Collection[tuple[str, str]] = ()) -> str:
     """One warning naming the ROIs (``vbmd.csv`` rows) whose mean is imprecise, else ``''``.
 
     An ROI is imprecise when it is empty or the standard error of its mean
-    (``vbmd_se_mg_cm3``) exceeds ``max_standard_error_mg_cm3`` (mg/cm3).
+    (``vbmd_se_mg_cm3``) exceeds ``max_standard_error_mg_cm3`` (mg/cm3). ``screw_sides``:
+    the (vertebra, side) pairs holding a detected screw; an ROI B left empty there is named with
+    that cause (on a post-operative scan the screw fills the pedicle's isthmus).
     """
     items = []
+    screw_sides = set(screw_sides)
     for r in rows:
         se, n = r.get("vbmd_se_mg_cm3"), int(r["n_voxels"])
-        name = f"{r['vertebra']} {Region(r['region']).value} {Side(r['side']).value}"
+        region, side = Region(r["region"]), Side(r["side"])
+        name = f"{r['vertebra']} {region.value} {side.value}"
         if n == 0:
-            items.append(f"{name} empty (every voxel excluded)")
+            screw = region is Region.B and (r["vertebra"], side.value) in screw_sides
+            items.append(f"{name} empty ({'the screw fills the pedicle' if screw else 'every voxel excluded'})")
         elif se is not None and np.isfinite(se) and se > max_standard_error_mg_cm3:
             items.append(f"{name} +-{se:.1f} ({n} voxels)")
     if not items:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import Settings
 from .errors import AnatomyError, BmdpipeError
-from .results import Calibration, Material, Roi, Screw, Vertebra
+from .results import Calibration, Material, Roi, Screw, Side, Vertebra
 from .volume import Volume
 
 __all__ = ["SeriesJob", "SeriesResult", "process_series", "process_volume"]
@@ -288,7 +288,8 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("measure"):
         vbmd_rows = tuple({**ident, **_vbmd_row(volume, roi, cal)} for roi in rois)
         screw_rows = tuple({**ident, **screw_row(s)} for s in screws)
-        roi_note = imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3)
+        roi_note = imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3,
+                                      screw_sides={(s.vertebra, Side(s.side).value) for s in screws})
     out = {
         "calibration_row": {**ident, **_calibration_row(cal)},
         "vbmd_rows": vbmd_rows,

@@ -208,6 +208,20 @@ def test_postop_screws_found_called_and_c_follows_them(postop_run):
         assert dist.max() <= float(row["diameter_mm"]) / 2 + 3.0 + 1.5
 
 
+def test_postop_pedicle_rois_beside_screws_are_explained(postop_run):
+    """The screws fill L4's pedicles: their B rows are measured from what bone is left or are empty,
+    and an empty one is named with the screw as its cause in series.csv, never as 'every voxel
+    excluded'; L3 and L5 (no screws) keep their B."""
+    case, out, res = postop_run
+    assert res.exit_code == 0, res.output
+    (series,) = [r for r in read_csv_rows(out / "series.csv") if r["status"] == "processed"]
+    b = {(r["vertebra"], r["side"]): int(r["n_voxels"]) for r in read_csv_rows(out / "vbmd.csv") if r["region"] == "B"}
+    assert b[("L3", "left")] > 0 and b[("L5", "right")] > 0
+    for side in ("left", "right"):
+        assert f"L4 B {side} empty (every voxel excluded)" not in series["reason"]
+        assert (f"L4 B {side} empty (the screw fills the pedicle)" in series["reason"]) == (b[("L4", side)] == 0)
+
+
 def test_thoracic_level_measured_when_named(tmp_path):
     """Labels holding T12 and L1: by default only L1 is measured; with --levels T12,L1 both are, T12 with
     ROI codes 190/191/192 (10 x VerSe id 19 + side) inside its own label and ROI A close to the truth."""

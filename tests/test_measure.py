@@ -86,3 +86,15 @@ def test_imprecise_rois_are_named_in_one_note():
     assert "L4 B left +-4.3 (40 voxels)" in note and "L5 B right empty" in note and "L4 A" not in note
     assert "roi.max_standard_error_mg_cm3" in note
     assert imprecise_roi_note(rows[:1], 3.0) == ""
+
+
+def test_empty_pedicle_roi_beside_a_screw_names_the_screw():
+    """Post-operative scan: a B left empty on a side holding a screw says so; elsewhere the generic cause."""
+    rows = [{"vertebra": v, "region": "B", "side": sd, "n_voxels": 0, "vbmd_se_mg_cm3": float("nan")}
+            for v, sd in (("L4", "left"), ("L4", "right"), ("L5", "left"))]
+    rows.append({"vertebra": "L5", "region": "C", "side": "right", "n_voxels": 0, "vbmd_se_mg_cm3": float("nan")})
+    note = imprecise_roi_note(rows, 3.0, screw_sides={("L4", "left"), ("L5", "right")})
+    assert "L4 B left empty (the screw fills the pedicle)" in note
+    assert "L4 B right empty (every voxel excluded)" in note
+    assert "L5 B left empty (every voxel excluded)" in note
+    assert "L5 C right empty (every voxel excluded)" in note
