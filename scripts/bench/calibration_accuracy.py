@@ -36,7 +36,8 @@ beyond 10 %.
 
 Usage::
 
-    .venv/bin/python scripts/bench/calibration_accuracy.py [--seeds 10] [--suites mindways,ha,internal]
+    .venv/bin/python scripts/bench/calibration_accuracy.py [--seeds 10] [--first-seed 100] [--suites mindways,ha,internal]
+        [--spacing 2,0.8,0.8] [--oracle-kev-prior-sd KEV]
 """
 
 from __future__ import annotations
@@ -61,23 +62,23 @@ def _err(cal, intercept, slope) -> float:
     return float(cal.density(intercept + slope * 150.0)) / 150.0 - 1.0
 
 
-def run_phantom(kind: str, definition: str, seed: int):
-    case = make_case(seed, CaseSpec(phantom=kind, spacing_mm=SPACING))
+def run_phantom(kind: str, definition: str, seed: int, spacing=SPACING):
+    case = make_case(seed, CaseSpec(phantom=kind, spacing_mm=spacing))
     sc = case.truth.scanner
     cal = calibrate_with_phantom(case.volume, load_phantom(definition))
     return _err(cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3), sc, cal
 
 
-def run_internal(seed: int, exact_tissues: bool = False):
+def run_internal(seed: int, exact_tissues: bool = False, spacing=SPACING):
     sd = {"tissue_sd_hu": 0.0, "blood_sd_hu": 0.0} if exact_tissues else {}
-    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=SPACING, **sd))
+    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=spacing, **sd))
     sc = case.truth.scanner
     cal = calibrate_internal(case.volume)
     return _err(cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3), sc, cal
 
 
-def run_oracle(seed: int, kev_prior_sd_kev: float | None = None):
-    sc = case_scanner(seed, CaseSpec(phantom=None, spacing_mm=SPACING))
+def run_oracle(seed: int, kev_prior_sd_kev: float | None = None, spacing=SPACING):
+    sc = case_scanner(seed, CaseSpec(phantom=None, spacing_mm=spacing))
     s = CalibrationSettings() if kev_prior_sd_kev is None else CalibrationSettings(
         internal_kev_prior_sd_kev=kev_prior_sd_kev)
     kev_prior, kev_prior_sd = energy_prior(s, kvp=120.0)  # the synthetic series' kVp
@@ -88,10 +89,10 @@ def run_oracle(seed: int, kev_prior_sd_kev: float | None = None):
     return density / 150.0 - 1.0, sc, fit
 
 
-def run_precalibrated(seed: int):
-    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=SPACING))
+def run_precalibrated(seed: int, spacing=SPACING):
+    case = make_case(seed, CaseSpec(phantom=None, spacing_mm=spacing))
     sc = case.truth.scanner
-    scan = make_case(seed + 10_000, CaseSpec(phantom="mindways", levels=("L4",), spacing_mm=SPACING, kev=sc.kev))
+    scan = make_case(seed + 10_000, CaseSpec(phantom="mindways", levels=("L4",), spacing_mm=spacing, kev=sc.kev))
     phantom_cal = calibrate_with_phantom(scan.volume, load_phantom("mindways-model3-ct"))
     cal = calibrate_internal(case.volume, scanner_kev=precalibration_kev(phantom_cal))
     return (_err(cal, sc.intercept_hu, sc.slope_hu_per_mg_cm3), sc, cal,
@@ -110,10 +111,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--suites", default="mindways,ha,internal")
+    ap.add_argument("--spacing", default=",".join(f"{v:g}" for v in SPACING),
+                    help="voxel spacing z,y,x in mm of the synthetic cases (default %(default)s)")
     ap.add_argument("--oracle-kev-prior-sd", type=float, default=None,
                     help="internal-oracle only: SD of the energy prior (keV) instead of the clinical one")
     args = ap.parse_args(argv)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    spacing = tuple(float(v) for v in args.spacing.split(","))
     summary = []
     for suite in args.suites.split(","):
         errs, zs, fails, async_errs = [], [], 0, []
@@ -121,21 +125,21 @@ def main(argv=None) -> int:
         for seed in seeds:
             try:
                 if suite == "mindways":
-                    e, sc, cal = run_phantom("mindways", "mindways-model3-ct", seed)
+                    e, sc, cal = run_phantom("mindways", "mindways-model3-ct", seed, spacing)
                 elif suite == "ha":
-                    e, sc, cal = run_phantom("ha", "qrm-bdc-6", seed)
+                    e, sc, cal = run_phantom("ha", "qrm-bdc-6", seed, spacing)
                 elif suite == "internal":
-                    e, sc, cal = run_internal(seed)
+                    e, sc, cal = run_internal(seed, spacing=spacing)
                 elif suite == "internal-tables":
-                    e, sc, cal = run_internal(seed, exact_tissues=True)
+                    e, sc, cal = run_internal(seed, exact_tissues=True, spacing=spacing)
                 elif suite == "internal-oracle":
-                    e, sc, fit = run_oracle(seed, args.oracle_kev_prior_sd)
+                    e, sc, fit = run_oracle(seed, args.oracle_kev_prior_sd, spacing)
                     errs.append(e)
                     print(f"{suite:28s} seed {seed}: error at 150 mg/cm3 {100 * e:+7.3f} %  "
                           f"kev true {sc.kev:5.1f} fit {fit.kev:5.1f}")
                     continue
                 elif suite == "internal-precalibrated":
-                    e, sc, cal, e_async = run_precalibrated(seed)
+                    e, sc, cal, e_async = run_precalibrated(seed, spacing)
                     async_errs.append(e_async)
                 else:
                     raise SystemExit(f"unknown suite {suite!r}")
