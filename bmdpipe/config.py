@@ -170,6 +170,7 @@ class AnatomySettings(_Section):
     canal_min_area_mm2: float = Field(60.0, gt=0)
     canal_max_area_mm2: float = Field(900.0, gt=0)
     canal_max_hu: float = 60.0
+    canal_smoothing_mm: float = Field(6.0, ge=0)
     gap_close_mm: float = Field(3.0, ge=0)
     body_probe_radius_mm: float = Field(10.0, gt=0)
     body_fill_fraction: float = Field(0.25, gt=0, lt=1)

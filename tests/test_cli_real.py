@@ -81,13 +81,23 @@ def test_t12_of_the_3mm_ct_is_cut_and_l1_measured(tmp_path):
     assert "T12 not measured: its vertebral body reaches the superior end of the scan" in series["reason"]
 
 
-def test_localised_run_flags_the_merged_l5(tmp_path):
-    """Without labels the 3 mm CT's five bodies are localised; the lowest (L5 run together with S1's top)
-    is measured but flagged in series.csv, and the hip stem is still no screw."""
-    out, proc = _run(tmp_path, str(TS / "example_ct.nii.gz"), "--phantom", "none")
+def test_localised_run_names_l1_to_l5_and_places_roi_a_in_their_bodies(tmp_path):
+    """Without labels, --levels L1..L5 names the 3 mm CT's five localised bodies (S1 is not taken for a
+    sixth), no body is flagged as two run together, the hip stem is no screw, and each level's ROI A
+    lies inside TotalSegmentator's body mask of the same level (vertebrae_pp ids 20-24)."""
+    import nibabel as nib
+    import numpy as np
+
+    out, proc = _run(tmp_path, str(TS / "example_ct.nii.gz"), "--phantom", "none", "--levels", "L1,L2,L3,L4,L5")
     assert proc.returncode == 0, proc.stderr
     (series,) = read_csv_rows(out / "series.csv")
-    assert "V5 is 39 mm tall, 37 % more than the other bodies" in series["reason"]
-    assert "V4 is" not in series["reason"]
+    assert series["status"] == "processed", series["reason"]
+    assert "mm tall" not in series["reason"]
     assert read_csv_rows(out / "screws.csv") == []
-    assert {r["vertebra"] for r in read_csv_rows(out / "vbmd.csv")} == {"V1", "V2", "V3", "V4", "V5"}
+    assert [r["vertebra"] for r in read_csv_rows(out / "vbmd.csv")][::5] == ["L1", "L2", "L3", "L4", "L5"]
+    roi_a = np.asarray(nib.load(out / "rois" / f"{series['series_uid']}_A.nii.gz").dataobj)
+    bodies = np.asarray(nib.load(TS / "spine_report/totalseg_vertebrae_pp_refined.nii.gz").dataobj)
+    assert roi_a.shape == bodies.shape
+    for vid in range(20, 25):  # VerSe L1-L5 = 20-24 (ROI A code 10 x id); vertebrae_pp uses the same ids
+        inside = bodies[roi_a == 10 * vid]
+        assert inside.size > 50 and np.mean(inside == vid) >= 0.95, (vid, np.unique(inside, return_counts=True))

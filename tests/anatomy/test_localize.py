@@ -54,32 +54,35 @@ def _real_bodies():
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("level", ["L1", "L2", "L3", "L4"])
+@pytest.mark.parametrize("level", ["L1", "L2", "L3", "L4", "L5"])
 def test_real_ct_body_found_within_5mm(level):
-    """Real 3 mm CT: a localised body centre within 5 mm of TotalSegmentator's body centroid."""
+    """Real 3 mm CT: a localised body centre within 5 mm of TotalSegmentator's body centroid, L5 included
+    (its canal is closed in only 6 of the 3 mm sections; a running median over five detections reached
+    the sacral canal and put L5's probe 17 mm posterior: L5's lower half and S1's top read as one body)."""
     vol, ref, verts = _real_bodies()
     d = min(np.linalg.norm(np.subtract(v.body_center_lps, ref[level])) for v in verts)
     assert d < 5.0
 
 
 @pytest.mark.real_data
-@pytest.mark.xfail(reason="known weak (issue 4): at 3 mm the canal is not found in the sacrum (track extrapolated) "
-                          "and the tilted L5/S1 disc never empties the probe disk; the L5 found is S1's top and "
-                          "L5's lower part, 22 mm off", strict=True)
-@pytest.mark.parametrize("level", ["L5"])
-def test_real_ct_end_levels_within_5mm(level):
+def test_real_ct_finds_the_five_lumbar_bodies_and_not_the_sacrum():
+    """One body per lumbar level, superior to inferior, none flagged as too tall; S1 (below the last
+    canal detection, where the track is extrapolated) is not reported as a sixth body."""
     vol, ref, verts = _real_bodies()
-    d = min(np.linalg.norm(np.subtract(v.body_center_lps, ref[level])) for v in verts)
-    assert d < 5.0
+    assert len(verts) == 5
+    nearest = [min(("L1", "L2", "L3", "L4", "L5"), key=lambda k: np.linalg.norm(np.subtract(v.body_center_lps, ref[k])))
+               for v in verts]
+    assert nearest == ["L1", "L2", "L3", "L4", "L5"]
+    assert tall_bodies(verts, AnatomySettings().max_body_height_ratio) == []
 
 
-@pytest.mark.real_data
-def test_real_ct_merged_l5_is_flagged_as_too_tall():
-    """The body found at L5 on the real 3 mm CT (L5 run together with S1's top, see the xfail above) is
-    the one flagged: 39 mm against a median of 28.5 mm for the others; L1-L4 are not."""
-    vol, ref, verts = _real_bodies()
-    (note,) = tall_bodies(verts, AnatomySettings().max_body_height_ratio)
-    assert note.startswith("V5 is 39 mm tall, 37 % more than the other bodies")
+def test_running_median_window_is_in_mm():
+    """Two levels' canal detections 20 mm apart are not mixed by a +-6 mm window, however few they are."""
+    from bmdpipe.anatomy.localize import _running_median
+
+    z = np.array([0.0, 3.0, 6.0, 24.0, 27.0, 30.0, 33.0])
+    y = np.array([10.0, 11.0, 30.0, 40.0, 41.0, 39.0, 40.0])
+    np.testing.assert_array_equal(_running_median(z, y, 6.0), [11.0, 11.0, 11.0, 40.0, 40.0, 40.0, 40.0])
 
 
 @pytest.mark.parametrize("seed,spacing", [(20, (3.0, 0.8, 0.8)), (8, (3.0, 0.8, 0.8)), (19, (1.0, 0.8, 0.8))])
