@@ -76,6 +76,21 @@ def test_real_ct_finds_the_five_lumbar_bodies_and_not_the_sacrum():
     assert tall_bodies(verts, AnatomySettings().max_body_height_ratio) == []
 
 
+def test_two_bodies_run_together_are_flagged():
+    """A body 39 mm tall among 27-33 mm ones (what L5 + S1's top read as on the real 3 mm CT before the
+    canal smoothing was in mm) is named with its excess over the others' median; the others are not."""
+    from bmdpipe.results import Vertebra
+
+    def vert(name, h):
+        return Vertebra(name=name, verse_id=None, offset=(0, 0, 0), mask=np.ones((1, 1, 1), bool),
+                        centroid_lps=(0.0, 0.0, 0.0), body_height_mm=h)
+
+    verts = [vert(f"V{i + 1}", h) for i, h in enumerate((33.0, 27.0, 27.0, 30.0, 39.0))]
+    (note,) = tall_bodies(verts, AnatomySettings().max_body_height_ratio)
+    assert note.startswith("V5 is 39 mm tall, 37 % more than the other bodies (median 28 mm)")
+    assert tall_bodies(verts[:4], AnatomySettings().max_body_height_ratio) == []
+
+
 def test_running_median_window_is_in_mm():
     """Two levels' canal detections 20 mm apart are not mixed by a +-6 mm window, however few they are."""
     from bmdpipe.anatomy.localize import _running_median
