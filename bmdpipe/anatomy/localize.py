@@ -117,20 +117,22 @@ def find_canal(hu: np.ndarray, bone: np.ndarray, filled: np.ndarray, spacing, x_
     ks = np.flatnonzero(found)
     if ks.size < 2:
         raise AnatomyError("spinal canal track too fragmented to follow; pass --labels")
-    cy = np.interp(np.arange(nz), ks, _running_median(ks * spacing[0], det[ks, 0], settings.canal_smoothing_mm))
-    cx = np.interp(np.arange(nz), ks, _running_median(ks * spacing[0], det[ks, 1], settings.canal_smoothing_mm))
+    track = _running_median(ks * spacing[0], det[ks], settings.canal_smoothing_mm)
+    cy = np.interp(np.arange(nz), ks, track[:, 0])
+    cx = np.interp(np.arange(nz), ks, track[:, 1])
     return cy, cx, found
 
 
 def _running_median(z_mm: np.ndarray, values: np.ndarray, halfwidth_mm: float) -> np.ndarray:
-    """Median of ``values`` over the detections within ``halfwidth_mm`` (mm, along z) of each one.
+    """Median of ``values`` (one row, or one column each, per detection) over the detections
+    within ``halfwidth_mm`` (mm, along z) of each one.
 
     A window in mm, not in detections: on thick slices the canal is closed (detected) only in a
     few sections per vertebra, and a window of five detections there reaches into the next level
     (on the real 3 mm CT it pulled L5's canal 17 mm posterior, to the sacral canal's position).
     """
     near = np.abs(z_mm[:, None] - z_mm[None, :]) <= halfwidth_mm
-    return np.array([np.median(values[row]) for row in near])
+    return np.array([np.median(values[row], axis=0) for row in near])
 
 
 def body_runs(fill: np.ndarray, spacing_z: float, settings: AnatomySettings) -> list[tuple[int, int]]:
