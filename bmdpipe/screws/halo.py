@@ -138,31 +138,39 @@ def _first_crossing(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.n
     return np.where(above.any(axis=1), rc, np.inf)
 
 
-def _row_nanquantile(x: np.ndarray, q: float) -> np.ndarray:
-    """``np.nanquantile(x, q, axis=1)`` (linear method, same numbers) for rows with a finite value,
-    on one sort of the whole array instead of a Python loop over the rows."""
+def _row_nanquantiles(x: np.ndarray, qs) -> list[np.ndarray]:
+    """``np.nanquantile(x, q, axis=1)`` for each ``q`` of ``qs`` (linear method, same numbers) for
+    rows with a finite value, on one sort of the whole array instead of a Python loop over the rows."""
     srt = np.sort(x, axis=1)  # NaN last
     n = np.count_nonzero(~np.isnan(x), axis=1)
-    virtual = (n - 1) * q
-    prev = np.floor(virtual)
-    top = virtual >= n - 1
-    prev = np.where(top, n - 1, prev).astype(np.intp)
-    nxt = np.where(top, n - 1, prev + 1).astype(np.intp)
     rows = np.arange(x.shape[0])
-    a, b = srt[rows, prev], srt[rows, nxt]
-    gamma = virtual - prev
-    diff = b - a
-    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    out = []
+    for q in qs:
+        virtual = (n - 1) * q
+        top = virtual >= n - 1
+        prev = np.where(top, n - 1, np.floor(virtual)).astype(np.intp)
+        nxt = np.where(top, n - 1, prev + 1).astype(np.intp)
+        a, b = srt[rows, prev], srt[rows, nxt]
+        gamma = virtual - prev
+        diff = b - a
+        out.append(np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma))
+    return out
+
+
+def _quantiles_between(d: np.ndarray, r: np.ndarray, lo: np.ndarray, hi: np.ndarray, qs) -> list[np.ndarray]:
+    """Quantiles ``qs`` of each row of ``d`` over ``lo <= r < hi`` (NaN where empty), one sort for all."""
+    inside = (r[None, :] >= lo[:, None]) & (r[None, :] < hi[:, None]) & np.isfinite(d)
+    out = [np.full(d.shape[0], np.nan) for _ in qs]
+    rows = inside.any(axis=1)
+    if rows.any():
+        for o, v in zip(out, _row_nanquantiles(np.where(inside[rows], d[rows], np.nan), qs)):
+            o[rows] = v
+    return out
 
 
 def _quantile_between(d: np.ndarray, r: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: float = 0.5) -> np.ndarray:
     """Quantile ``q`` of each row of ``d`` over ``lo <= r < hi`` (NaN where empty)."""
-    inside = (r[None, :] >= lo[:, None]) & (r[None, :] < hi[:, None]) & np.isfinite(d)
-    out = np.full(d.shape[0], np.nan)
-    rows = inside.any(axis=1)
-    if rows.any():
-        out[rows] = _row_nanquantile(np.where(inside[rows], d[rows], np.nan), q)
-    return out
+    return _quantiles_between(d, r, lo, hi, (q,))[0]
 
 
 def _accepted_edge(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.ndarray, *, gap: float,
@@ -190,8 +198,7 @@ def _accepted_edge(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.nd
         e = _first_crossing(dz, r, s, level)
         fin = np.isfinite(e)
         lo = np.where(fin, e + gap, np.inf)
-        p = _quantile_between(d, r, lo, e + gap + plateau_mm)
-        low = _quantile_between(d, r, lo, e + gap + plateau_mm, q=0.25)
+        p, low = _quantiles_between(d, r, lo, e + gap + plateau_mm, (0.5, 0.25))
         done = active & (~fin | (low >= (level if stay_level is None else stay_level)))
         edge[done], plateau[done] = e[done], p[done]
         active &= ~done
