@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -37,6 +37,7 @@ from .config import Settings, settings_digest
 from .errors import ConfigError
 from .manifest import ManifestRow, match_row
 from .pipeline import SeriesJob, SeriesResult, process_series
+from .rows import SeriesStatus
 from .store import db as store_db
 from .store.export import export_csvs
 from .store.files import write_series_files
@@ -232,23 +233,13 @@ def _remove_orphaned_temp_files(out_dir: Path) -> None:
 
 # ---------------------------------------------------------------- execution
 
-def _failed(job: SeriesJob, stage: str, reason: str) -> SeriesResult:
-    ref = job.ref
-    return SeriesResult(
-        series_uid=ref.series_uid, path=str(ref.path), n_files=ref.n_files,
-        modality=ref.modality, description=ref.description,
-        study_id=job.study_id or ref.study_id, timepoint=job.timepoint,
-        status="failed", stage=stage, reason=reason,
-    )
-
-
 def _run_local(jobs, settings, process):
     for job in jobs:
         try:
             yield job, process(job, settings)
         except Exception as exc:  # process_series never raises for a bad series: a bug
             logger.exception("series %s raised", job.ref.series_uid)
-            yield job, _failed(job, "pipeline", f"internal error ({type(exc).__name__}: {exc})")
+            yield job, SeriesResult.failed(job, "pipeline", f"internal error ({type(exc).__name__}: {exc})")
 
 
 def _run_dask(jobs, settings, process, *, workers: int, scheduler: str | None):
@@ -283,7 +274,7 @@ def _run_dask(jobs, settings, process, *, workers: int, scheduler: str | None):
                 result = fut.result()
             except (Exception, asyncio.CancelledError) as exc:  # KilledWorker, lost scheduler, a bug
                 logger.error("series %s: %s", job.ref.series_uid, exc)
-                result = _failed(
+                result = SeriesResult.failed(
                     job, "worker",
                     f"the Dask worker failed ({type(exc).__name__}: {exc}); run again to retry",
                 )
@@ -362,8 +353,7 @@ def run_batch(
         for job in resumed:
             n_done += 1
             if progress:
-                progress(replace(_failed(job, "", ""), status="processed", stage="", reason=""),
-                         n_done, n_total)
+                progress(SeriesResult(series=job.ref.series_row(SeriesStatus.processed)), n_done, n_total)
         writer.flush()
         failures = []
         if todo and (options.scheduler or options.workers > 0):
@@ -374,8 +364,8 @@ def run_batch(
         for job, result in results:
             inp, sett = digests[job.ref.series_uid]
             writer.save(result, input_digest=inp, settings_digest=sett)
-            if result.status == "failed":
-                failures.append((result.series_uid, result.stage, result.reason))
+            if result.series.status == SeriesStatus.failed:
+                failures.append((result.series.series_uid, result.series.stage, result.series.reason))
             n_done += 1
             if progress:
                 progress(result, n_done, n_total)

@@ -216,7 +216,7 @@ def run(
 
         def on_series(result, done: int, total: int) -> None:
             nonlocal failed
-            failed += result.status == "failed"
+            failed += result.series.status == "failed"
             bar.update(task, completed=done, total=total,
                        description=f"series ({failed} failed)")
 
@@ -262,7 +262,7 @@ def calibrate(
     from .calibrate import calibrate_with_phantom, load_phantom, save_calibration
     from .config import load_settings
     from .errors import BmdpipeError, ConfigError
-    from .ingest import discover, load_volume
+    from .ingest import discover, load_series
 
     try:
         settings = load_settings(config)
@@ -279,7 +279,7 @@ def calibrate(
         typer.secho(f"warning: {len(found.series)} CT series in {scan}; using the first "
                     f"({found.series[0].series_uid})", fg=typer.colors.YELLOW, err=True)
     try:
-        volume = load_volume(found.series[0], ingest)
+        volume = load_series(found.series[0], ingest)
         cal = calibrate_with_phantom(volume, definition, settings.calibration)
     except BmdpipeError as exc:
         typer.secho(f"calibration failed ({exc.stage}): {exc}", fg=typer.colors.RED, err=True)

@@ -1,11 +1,9 @@
-"""ROI masks + calibration -> the values of one ``vbmd.csv`` row; ROI label maps.
+"""ROI masks + calibration -> the ``vbmd.csv`` row of each ROI; ROI label maps.
 
 Partial volume at ROI borders: ROIs are binary sets of voxel centres. The masking step
 (:mod:`bmdpipe.roi.masking`) keeps every ROI voxel at least ``masking.margin_mm`` (3 PSF
 sigma) from cortex, sclerosis, metal and the bone surface, so border voxels hold cancellous
 bone only and need no partial-volume weight; ``volume_mm3`` = voxel count x voxel volume.
-If an ROI carries ``weights`` (e.g. an edited ROI with fractional border voxels), means and
-SD are weighted and the volume is the sum of weights x voxel volume.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from collections.abc import Collection, Iterable
 import numpy as np
 
 from .results import Calibration, Region, Roi, Side
+from .rows import VbmdRow
 from .volume import Volume
 
 __all__ = ["roi_values", "measure_roi", "roi_label_map", "imprecise_roi_note"]
@@ -29,19 +28,13 @@ def roi_values(array: np.ndarray, roi: Roi) -> np.ndarray:
     return np.asarray(array[_slices(roi)][roi.mask], dtype=np.float64)
 
 
-def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
-    o = np.argsort(x)
-    cw = np.cumsum(w[o])
-    return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
-
-
-def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None) -> dict:
-    """Statistics of one ROI.
+def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None) -> VbmdRow:
+    """The ``vbmd.csv`` row of one ROI: its HU statistics and calibrated density.
 
     Parameters
     ----------
     volume : Volume
-        CT in HU.
+        CT in HU; its ``meta`` gives the row's study_id, timepoint and series_uid.
     roi : Roi
         Masked ROI on ``volume``'s grid.
     calibration : Calibration or None
@@ -49,7 +42,7 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
 
     Returns
     -------
-    dict
+    VbmdRow
         ``hu_mean, hu_median, hu_sd`` (HU), ``vbmd_mg_cm3`` (calibrated mean),
         ``vbmd_median_mg_cm3``, ``vbmd_sd_mg_cm3`` (mg/cm3), ``vbmd_se_mg_cm3`` (standard
         error of the mean, mg/cm3: SD / sqrt(n), the voxels taken as independent), ``n_voxels``,
@@ -65,36 +58,29 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     hu = roi_values(volume.array, roi)
     n = int(hu.size)
     nan = float("nan")
-    out = {"n_voxels": n, "excluded_fraction": float(roi.excluded_fraction)}
-    if n == 0:
-        out.update(hu_mean=nan, hu_median=nan, hu_sd=nan, vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan,
-                   vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan, volume_mm3=0.0)
-        return out
-    if roi.weights is not None:
-        w = np.asarray(roi.weights[roi.mask], dtype=np.float64)
-        mean = float(np.average(hu, weights=w))
-        sd = float(np.sqrt(np.average((hu - mean) ** 2, weights=w)))
-        median = _weighted_median(hu, w)
-        vol = float(w.sum() * volume.voxel_volume_mm3)
-        n_eff = float(w.sum() ** 2 / np.sum(w ** 2))
-    else:
-        mean = float(hu.mean())
+    mean = median = sd = nan
+    if n:
+        mean, median = float(hu.mean()), float(np.median(hu))
         sd = float(hu.std(ddof=1)) if n > 1 else 0.0
-        median = float(np.median(hu))
-        vol = float(n * volume.voxel_volume_mm3)
-        n_eff = float(n)
-    out.update(hu_mean=mean, hu_median=median, hu_sd=sd, volume_mm3=vol)
-    if calibration is not None:
-        out["vbmd_mg_cm3"] = float(calibration.density(mean))
-        out["vbmd_median_mg_cm3"] = float(calibration.density(median))
-        out["vbmd_sd_mg_cm3"] = float(sd / abs(calibration.slope_hu_per_mg_cm3))
-        out["vbmd_se_mg_cm3"] = float(out["vbmd_sd_mg_cm3"] / np.sqrt(n_eff))
-    else:
-        out.update(vbmd_mg_cm3=nan, vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan)
-    return out
+    vbmd = vbmd_median = vbmd_sd = vbmd_se = nan
+    if calibration is not None and n:
+        vbmd, vbmd_median = float(calibration.density(mean)), float(calibration.density(median))
+        vbmd_sd = sd / abs(calibration.slope_hu_per_mg_cm3)
+        vbmd_se = float(vbmd_sd / np.sqrt(n))
+    meta = volume.meta
+    return VbmdRow(
+        study_id=meta.study_id, timepoint=meta.timepoint, series_uid=meta.series_uid,
+        vertebra=roi.vertebra, region=roi.region, side=roi.side, vbmd_mg_cm3=vbmd,
+        material=None if calibration is None else calibration.material,
+        hu_mean=mean, hu_median=median, hu_sd=sd, n_voxels=n,
+        volume_mm3=float(n * volume.voxel_volume_mm3), excluded_fraction=float(roi.excluded_fraction),
+        calibration="" if calibration is None else calibration.method, roi_source=roi.source,
+        vbmd_median_mg_cm3=vbmd_median, vbmd_sd_mg_cm3=vbmd_sd, vbmd_se_mg_cm3=vbmd_se,
+        label_code=roi.label_code,
+    )
 
 
-def imprecise_roi_note(rows: Iterable[dict], max_standard_error_mg_cm3: float,
+def imprecise_roi_note(rows: Iterable[VbmdRow], max_standard_error_mg_cm3: float,
                        screw_sides: Collection[tuple[str, str]] = ()) -> str:
     """One warning naming the ROIs (``vbmd.csv`` rows) whose mean is imprecise, else ``''``.
 
@@ -106,11 +92,11 @@ def imprecise_roi_note(rows: Iterable[dict], max_standard_error_mg_cm3: float,
     items = []
     screw_sides = set(screw_sides)
     for r in rows:
-        se, n = r.get("vbmd_se_mg_cm3"), int(r["n_voxels"])
-        region, side = Region(r["region"]), Side(r["side"])
-        name = f"{r['vertebra']} {region.value} {side.value}"
+        se, n = r.vbmd_se_mg_cm3, int(r.n_voxels)
+        region, side = Region(r.region), Side(r.side)
+        name = f"{r.vertebra} {region.value} {side.value}"
         if n == 0:
-            screw = region is Region.B and (r["vertebra"], side.value) in screw_sides
+            screw = region is Region.B and (r.vertebra, side.value) in screw_sides
             items.append(f"{name} empty ({'the screw fills the pedicle' if screw else 'every voxel excluded'})")
         elif se is not None and np.isfinite(se) and se > max_standard_error_mg_cm3:
             items.append(f"{name} +-{se:.1f} ({n} voxels)")

@@ -18,7 +18,8 @@ import numpy as np
 
 from .config import Settings
 from .errors import AnatomyError, BmdpipeError
-from .results import Calibration, Material, Roi, Screw, Side, Vertebra
+from .results import Calibration, Material, Screw, Side, Vertebra
+from .rows import CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
 from .volume import Volume
 
 __all__ = ["SeriesJob", "SeriesResult", "process_series", "process_volume"]
@@ -61,41 +62,29 @@ class SeriesJob:
     precalibration_file: str | None = None
 
 
-def join_warnings(warnings) -> str:
-    """One CSV cell from a series' warnings: ``'; '``-separated, so a warning's own ``'; '``
-    becomes ``', '`` (the cell splits back into the warnings on ``'; '``)."""
-    return "; ".join(w.replace("; ", ", ") for w in warnings)
-
-
 @dataclass(frozen=True)
 class SeriesResult:
-    """Everything one series produced; picklable (sent back from Dask workers)."""
+    """Everything one series produced; picklable (sent back from Dask workers).
 
-    series_uid: str
-    path: str
+    ``series`` is its ``series.csv`` row: processed (``reason``: the warnings), or failed with
+    the stage and the reason.
+    """
+
+    series: SeriesRow
     study_id: str = ""
     timepoint: str = ""
-    status: str = "processed"  # processed | failed
-    stage: str = ""
-    reason: str = ""
-    n_files: int = 0
-    modality: str = ""
-    description: str = ""
-    calibration_row: dict | None = None
-    vbmd_rows: tuple[dict, ...] = ()
-    screw_rows: tuple[dict, ...] = ()
+    calibration_row: CalibrationRow | None = None
+    vbmd_rows: tuple[VbmdRow, ...] = ()
+    screw_rows: tuple[ScrewRow, ...] = ()
     roi_maps: dict = field(default_factory=dict)  # "A"/"B"/"C" -> NIfTI (.nii.gz) bytes
     qc_images: dict = field(default_factory=dict)  # file suffix -> PNG bytes
     warnings: tuple[str, ...] = ()
 
-    @property
-    def series_row(self) -> dict:
-        """The row of ``series.csv``: the failure reason, or the warnings of a processed series."""
-        from .store.csv import series_row
-
-        reason = self.reason if self.status == "failed" else join_warnings(self.warnings)
-        return series_row(self.series_uid, self.path, self.n_files, self.modality,
-                          self.description, self.status, reason, self.stage)
+    @classmethod
+    def failed(cls, job: SeriesJob, stage: str, reason: str) -> SeriesResult:
+        """The result of a series that failed at ``stage`` for ``reason``."""
+        return cls(series=job.ref.series_row(SeriesStatus.failed, reason, stage),
+                   study_id=job.study_id or job.ref.study_id, timepoint=job.timepoint)
 
 
 # --------------------------------------------------------------------------- stages
@@ -190,49 +179,6 @@ def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tu
     return (measure_screws(volume, screws, settings.halo) if screws else []), notes
 
 
-def _calibration_row(cal: Calibration) -> dict:
-    return {
-        "method": cal.method,
-        "phantom": cal.phantom,
-        "material": cal.material,
-        "slope_hu_per_mg_cm3": cal.slope_hu_per_mg_cm3,
-        "intercept_hu": cal.intercept_hu,
-        "r2": cal.r2,
-        "n_references": cal.n_references,
-        "references": "; ".join(f"{r.name}={r.hu_mean:.1f}HU" for r in cal.references),
-        "warnings": join_warnings(cal.warnings),
-        "effective_kev": cal.details.get("kev"),
-        "density_uncertainty_percent": (None if cal.details.get("density_uncertainty_fraction") is None
-                                        else 100.0 * cal.details["density_uncertainty_fraction"]),
-        "precalibrated_kev": cal.details.get("precalibrated_kev"),
-    }
-
-
-def _vbmd_row(volume: Volume, roi: Roi, cal: Calibration) -> dict:
-    from .measure import measure_roi
-
-    m = measure_roi(volume, roi, cal)
-    return {
-        "vertebra": roi.vertebra,
-        "region": roi.region,
-        "side": roi.side,
-        "vbmd_mg_cm3": m["vbmd_mg_cm3"],
-        "material": cal.material,
-        "hu_mean": m["hu_mean"],
-        "hu_median": m["hu_median"],
-        "hu_sd": m["hu_sd"],
-        "n_voxels": m["n_voxels"],
-        "volume_mm3": m["volume_mm3"],
-        "excluded_fraction": m["excluded_fraction"],
-        "calibration": cal.method,
-        "roi_source": roi.source,
-        "vbmd_median_mg_cm3": m.get("vbmd_median_mg_cm3"),
-        "vbmd_sd_mg_cm3": m.get("vbmd_sd_mg_cm3"),
-        "vbmd_se_mg_cm3": m.get("vbmd_se_mg_cm3"),
-        "label_code": roi.label_code,
-    }
-
-
 def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
     """Encode a label map on the CT grid as gzipped NIfTI bytes with the CT's RAS affine."""
     import gzip
@@ -271,9 +217,8 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     Returns the fields of :class:`SeriesResult` that depend on the image. Raises
     :class:`~bmdpipe.errors.BmdpipeError` subclasses; ``process_series`` catches them.
     """
-    from .measure import imprecise_roi_note, roi_label_map
+    from .measure import imprecise_roi_note, measure_roi, roi_label_map
     from .roi import place_rois
-    from .screws import screw_row
 
     with _stage("calibrate"):
         cal = _calibrate(volume, job, settings)
@@ -283,15 +228,13 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         screws, screw_notes = _screws(volume, vertebrae, settings)
     with _stage("roi"):
         rois = place_rois(volume, vertebrae, settings, screws=screws)
-    ident = {"study_id": volume.meta.study_id, "timepoint": volume.meta.timepoint,
-             "series_uid": volume.meta.series_uid}
     with _stage("measure"):
-        vbmd_rows = tuple({**ident, **_vbmd_row(volume, roi, cal)} for roi in rois)
-        screw_rows = tuple({**ident, **screw_row(s)} for s in screws)
+        vbmd_rows = tuple(measure_roi(volume, roi, cal) for roi in rois)
+        screw_rows = tuple(ScrewRow.of(s, volume.meta) for s in screws)
         roi_note = imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3,
                                       screw_sides={(s.vertebra, Side(s.side).value) for s in screws})
     out = {
-        "calibration_row": {**ident, **_calibration_row(cal)},
+        "calibration_row": CalibrationRow.of(cal, volume.meta),
         "vbmd_rows": vbmd_rows,
         "screw_rows": screw_rows,
         "warnings": (tuple(volume.meta.warnings) + tuple(cal.warnings) + anatomy_notes + screw_notes
@@ -312,27 +255,19 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
 
 def process_series(job: SeriesJob, settings: Settings) -> SeriesResult:
     """Process one CT series end to end; failures become a ``failed`` result, never an exception."""
-    from .ingest import load_volume
+    from .ingest import load_series
 
     ref = job.ref
-    base = SeriesResult(
-        series_uid=ref.series_uid,
-        path=str(ref.path),
-        n_files=ref.n_files,
-        modality=ref.modality,
-        description=ref.description,
-        study_id=job.study_id or ref.study_id,
-        timepoint=job.timepoint,
-    )
+    study_id = job.study_id or ref.study_id
     try:
         with _stage("load"):
-            volume = load_volume(ref, settings.ingest)
-        volume = volume.with_meta(study_id=base.study_id, timepoint=job.timepoint)
-        return replace(base, **process_volume(volume, job, settings))
+            volume = load_series(ref, settings.ingest)
+        volume = volume.with_meta(study_id=study_id, timepoint=job.timepoint)
+        out = process_volume(volume, job, settings)
     except BmdpipeError as exc:
         logger.warning("series %s failed at stage %s: %s", ref.series_uid, exc.stage, exc)
-        return replace(base, status="failed", stage=exc.stage, reason=str(exc))
+        return SeriesResult.failed(job, exc.stage, str(exc))
     except MemoryError:
-        return replace(base, status="failed", stage="pipeline",
-                       reason="out of memory while processing; run with fewer --workers")
-
+        return SeriesResult.failed(job, "pipeline", "out of memory while processing; run with fewer --workers")
+    return SeriesResult(series=ref.series_row(SeriesStatus.processed, join_warnings(out["warnings"])),
+                        study_id=study_id, timepoint=job.timepoint, **out)

@@ -199,8 +199,6 @@ class Roi:
     ----------
     mask : (K, J, I) ndarray of bool
         Final ROI voxels inside the box starting at ``offset``.
-    weights : ndarray of float or None
-        Optional partial-volume weights in [0, 1] (same shape as mask); None = binary.
     n_candidates : int
         Voxels of the geometric ROI before masking.
     n_excluded : int
@@ -215,7 +213,6 @@ class Roi:
     mask: np.ndarray
     n_candidates: int
     n_excluded: int
-    weights: np.ndarray | None = None
     source: str = "auto"  # auto | manual
     label_code: int = 0  # 10 x VerSe id + side code
 

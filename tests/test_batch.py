@@ -53,6 +53,7 @@ def fake_process(job, settings):
     Sleeps ``BMDPIPE_FAKE_DELAY_S`` seconds (default 0.05).
     """
     from bmdpipe.pipeline import SeriesResult
+    from bmdpipe.rows import SeriesStatus
 
     ref = job.ref
     uid = ref.series_uid
@@ -62,13 +63,12 @@ def fake_process(job, settings):
         if not marker.exists():
             marker.write_text("died once")
             os._exit(17)
-    base = dict(series_uid=uid, path=str(ref.source), n_files=ref.n_files, modality="CT",
-                description=ref.description, study_id=job.study_id or ref.study_id,
-                timepoint=job.timepoint)
     if "bad" in uid:
-        return SeriesResult(**base, status="failed", stage="calibrate", reason="no rods found")
+        return SeriesResult.failed(job, "calibrate", "no rods found")
+    base = dict(series=ref.series_row(SeriesStatus.processed), study_id=job.study_id or ref.study_id,
+                timepoint=job.timepoint)
     h = int(hashlib.sha1(uid.encode()).hexdigest()[:8], 16)
-    keys = dict(study_id=base["study_id"], timepoint=base["timepoint"], series_uid=uid)
+    keys = dict(study_id=base["study_id"], timepoint=job.timepoint, series_uid=uid)
     cal = dict(keys, method="phantom", phantom="mindways-model3-ct", material="K2HPO4",
                slope_hu_per_mg_cm3=1.0 + (h % 100) / 1000, intercept_hu=-(h % 7) / 3,
                r2=0.999, n_references=5)
@@ -102,15 +102,15 @@ def make_inputs(root: Path, uids) -> Path:
 
 def fake_discovery(in_dir: Path):
     """Discovery over ``make_inputs``: one SeriesRef per folder, README.txt skipped."""
-    from bmdpipe.ingest.discover import Discovery, SeriesRef, SkippedItem
+    from bmdpipe.ingest import Discovery, SeriesRef, skipped_item
 
     series = []
     for folder in sorted(p for p in in_dir.iterdir() if p.is_dir()):
         files = tuple(sorted(folder.glob("*.dcm")))
         series.append(SeriesRef(series_uid=folder.name, paths=files, n_files=len(files),
                                 study_id="S" + folder.name[-4:], description="fake"))
-    skipped = (SkippedItem(series_uid="", path=str(in_dir / "README.txt"), n_files=1, modality="",
-                           description="", reason="not a DICOM file"),)
+    skipped = (skipped_item(series_uid="", path=str(in_dir / "README.txt"), n_files=1, modality="",
+                            description="", reason="not a DICOM file"),)
     return Discovery(series=tuple(series), skipped=skipped)
 
 
@@ -187,7 +187,7 @@ def test_second_run_skips_everything_but_failures(clean_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(root / "out", out)
     seen = []
-    summary = run(in_dir, out, progress=lambda r, n, total: seen.append((r.series_uid, n, total)))
+    summary = run(in_dir, out, progress=lambda r, n, total: seen.append((r.series.series_uid, n, total)))
     assert (summary.resumed, summary.processed, summary.failed) == (6, 0, 1)
     assert [n for _, n, _ in seen] == list(range(1, 8)) and seen[-1][2] == 7
     assert csv_bytes(out) == csv_bytes(root / "out")

@@ -5,13 +5,23 @@ import pytest
 
 from bmdpipe.measure import imprecise_roi_note, measure_roi, roi_label_map, roi_values
 from bmdpipe.results import Calibration, Material, Region, Roi, Side
+from bmdpipe.rows import VbmdRow
 from bmdpipe.volume import Volume
 
 
-def _roi(offset, mask, region=Region.A, side=Side.center, code=230, n_cand=None, n_exc=0, weights=None):
+def _roi(offset, mask, region=Region.A, side=Side.center, code=230, n_cand=None, n_exc=0):
     return Roi(vertebra="L4", verse_id=23, region=region, side=side, offset=offset, mask=mask,
                n_candidates=n_cand if n_cand is not None else int(mask.sum()), n_excluded=n_exc,
-               label_code=code, weights=weights)
+               label_code=code)
+
+
+def _row(vertebra, region, side, n_voxels, se):
+    """A vbmd.csv row with only what imprecise_roi_note reads."""
+    nan = float("nan")
+    return VbmdRow(study_id="", timepoint="", series_uid="", vertebra=vertebra, region=Region(region),
+                   side=Side(side), vbmd_mg_cm3=nan, material=None, hu_mean=nan, hu_median=nan, hu_sd=nan,
+                   n_voxels=n_voxels, volume_mm3=0.0, excluded_fraction=0.0, calibration="", roi_source="auto",
+                   vbmd_se_mg_cm3=se)
 
 
 def test_measure_values():
@@ -23,30 +33,30 @@ def test_measure_values():
     cal = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=-10.0)
     m = measure_roi(vol, roi, cal)
     vals = arr[2:6, 3:8, 4:10][mask]
-    assert m["n_voxels"] == vals.size
-    assert m["hu_mean"] == pytest.approx(vals.mean(), rel=1e-6)
-    assert m["hu_median"] == pytest.approx(np.median(vals), rel=1e-6)
-    assert m["hu_sd"] == pytest.approx(vals.std(ddof=1), rel=1e-5)
-    assert m["vbmd_mg_cm3"] == pytest.approx((vals.mean() + 10.0) / 1.25, rel=1e-6)
-    assert m["vbmd_sd_mg_cm3"] == pytest.approx(vals.std(ddof=1) / 1.25, rel=1e-5)
-    assert m["vbmd_se_mg_cm3"] == pytest.approx(vals.std(ddof=1) / 1.25 / np.sqrt(vals.size), rel=1e-5)
-    assert m["volume_mm3"] == pytest.approx(vals.size * 0.25)
-    assert m["excluded_fraction"] == pytest.approx(10 / (vals.size + 10))
+    assert m.n_voxels == vals.size
+    assert m.hu_mean == pytest.approx(vals.mean(), rel=1e-6)
+    assert m.hu_median == pytest.approx(np.median(vals), rel=1e-6)
+    assert m.hu_sd == pytest.approx(vals.std(ddof=1), rel=1e-5)
+    assert m.vbmd_mg_cm3 == pytest.approx((vals.mean() + 10.0) / 1.25, rel=1e-6)
+    assert m.vbmd_sd_mg_cm3 == pytest.approx(vals.std(ddof=1) / 1.25, rel=1e-5)
+    assert m.vbmd_se_mg_cm3 == pytest.approx(vals.std(ddof=1) / 1.25 / np.sqrt(vals.size), rel=1e-5)
+    assert m.volume_mm3 == pytest.approx(vals.size * 0.25)
+    assert m.excluded_fraction == pytest.approx(10 / (vals.size + 10))
 
 
-def test_measure_weighted_and_empty():
+def test_measure_without_calibration_and_empty():
+    """No calibration: HU only, densities NaN; an empty ROI: NaN everywhere, 0 voxels, 0 mm3."""
     arr = np.zeros((3, 3, 3), np.float32)
     arr[0, 0, 0], arr[0, 0, 1] = 100.0, 200.0
     vol = Volume(arr, spacing=(2.0, 1.0, 1.0))
-    mask = np.zeros((1, 1, 2), bool)
-    mask[:] = True
-    w = np.array([[[1.0, 0.25]]])
-    m = measure_roi(vol, _roi((0, 0, 0), mask, weights=w))
-    assert m["hu_mean"] == pytest.approx((100 + 0.25 * 200) / 1.25)
-    assert m["volume_mm3"] == pytest.approx(1.25 * 2.0)
-    assert np.isnan(m["vbmd_mg_cm3"])  # no calibration
-    empty = measure_roi(vol, _roi((0, 0, 0), np.zeros((1, 1, 1), bool)))
-    assert empty["n_voxels"] == 0 and np.isnan(empty["hu_mean"])
+    m = measure_roi(vol, _roi((0, 0, 0), np.ones((1, 1, 2), bool)))
+    assert m.hu_mean == pytest.approx(150.0) and m.hu_sd == pytest.approx(np.std([100, 200], ddof=1))
+    assert m.volume_mm3 == pytest.approx(2 * 2.0)
+    assert np.isnan(m.vbmd_mg_cm3) and np.isnan(m.vbmd_se_mg_cm3) and m.material is None
+    empty = measure_roi(vol, _roi((0, 0, 0), np.zeros((1, 1, 1), bool)), Calibration(
+        "phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=-10.0))
+    assert empty.n_voxels == 0 and empty.volume_mm3 == 0.0
+    assert np.isnan(empty.hu_mean) and np.isnan(empty.vbmd_mg_cm3) and np.isnan(empty.vbmd_se_mg_cm3)
 
 
 def test_label_map_codes():
@@ -70,18 +80,15 @@ def test_standard_error_is_the_spread_of_the_mean_over_noise():
     for _ in range(400):
         m = measure_roi(Volume(rng.normal(120, 25, (6, 6, 6)).astype(np.float32), (1.0, 1.0, 1.0)),
                         _roi((0, 0, 0), mask), cal)
-        means.append(m["vbmd_mg_cm3"])
-        ses.append(m["vbmd_se_mg_cm3"])
+        means.append(m.vbmd_mg_cm3)
+        ses.append(m.vbmd_se_mg_cm3)
     assert np.mean(ses) == pytest.approx(np.std(means), rel=0.1)
     assert np.mean(ses) == pytest.approx(25 / 1.4 / np.sqrt(mask.sum()), rel=0.05)
 
 
 def test_imprecise_rois_are_named_in_one_note():
-    rows = [
-        {"vertebra": "L4", "region": Region.A, "side": Side.center, "n_voxels": 5000, "vbmd_se_mg_cm3": 0.2},
-        {"vertebra": "L4", "region": Region.B, "side": Side.left, "n_voxels": 40, "vbmd_se_mg_cm3": 4.31},
-        {"vertebra": "L5", "region": "B", "side": "right", "n_voxels": 0, "vbmd_se_mg_cm3": float("nan")},
-    ]
+    rows = [_row("L4", "A", "center", 5000, 0.2), _row("L4", "B", "left", 40, 4.31),
+            _row("L5", "B", "right", 0, float("nan"))]
     note = imprecise_roi_note(rows, 3.0)
     assert "L4 B left +-4.3 (40 voxels)" in note and "L5 B right empty" in note and "L4 A" not in note
     assert "roi.max_standard_error_mg_cm3" in note
@@ -90,9 +97,8 @@ def test_imprecise_rois_are_named_in_one_note():
 
 def test_empty_pedicle_roi_beside_a_screw_names_the_screw():
     """Post-operative scan: a B left empty on a side holding a screw says so; elsewhere the generic cause."""
-    rows = [{"vertebra": v, "region": "B", "side": sd, "n_voxels": 0, "vbmd_se_mg_cm3": float("nan")}
-            for v, sd in (("L4", "left"), ("L4", "right"), ("L5", "left"))]
-    rows.append({"vertebra": "L5", "region": "C", "side": "right", "n_voxels": 0, "vbmd_se_mg_cm3": float("nan")})
+    rows = [_row(v, "B", sd, 0, float("nan")) for v, sd in (("L4", "left"), ("L4", "right"), ("L5", "left"))]
+    rows.append(_row("L5", "C", "right", 0, float("nan")))
     note = imprecise_roi_note(rows, 3.0, screw_sides={("L4", "left"), ("L5", "right")})
     assert "L4 B left empty (the screw fills the pedicle)" in note
     assert "L4 B right empty (every voxel excluded)" in note

@@ -1,6 +1,6 @@
-"""Small pure helpers of bmdpipe.pipeline."""
+"""Warnings joined into one CSV cell (bmdpipe.rows.join_warnings)."""
 
-from bmdpipe.pipeline import join_warnings
+from bmdpipe.rows import join_warnings
 
 
 def test_joined_warnings_split_back_into_the_warnings():

@@ -9,7 +9,11 @@ and ``load_calibration`` are thin file wrappers for the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
+from enum import Enum
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -22,6 +26,11 @@ FORMAT = "bmdpipe-calibration/1"
 
 
 def _jsonable(x):
+    """JSON-ready value: dataclasses as dicts of their fields, enums as values, arrays as lists."""
+    if dataclasses.is_dataclass(x):
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x) if f.compare}
+    if isinstance(x, Enum):
+        return x.value
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -34,20 +43,40 @@ def _jsonable(x):
     return x
 
 
+def _typed(kind, value):
+    """``value`` read from JSON as the field type ``kind`` (dataclass, enum, tuple, float ...)."""
+    if value is None:
+        return None
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return tuple(value) if item is float else tuple(_typed(item, v) for v in value)
+    if dataclasses.is_dataclass(kind):
+        return _from_fields(kind, value)
+    if kind in (float, int, str) or (isinstance(kind, type) and issubclass(kind, Enum)):
+        return kind(value)
+    return value
+
+
+def _from_fields(kind, values: dict):
+    """An instance of the dataclass ``kind`` from the JSON dict of its saved (compared) fields."""
+    hints = typing.get_type_hints(kind)
+    saved = [f for f in dataclasses.fields(kind) if f.compare]
+    missing = next((f.name for f in saved if f.name not in values and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING), None)
+    if missing:
+        raise KeyError(missing)
+    return kind(**{f.name: _typed(hints[f.name], values[f.name]) for f in saved if f.name in values})
+
+
 def calibration_to_dict(cal: Calibration, *, kvp: float | None, kernel: str | None) -> dict:
-    """JSON-ready dict of a calibration and the protocol (kVp, kernel) it was measured with."""
-    return {
-        "format": FORMAT,
-        "kvp": None if kvp is None else float(kvp),
-        "kernel": kernel or "",
-        "calibration": {
-            "method": cal.method, "phantom": cal.phantom, "material": cal.material.value,
-            "slope_hu_per_mg_cm3": cal.slope_hu_per_mg_cm3, "intercept_hu": cal.intercept_hu,
-            "r2": cal.r2, "n_references": cal.n_references,
-            "references": [_jsonable(r.__dict__) for r in cal.references],
-            "warnings": list(cal.warnings), "details": _jsonable(cal.details),
-        },
-    }
+    """JSON-ready dict of a calibration and the protocol (kVp, kernel) it was measured with.
+
+    The calibration is saved as its fields (the QC-only ``outlines`` are not).
+    """
+    return {"format": FORMAT, "kvp": None if kvp is None else float(kvp), "kernel": kernel or "",
+            "calibration": _jsonable(cal)}
 
 
 def calibration_from_dict(data: dict) -> tuple[Calibration, float | None, str]:
@@ -55,23 +84,13 @@ def calibration_from_dict(data: dict) -> tuple[Calibration, float | None, str]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"not a bmdpipe calibration file (format must be {FORMAT!r})")
     try:
-        c = data["calibration"]
-        refs = tuple(
-            ReferenceMeasurement(**{**r, "center_lps": None if r.get("center_lps") is None else tuple(r["center_lps"])})
-            for r in c.get("references", [])
-        )
-        cal = Calibration(
-            method=c["method"], phantom=c["phantom"], material=Material(c["material"]),
-            slope_hu_per_mg_cm3=float(c["slope_hu_per_mg_cm3"]), intercept_hu=float(c["intercept_hu"]),
-            r2=None if c.get("r2") is None else float(c["r2"]), n_references=int(c.get("n_references", len(refs))),
-            references=refs, warnings=tuple(c.get("warnings", ())), details=dict(c.get("details", {})),
-        )
+        cal = _from_fields(Calibration, data["calibration"])
     except KeyError as exc:
         raise ConfigError(f"calibration file lacks the field calibration.{exc.args[0]}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"calibration file has an invalid value: {exc}") from exc
     if not cal.slope_hu_per_mg_cm3 > 0:
-        raise ConfigError("calibration file: slope_hu_per_mg_cm3 must be positive")
+        raise ConfigError("calibration file: the slope (HU per mg/cm3) must be positive")
     return cal, data.get("kvp"), data.get("kernel") or ""
 
 

@@ -3,7 +3,7 @@
 Public API
 ----------
 discover(paths, settings, pseudonym=None, *, progress=None) -> Discovery
-load_series(ref, settings, *, min_slices=None) -> Volume   (alias: load_volume)
+load_series(ref, settings, *, min_slices=None) -> Volume
 load_dicom_files(paths, settings, *, min_slices=None, ...) -> Volume
 load_nifti(path, *, pseudonym=None, study_id=None, series_uid=None, settings=None) -> Volume
 study_id_for(patient_id, settings, *, study_instance_uid='') -> str
@@ -12,15 +12,16 @@ No PHI (PatientName, PatientID, BirthDate) leaves this package: ``SeriesRef`` an
 ``Volume.meta`` carry the pseudonym ``study_id`` only.
 """
 
-from .discover import Discovery, SeriesRef, SkippedItem, classify_series, discover, is_nifti_path
-from .load import SlicePlan, load_dicom_files, load_series, load_volume, plan_slices
+from ._refs import Discovery, SeriesRef, Skip, skipped_item
+from .discover import classify_series, discover, is_nifti_path
+from .load import SlicePlan, load_dicom_files, load_series, plan_slices
 from .nifti import load_nifti, nifti_series_uid
 from .pseudonym import study_id_for, study_id_for_name
 
 __all__ = [
     "Discovery",
     "SeriesRef",
-    "SkippedItem",
+    "Skip",
     "SlicePlan",
     "classify_series",
     "discover",
@@ -28,9 +29,9 @@ __all__ = [
     "load_dicom_files",
     "load_nifti",
     "load_series",
-    "load_volume",
     "nifti_series_uid",
     "plan_slices",
+    "skipped_item",
     "study_id_for",
     "study_id_for_name",
 ]

@@ -1,7 +1,7 @@
 """Discovery: walk input folders, read DICOM headers only, group and classify series.
 
 Every file found ends up either in a :class:`SeriesRef` (an axial CT image series or a
-NIfTI volume to process) or in a :class:`SkippedItem` with the reason it is not
+NIfTI volume to process) or in a skipped ``series.csv`` row with the reason it is not
 processed. No pixel data is read here, and nothing returned holds PatientName,
 PatientID or BirthDate: the pseudonym (``study_id``) is computed on the spot.
 """
@@ -11,120 +11,24 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..config import IngestSettings, PseudonymSettings
 from ..errors import IngestError
-from ._header import (
-    CT_IMAGE_SOP_CLASSES,
-    FileHeader,
-    NotDicom,
-    read_file_header,
-    uid_name,
-)
+from ..rows import SeriesRow
+from ._header import CT_IMAGE_SOP_CLASSES, FileHeader, NotDicom, read_file_header, uid_name
+from ._refs import Discovery, SeriesRef, Skip, skipped_item
 from .pseudonym import study_id_for
 
-__all__ = ["SeriesRef", "SkippedItem", "Discovery", "discover", "is_nifti_path", "classify_series"]
+__all__ = ["discover", "is_nifti_path", "classify_series", "group_dicom_files"]
 
 ProgressCallback = Callable[[int, int], None]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-
-
-@dataclass(frozen=True)
-class SeriesRef:
-    """A series to process: the files of one CT series, or one NIfTI file.
-
-    Attributes
-    ----------
-    series_uid : str
-        SeriesInstanceUID, or ``'nifti-<sha1>'`` for a NIfTI file.
-    paths : tuple of Path
-        The series' files (sorted by name; the slice order comes from positions), or the
-        single NIfTI file.
-    kind : {'dicom', 'nifti'}
-    modality, description : str
-        Modality and SeriesDescription ('' when absent).
-    n_files : int
-        Number of files.
-    study_id : str
-        Pseudonym (keyed hash of PatientID). Replace it with ``dataclasses.replace`` when a
-        manifest gives one.
-    manufacturer, kernel, study_date, transfer_syntax, sop_class : str
-        Header values ('' when absent).
-    kvp, slice_thickness_mm : float or None
-        Tube voltage (kV) and nominal slice thickness (mm).
-    rows, columns, n_slices : int
-        Image size in pixels and number of 2-D images (frames) in the series.
-    warnings : tuple of str
-        Non-fatal findings of discovery (duplicate files dropped, localizers split off).
-    """
-
-    series_uid: str
-    paths: tuple[Path, ...]
-    kind: str = "dicom"
-    modality: str = "CT"
-    description: str = ""
-    n_files: int = 0
-    study_id: str = ""
-    manufacturer: str = ""
-    kernel: str = ""
-    kvp: float | None = None
-    slice_thickness_mm: float | None = None
-    study_date: str = ""
-    rows: int = 0
-    columns: int = 0
-    n_slices: int = 0
-    transfer_syntax: str = ""
-    sop_class: str = ""
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def path(self) -> Path:
-        """The series' folder (DICOM; common parent of its files) or the NIfTI file."""
-        return Path(self.source)
-
-    @property
-    def source(self) -> str:
-        """Folder (DICOM) or file (NIfTI) the series comes from."""
-        if self.kind == "nifti" or len(self.paths) == 0:
-            return str(self.paths[0]) if self.paths else ""
-        parents = {p.parent for p in self.paths}
-        return str(parents.pop()) if len(parents) == 1 else os.path.commonpath([str(p) for p in self.paths])
-
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """A series or stray file that is not processed, with the reason (a row of series.csv)."""
-
-    series_uid: str
-    path: str
-    n_files: int
-    modality: str
-    description: str
-    reason: str
-    status: str = "skipped"
-
-    @property
-    def row(self) -> dict:
-        """The row of ``series.csv`` (contract columns, plus ``stage``)."""
-        from ..store.csv import series_row
-
-        return series_row(self.series_uid, self.path, self.n_files, self.modality,
-                          self.description, self.status, self.reason, "discover")
-
-
-@dataclass(frozen=True)
-class Discovery:
-    """Result of :func:`discover`: series to process and everything skipped."""
-
-    series: tuple[SeriesRef, ...]
-    skipped: tuple[SkippedItem, ...]
 
 
 def is_nifti_path(path: Path) -> bool:
@@ -284,15 +188,15 @@ def group_dicom_files(
     progress: ProgressCallback | None = None,
     done: int = 0,
     total: int | None = None,
-) -> tuple[list[SeriesRef], list[SkippedItem]]:
+) -> tuple[list[SeriesRef], list[SeriesRow]]:
     """Header pass over ``files``: group by SeriesInstanceUID and classify."""
     total = len(files) if total is None else total
     groups: dict[str, list[FileHeader]] = defaultdict(list)
-    skipped: list[SkippedItem] = []
+    skipped: list[SeriesRow] = []
     for i, f in enumerate(files):
         h = read_file_header(f, max_frames=settings.max_slices)
         if isinstance(h, NotDicom):
-            skipped.append(SkippedItem("", str(f), 1, "", "DICOMDIR" if h.is_dicomdir else "", h.reason))
+            skipped.append(skipped_item("", str(f), 1, "", "DICOMDIR" if h.is_dicomdir else "", h.reason))
         else:
             groups[h.series_uid].append(h)
         if progress is not None:
@@ -313,14 +217,14 @@ def group_dicom_files(
         headers, localizers = _split_localizers(headers, settings)
         h0 = headers[0]
         if localizers:
-            skipped.append(SkippedItem(uid, _common_folder([h.path for h in localizers]), len(localizers),
+            skipped.append(skipped_item(uid, _common_folder([h.path for h in localizers]), len(localizers),
                                        h0.modality, h0.description,
                                        "localizer images inside the CT series; excluded from the volume"))
             warnings.append(f"{len(localizers)} localizer image(s) in the series excluded")
         reason = classify_series(headers, settings)
         if reason is not None:
             n_other = n_found - len(localizers)
-            skipped.append(SkippedItem(uid, _common_folder([h.path for h in headers]), n_other,
+            skipped.append(skipped_item(uid, _common_folder([h.path for h in headers]), n_other,
                                        h0.modality, h0.description, reason))
         else:
             series.append(_series_ref(headers, pseudonym, warnings))
@@ -358,25 +262,24 @@ def discover(
     IngestError
         If an input path does not exist.
     """
-    from .nifti import nifti_series_ref  # local: nibabel import only when needed
+    from .nifti import nifti_series_ref  # here: nibabel is imported only when needed
 
     pseudonym = pseudonym or PseudonymSettings()
     explicit, found = _walk(paths)
     total = len(explicit) + len(found)
     series: list[SeriesRef] = []
-    skipped: list[SkippedItem] = []
+    skipped: list[SeriesRow] = []
     dicom_files: list[Path] = []
     done = 0
     for f, is_explicit in [(f, True) for f in explicit] + [(f, False) for f in found]:
         if is_nifti_path(f):
             if is_explicit or settings.accept_nifti_in_folders:
-                ref = nifti_series_ref(f, pseudonym, settings)
-                if isinstance(ref, SeriesRef):
-                    series.append(ref)
-                else:
-                    skipped.append(SkippedItem("", str(f), 1, "", "NIfTI", ref))
+                try:
+                    series.append(nifti_series_ref(f, pseudonym, settings))
+                except Skip as skip:
+                    skipped.append(skipped_item("", str(f), 1, "", "NIfTI", str(skip)))
             else:
-                skipped.append(SkippedItem("", str(f), 1, "", "NIfTI",
+                skipped.append(skipped_item("", str(f), 1, "", "NIfTI",
                                            "NIfTI file inside an input folder (labels?); give it as an input "
                                            "file to process it as CT"))
             done += 1

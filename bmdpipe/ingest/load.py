@@ -20,9 +20,10 @@ from ..config import IngestSettings
 from ..errors import SeriesError
 from ..volume import SeriesMeta, Volume
 from ._header import FileHeader, FrameHeader, NotDicom, quiet_pydicom, read_file_header, uid_name
-from .discover import SeriesRef, classify_series
+from ._refs import SeriesRef
+from .discover import classify_series
 
-__all__ = ["load_series", "load_volume", "load_dicom_files", "SlicePlan", "plan_slices"]
+__all__ = ["load_series", "load_dicom_files", "SlicePlan", "plan_slices"]
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,3 @@ def load_series(ref: SeriesRef, settings: IngestSettings, *, min_slices: int | N
         vol = vol.with_meta(warnings=tuple(ref.warnings) + vol.meta.warnings)
     return vol
 
-
-load_volume = load_series
-"""Alias of :func:`load_series` (the name ``pipeline.process_series`` uses)."""

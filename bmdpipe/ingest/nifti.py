@@ -18,6 +18,7 @@ import numpy as np
 from ..config import IngestSettings, PseudonymSettings
 from ..errors import SeriesError
 from ..volume import SeriesMeta, Volume
+from ._refs import SeriesRef, Skip
 from .pseudonym import study_id_for_name
 
 __all__ = ["load_nifti", "nifti_series_ref", "nifti_series_uid", "ras_to_lps_affine"]
@@ -159,28 +160,33 @@ def _size_problem(shape: tuple[int, ...], settings: IngestSettings) -> str:
     return ""
 
 
-def nifti_series_ref(path: Path, pseudonym: PseudonymSettings, settings: IngestSettings | None = None):
-    """Header-only check of a NIfTI input: a ``SeriesRef``, or the reason (str) it is skipped."""
-    import nibabel as nib
+def nifti_series_ref(path: Path, pseudonym: PseudonymSettings, settings: IngestSettings | None = None) -> SeriesRef:
+    """Header-only check of a NIfTI input: the series it holds.
 
-    from .discover import SeriesRef
+    Raises
+    ------
+    Skip
+        With the reason the file is not processed (unreadable, not one 3-D volume, too large
+        or too short for ``settings``).
+    """
+    import nibabel as nib
 
     path = Path(path)
     try:
         img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
     except Exception as exc:
-        return f"not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:120]})"
+        raise Skip(f"not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:120]})") from exc
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        return f"NIfTI of shape {shape}; need one 3-D volume"
+        raise Skip(f"NIfTI of shape {shape}; need one 3-D volume")
     if settings is not None:
         reason = _size_problem(shape, settings)
         if reason:
-            return reason
+            raise Skip(reason)
         if shape[2] < settings.min_slices:
-            return f"{shape[2]} slices; need >= {settings.min_slices} (ingest.min_slices) for a lumbar volume"
+            raise Skip(f"{shape[2]} slices; need >= {settings.min_slices} (ingest.min_slices) for a lumbar volume")
     return SeriesRef(
         series_uid=nifti_series_uid(path),
         paths=(path,),

@@ -1,68 +1,31 @@
 """The output contract's CSV files: fixed leading columns, atomic writes.
 
-Column names and order below are fixed by ``docs/output-contract.md``; columns may be
-added after them, never renamed or dropped.
+The columns of each file, in order, come from its row type in :mod:`bmdpipe.rows` (the
+contract's first, then the added ones); columns may be added after them, never renamed or
+dropped (``docs/output-contract.md``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
 
+from ..rows import ROW_TYPES, contract_columns
+
 __all__ = [
-    "SERIES_COLUMNS",
-    "CALIBRATION_COLUMNS",
-    "VBMD_COLUMNS",
-    "SCREW_COLUMNS",
     "CONTRACT_COLUMNS",
-    "series_row",
     "atomic_write_bytes",
     "write_csv",
     "read_csv_rows",
 ]
 
-SERIES_COLUMNS = ("series_uid", "path", "n_files", "modality", "description", "status", "reason")
-CALIBRATION_COLUMNS = (
-    "study_id", "timepoint", "series_uid", "method", "phantom", "material",
-    "slope_hu_per_mg_cm3", "intercept_hu", "r2", "n_references",
-)
-VBMD_COLUMNS = (
-    "study_id", "timepoint", "series_uid", "vertebra", "region", "side", "vbmd_mg_cm3",
-    "material", "hu_mean", "hu_median", "hu_sd", "n_voxels", "volume_mm3",
-    "excluded_fraction", "calibration", "roi_source",
-)
-SCREW_COLUMNS = (
-    "study_id", "timepoint", "series_uid", "vertebra", "side", "length_mm", "diameter_mm",
-    "entry_x_mm", "entry_y_mm", "entry_z_mm", "tip_x_mm", "tip_y_mm", "tip_z_mm",
-    "halo_max_mm", "halo_mean_mm", "halo_circumference_fraction", "loosened",
-)
-
 #: file name -> contract columns (in order)
-CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "series.csv": SERIES_COLUMNS,
-    "calibration.csv": CALIBRATION_COLUMNS,
-    "vbmd.csv": VBMD_COLUMNS,
-    "screws.csv": SCREW_COLUMNS,
-}
-
-
-def series_row(series_uid: str, path: str, n_files: int, modality: str, description: str,
-               status: str, reason: str, stage: str) -> dict:
-    """One row of ``series.csv`` (contract columns, then ``stage``)."""
-    return {
-        "series_uid": series_uid,
-        "path": path,
-        "n_files": n_files,
-        "modality": modality,
-        "description": description,
-        "status": status,
-        "reason": reason,
-        "stage": stage,
-    }
+CONTRACT_COLUMNS: dict[str, tuple[str, ...]] = {name: contract_columns(t) for name, t in ROW_TYPES.items()}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -111,8 +74,6 @@ def write_csv(path: Path, rows: Iterable[Mapping], columns: tuple[str, ...]) -> 
             if key not in columns and key not in extra:
                 extra.append(key)
     header = list(columns) + extra
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)

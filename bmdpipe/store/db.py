@@ -29,7 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ..errors import StoreError
-from .csv import CALIBRATION_COLUMNS, SCREW_COLUMNS, SERIES_COLUMNS, VBMD_COLUMNS
+from ..rows import (SERIES_IDENTITY, CalibrationRow, ColumnSpec, ScrewRow, SeriesRow, SeriesStatus, VbmdRow,
+                    column_specs, contract_columns)
 
 __all__ = [
     "Base",
@@ -112,128 +113,130 @@ class Study(Base):
     created: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
 
 
+def _sql_type(spec: ColumnSpec) -> sa.types.TypeEngine:
+    """The SQL type of a row column: its value type, text bounded by ``max_length``."""
+    if spec.type is bool:
+        return sa.Boolean()
+    if spec.type is int:
+        return sa.Integer()
+    if spec.type is float:
+        return sa.Double()
+    if issubclass(spec.type, str):
+        return sa.String(spec.storage.max_length) if spec.storage.max_length else sa.Text()
+    raise TypeError(f"no SQL type for column {spec.name} of type {spec.type!r}")
+
+
+def _row_columns(row_type: type, *, primary_key: str = "") -> list[sa.Column]:
+    """Typed columns of a row type's contract columns; its added columns live in ``extra``.
+
+    The series identity (study_id, timepoint, series_uid) of a measurement row is stored with
+    its series, except as the ``primary_key`` of the series table itself.
+    """
+    out = []
+    for spec in column_specs(row_type):
+        if spec.storage.contract and (spec.name == primary_key or spec.name not in SERIES_IDENTITY):
+            key = spec.name == primary_key
+            out.append(sa.Column(spec.name, _sql_type(spec), primary_key=key,
+                                 nullable=not (key or spec.storage.required)))
+    return out
+
+
+def _row_checks(row_type: type) -> list[sa.CheckConstraint]:
+    """A check that each ``checked`` column holds one of its enum's values."""
+    return [sa.CheckConstraint(f"{spec.name} IN ({', '.join(repr(m.value) for m in spec.type)})", name=spec.name)
+            for spec in column_specs(row_type) if spec.storage.checked]
+
+
+def _required(row_type: type) -> tuple[str, ...]:
+    """The columns that identify a measurement row within its series (unique together)."""
+    return tuple(spec.name for spec in column_specs(row_type) if spec.storage.required)
+
+
+def _series_key() -> sa.Column:
+    return sa.Column("series_uid", sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True,
+                     nullable=False)
+
+
 class Series(Base):
-    """A CT series (or stray file) found in the inputs, with its outcome and digests."""
+    """A CT series (or stray file) found in the inputs, with its outcome and digests
+    (contract ``series.csv``: the columns of :class:`~bmdpipe.rows.SeriesRow`)."""
 
-    __tablename__ = "series"
-
-    series_uid: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
-    study_id: Mapped[str | None] = mapped_column(sa.ForeignKey("studies.study_id"), index=True)
-    timepoint: Mapped[str | None] = mapped_column(sa.String(32))
-    path: Mapped[str | None] = mapped_column(sa.Text)
-    n_files: Mapped[int | None] = mapped_column(sa.Integer)
-    modality: Mapped[str | None] = mapped_column(sa.String(16))
-    description: Mapped[str | None] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.String(16))
-    reason: Mapped[str | None] = mapped_column(sa.Text)
-    stage: Mapped[str | None] = mapped_column(sa.String(32))
-    input_digest: Mapped[str | None] = mapped_column(sa.String(64))
-    settings_digest: Mapped[str | None] = mapped_column(sa.String(64))
-    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id"), index=True)
-    updated: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
-    warnings: Mapped[list] = mapped_column(sa.JSON, default=list)
-    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
-
-    __table_args__ = (
-        sa.CheckConstraint("status IN ('processed', 'skipped', 'failed')", name="status"),
+    __table__ = sa.Table(
+        "series", Base.metadata,
+        *_row_columns(SeriesRow, primary_key="series_uid"),
+        sa.Column("study_id", sa.ForeignKey("studies.study_id"), index=True),
+        sa.Column("timepoint", sa.String(32)),
+        sa.Column("stage", sa.String(32)),
+        sa.Column("input_digest", sa.String(64)),
+        sa.Column("settings_digest", sa.String(64)),
+        sa.Column("run_id", sa.ForeignKey("runs.id"), index=True),
+        sa.Column("updated", sa.DateTime(timezone=True), default=_now, nullable=False),
+        sa.Column("warnings", sa.JSON, default=list, nullable=False),
+        sa.Column("extra", sa.JSON, default=dict, nullable=False),
+        *_row_checks(SeriesRow),
     )
 
 
 class Calibration(Base):
-    """HU <-> mg/cm3 calibration of one series (contract ``calibration.csv``)."""
+    """HU <-> mg/cm3 calibration of one series (contract ``calibration.csv``: the columns of
+    :class:`~bmdpipe.rows.CalibrationRow`)."""
 
-    __tablename__ = "calibrations"
-
-    series_uid: Mapped[str] = mapped_column(
-        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), primary_key=True
+    __table__ = sa.Table(
+        "calibrations", Base.metadata,
+        sa.Column("series_uid", sa.ForeignKey("series.series_uid", ondelete="CASCADE"), primary_key=True),
+        *_row_columns(CalibrationRow),
+        sa.Column("details", sa.JSON, default=dict, nullable=False),
+        sa.Column("extra", sa.JSON, default=dict, nullable=False),
     )
-    method: Mapped[str | None] = mapped_column(sa.String(32))
-    phantom: Mapped[str | None] = mapped_column(sa.String(128))
-    material: Mapped[str | None] = mapped_column(sa.String(16))
-    slope_hu_per_mg_cm3: Mapped[float | None] = mapped_column(sa.Double)
-    intercept_hu: Mapped[float | None] = mapped_column(sa.Double)
-    r2: Mapped[float | None] = mapped_column(sa.Double)
-    n_references: Mapped[int | None] = mapped_column(sa.Integer)
-    details: Mapped[dict] = mapped_column(sa.JSON, default=dict)
-    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
 
 
 class VertebraMeasurement(Base):
-    """One vertebra x region x side measurement (contract ``vbmd.csv``)."""
+    """One vertebra x region x side measurement (contract ``vbmd.csv``: the columns of
+    :class:`~bmdpipe.rows.VbmdRow`)."""
 
-    __tablename__ = "vertebra_measurements"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    series_uid: Mapped[str] = mapped_column(
-        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True
+    __table__ = sa.Table(
+        "vertebra_measurements", Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _series_key(),
+        sa.Column("position", sa.Integer, nullable=False),
+        *_row_columns(VbmdRow),
+        sa.Column("extra", sa.JSON, default=dict, nullable=False),
+        sa.UniqueConstraint("series_uid", *_required(VbmdRow)),
     )
-    position: Mapped[int] = mapped_column(sa.Integer)
-    vertebra: Mapped[str] = mapped_column(sa.String(8))
-    region: Mapped[str] = mapped_column(sa.String(4))
-    side: Mapped[str] = mapped_column(sa.String(8))
-    vbmd_mg_cm3: Mapped[float | None] = mapped_column(sa.Double)
-    material: Mapped[str | None] = mapped_column(sa.String(16))
-    hu_mean: Mapped[float | None] = mapped_column(sa.Double)
-    hu_median: Mapped[float | None] = mapped_column(sa.Double)
-    hu_sd: Mapped[float | None] = mapped_column(sa.Double)
-    n_voxels: Mapped[int | None] = mapped_column(sa.Integer)
-    volume_mm3: Mapped[float | None] = mapped_column(sa.Double)
-    excluded_fraction: Mapped[float | None] = mapped_column(sa.Double)
-    calibration: Mapped[str | None] = mapped_column(sa.String(16))
-    roi_source: Mapped[str | None] = mapped_column(sa.String(16))
-    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
-
-    __table_args__ = (sa.UniqueConstraint("series_uid", "vertebra", "region", "side"),)
 
 
 class ScrewMeasurement(Base):
-    """One pedicle screw found in a series (contract ``screws.csv``).
+    """One pedicle screw found in a series (contract ``screws.csv``: the columns of
+    :class:`~bmdpipe.rows.ScrewRow`).
 
     ``ordinal`` numbers screws sharing a vertebra and side (0 for the usual single one).
     """
 
-    __tablename__ = "screw_measurements"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    series_uid: Mapped[str] = mapped_column(
-        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True
+    __table__ = sa.Table(
+        "screw_measurements", Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _series_key(),
+        sa.Column("position", sa.Integer, nullable=False),
+        *_row_columns(ScrewRow),
+        sa.Column("ordinal", sa.Integer, default=0, nullable=False),
+        sa.Column("extra", sa.JSON, default=dict, nullable=False),
+        sa.UniqueConstraint("series_uid", *_required(ScrewRow), "ordinal"),
     )
-    position: Mapped[int] = mapped_column(sa.Integer)
-    vertebra: Mapped[str] = mapped_column(sa.String(8))
-    side: Mapped[str] = mapped_column(sa.String(8))
-    ordinal: Mapped[int] = mapped_column(sa.Integer, default=0)
-    length_mm: Mapped[float | None] = mapped_column(sa.Double)
-    diameter_mm: Mapped[float | None] = mapped_column(sa.Double)
-    entry_x_mm: Mapped[float | None] = mapped_column(sa.Double)
-    entry_y_mm: Mapped[float | None] = mapped_column(sa.Double)
-    entry_z_mm: Mapped[float | None] = mapped_column(sa.Double)
-    tip_x_mm: Mapped[float | None] = mapped_column(sa.Double)
-    tip_y_mm: Mapped[float | None] = mapped_column(sa.Double)
-    tip_z_mm: Mapped[float | None] = mapped_column(sa.Double)
-    halo_max_mm: Mapped[float | None] = mapped_column(sa.Double)
-    halo_mean_mm: Mapped[float | None] = mapped_column(sa.Double)
-    halo_circumference_fraction: Mapped[float | None] = mapped_column(sa.Double)
-    loosened: Mapped[bool | None] = mapped_column(sa.Boolean)
-    extra: Mapped[dict] = mapped_column(sa.JSON, default=dict)
-
-    __table_args__ = (sa.UniqueConstraint("series_uid", "vertebra", "side", "ordinal"),)
 
 
 class RoiEdit(Base):
-    """A manual ROI edit made in the napari review step: who, when, what."""
+    """A manual ROI edit made in the napari review step: who, when, what; the ROI is named by the
+    columns that identify it in ``vbmd.csv`` (vertebra, region, side)."""
 
-    __tablename__ = "roi_edits"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    series_uid: Mapped[str] = mapped_column(
-        sa.ForeignKey("series.series_uid", ondelete="CASCADE"), index=True
+    __table__ = sa.Table(
+        "roi_edits", Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _series_key(),
+        *(c for c in _row_columns(VbmdRow) if c.name in _required(VbmdRow)),
+        sa.Column("who", sa.String(128), nullable=False),
+        sa.Column("when", sa.DateTime(timezone=True), default=_now, nullable=False),
+        sa.Column("what", sa.JSON, default=dict, nullable=False),
     )
-    vertebra: Mapped[str] = mapped_column(sa.String(8))
-    region: Mapped[str] = mapped_column(sa.String(4))
-    side: Mapped[str] = mapped_column(sa.String(8))
-    who: Mapped[str] = mapped_column(sa.String(128))
-    when: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
-    what: Mapped[dict] = mapped_column(sa.JSON, default=dict)
 
 
 class ClinicalVisit(Base):
@@ -423,8 +426,11 @@ def _coerce(column: sa.Column, value: Any) -> Any:
     return value
 
 
-def _split_row(model, row: Mapping, skip: Collection[str]) -> tuple[dict, dict]:
-    """Split a contract row into typed column values and the ``extra`` JSON dict."""
+def _split_row(model, row, skip: Collection[str]) -> tuple[dict, dict]:
+    """Split a row (of :mod:`bmdpipe.rows`, or a mapping) into typed column values and the
+    ``extra`` JSON dict."""
+    if not isinstance(row, Mapping):
+        row = row.as_dict()
     cols = model.__table__.columns
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -436,12 +442,6 @@ def _split_row(model, row: Mapping, skip: Collection[str]) -> tuple[dict, dict]:
         else:
             extra[key] = _jsonable(value)
     return values, extra
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
 
 
 # ---------------------------------------------------------------- writing
@@ -500,7 +500,6 @@ def save_series_result(
     *,
     settings_digest: str | None = None,
     input_digest: str | None = None,
-    series_info: Mapping | None = None,
 ) -> None:
     """Replace everything stored for one series by ``result`` in ONE committed transaction.
 
@@ -512,83 +511,26 @@ def save_series_result(
     Parameters
     ----------
     session : sqlalchemy.orm.Session
-    result : SeriesResult or mapping
-        Read by attribute or key: ``series_uid, study_id, timepoint, status, stage,
-        reason, input_digest, calibration_row, vbmd_rows, screw_rows, warnings`` and,
-        when present, ``path, n_files, modality, description, settings_digest``.
+    result : SeriesResult or SeriesRow
+        A series' result (its ``series`` row, ``study_id, timepoint, warnings``, and the rows
+        ``calibration_row, vbmd_rows, screw_rows`` of :mod:`bmdpipe.rows` or mappings of column
+        values), or the row of a series or file that discovery skipped.
     run_id : int or None
         The run that produced ``result`` (:func:`start_run`).
     settings_digest, input_digest : str, optional
-        Digests of the settings + job options and of the series' files (for resume);
-        default ``result``'s attributes of the same names, if any.
-    series_info : mapping, optional
-        ``series.csv`` fields (path, n_files, modality, description, ...) that override
-        those of ``result``; keys that are not Series columns are kept in ``extra``.
+        Digests of the settings + job options and of the series' files (for resume).
     """
-    uid = _get(result, "series_uid") or stray_key(_get(result, "path"))
-    status = _get(result, "status")
-    status = _scalar(status)
-    if status not in ("processed", "skipped", "failed"):
-        raise StoreError(f"series {uid}: status {status!r} is not processed, skipped or failed")
-    info: dict[str, Any] = {}
-    for key in ("path", "n_files", "modality", "description"):
-        if _get(result, key) is not None:
-            info[key] = _get(result, key)
-    reason = _scalar(_get(result, "reason")) or None
-    series_row = getattr(result, "series_row", None)  # SeriesResult: the series.csv row
-    if isinstance(series_row, Mapping):
-        reason = _scalar(series_row.get("reason")) or None
-        info.update(
-            {k: v for k, v in series_row.items() if k not in ("series_uid", "status", "reason", "stage")}
-        )
-    info.update(series_info or {})
-    study_id = _scalar(_get(result, "study_id")) or _scalar(info.pop("study_id", None)) or None
-    timepoint = _scalar(_get(result, "timepoint")) or _scalar(info.pop("timepoint", None)) or None
-    info.pop("study_id", None)
-    info.pop("timepoint", None)
+    row = result if isinstance(result, SeriesRow) else result.series
+    uid = row.series_uid or stray_key(row.path)
+    if _scalar(row.status) not in {s.value for s in SeriesStatus}:
+        raise StoreError(f"series {uid}: status {row.status!r} is not processed, skipped or failed")
     try:
-        _ensure_study(session, study_id)
+        _ensure_study(session, _scalar(getattr(result, "study_id", None)) or None)
         for model in (Calibration, VertebraMeasurement, ScrewMeasurement):
             session.execute(sa.delete(model).where(model.series_uid == uid))
-        series = session.get(Series, uid)
-        if series is None:
-            series = Series(series_uid=uid)
-            session.add(series)
-        base_values, base_extra = _split_row(
-            Series, info, skip=("series_uid", "status", "reason", "run_id", "warnings")
-        )
-        for key, value in base_values.items():
-            setattr(series, key, value)
-        series.extra = base_extra
-        series.study_id = study_id
-        series.timepoint = timepoint
-        series.status = status
-        series.reason = reason
-        series.stage = _scalar(_get(result, "stage")) or None
-        series.input_digest = input_digest or _get(result, "input_digest")
-        series.settings_digest = settings_digest or _get(result, "settings_digest")
-        series.run_id = run_id
-        series.updated = _now()
-        series.warnings = _jsonable(list(_get(result, "warnings") or []))
-        session.flush()
-
-        contract_skip = ("study_id", "timepoint", "series_uid")
-        cal_row = _get(result, "calibration_row")
-        if cal_row:
-            values, extra = _split_row(Calibration, cal_row, skip=contract_skip)
-            session.add(Calibration(series_uid=uid, details={}, extra=extra, **values))
-        for pos, row in enumerate(_get(result, "vbmd_rows") or ()):
-            values, extra = _split_row(VertebraMeasurement, row, skip=contract_skip)
-            session.add(VertebraMeasurement(series_uid=uid, position=pos, extra=extra, **values))
-        seen: dict[tuple, int] = {}
-        for pos, row in enumerate(_get(result, "screw_rows") or ()):
-            values, extra = _split_row(ScrewMeasurement, row, skip=contract_skip + ("ordinal",))
-            key = (values.get("vertebra"), values.get("side"))
-            ordinal = seen.get(key, 0)
-            seen[key] = ordinal + 1
-            session.add(
-                ScrewMeasurement(series_uid=uid, position=pos, ordinal=ordinal, extra=extra, **values)
-            )
+        _save_series(session, uid, row, result, run_id=run_id, input_digest=input_digest,
+                     settings_digest=settings_digest)
+        _save_measurements(session, uid, result)
         session.commit()
     except sa.exc.IntegrityError as exc:
         session.rollback()
@@ -599,6 +541,38 @@ def save_series_result(
     except BaseException:
         session.rollback()
         raise
+
+
+def _save_series(session: Session, uid: str, row: SeriesRow, result: Any, **values: Any) -> None:
+    """Insert or update the series' own row (not committed); ``values``: the run and digests."""
+    series = session.get(Series, uid)
+    if series is None:
+        series = Series(series_uid=uid)
+        session.add(series)
+    typed, series.extra = _split_row(Series, row, skip=("series_uid",))
+    typed.update(values, study_id=_scalar(getattr(result, "study_id", None)) or None,
+                 timepoint=_scalar(getattr(result, "timepoint", None)) or None, updated=_now(),
+                 warnings=_jsonable(list(getattr(result, "warnings", None) or [])))
+    for key, value in typed.items():
+        setattr(series, key, value)
+    session.flush()
+
+
+def _save_measurements(session: Session, uid: str, result: Any) -> None:
+    """Insert the series' calibration, vertebra and screw rows (not committed)."""
+    cal_row = getattr(result, "calibration_row", None)
+    if cal_row:
+        values, extra = _split_row(Calibration, cal_row, skip=SERIES_IDENTITY)
+        session.add(Calibration(series_uid=uid, details={}, extra=extra, **values))
+    for pos, row in enumerate(getattr(result, "vbmd_rows", None) or ()):
+        values, extra = _split_row(VertebraMeasurement, row, skip=SERIES_IDENTITY)
+        session.add(VertebraMeasurement(series_uid=uid, position=pos, extra=extra, **values))
+    seen: dict[tuple, int] = {}
+    for pos, row in enumerate(getattr(result, "screw_rows", None) or ()):
+        values, extra = _split_row(ScrewMeasurement, row, skip=SERIES_IDENTITY)
+        key = tuple(values.get(c) for c in _required(ScrewRow))
+        ordinal = seen[key] = seen.get(key, -1) + 1
+        session.add(ScrewMeasurement(series_uid=uid, position=pos, ordinal=ordinal, extra=extra, **values))
 
 
 def processed_digests(session: Session) -> dict[str, tuple[str | None, str | None]]:
@@ -640,7 +614,7 @@ def query_roi_edits(session: Session, series_uid: str | None = None) -> list[dic
     stmt = sa.select(RoiEdit).order_by(RoiEdit.when, RoiEdit.id)
     if series_uid is not None:
         stmt = stmt.where(RoiEdit.series_uid == series_uid)
-    cols = ("series_uid", "vertebra", "region", "side", "who", "when", "what")
+    cols = [c for c in RoiEdit.__table__.c.keys() if c != "id"]
     return [{c: getattr(e, c) for c in cols} for e in session.scalars(stmt)]
 
 
@@ -683,8 +657,8 @@ def query_series(
     for chunk in _chunks(series_uids):
         stmt = _series_filter(sa.select(Series), chunk, run_id)
         for s in session.scalars(stmt):
-            values = {c: getattr(s, c) for c in SERIES_COLUMNS}
-            row = _row_dict(SERIES_COLUMNS, values, None)
+            cols = contract_columns(SeriesRow)
+            row = _row_dict(cols, {c: getattr(s, c) for c in cols}, None)
             row.update(study_id=s.study_id, timepoint=s.timepoint, stage=s.stage)
             for key, value in (s.extra or {}).items():
                 row.setdefault(key, value)
@@ -702,13 +676,15 @@ def query_calibration(
             sa.select(Calibration, Series.study_id, Series.timepoint).join(Series), chunk, run_id
         )
         for cal, study_id, timepoint in session.execute(stmt):
-            values = {c: getattr(cal, c, None) for c in CALIBRATION_COLUMNS}
+            cols = contract_columns(CalibrationRow)
+            values = {c: getattr(cal, c, None) for c in cols}
             values.update(study_id=study_id, timepoint=timepoint, series_uid=cal.series_uid)
-            out.append(_row_dict(CALIBRATION_COLUMNS, values, cal.extra))
+            out.append(_row_dict(cols, values, cal.extra))
     return sorted(out, key=_sort_key)
 
 
-def _query_measurements(session, model, columns, series_uids, run_id) -> list[dict]:
+def _query_measurements(session, model, row_type, series_uids, run_id) -> list[dict]:
+    columns = contract_columns(row_type)
     out = []
     for chunk in _chunks(series_uids):
         stmt = _series_filter(
@@ -726,14 +702,14 @@ def query_vbmd(
     session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
 ) -> list[dict]:
     """``vbmd.csv`` rows in contract column order, sorted by study, timepoint, series."""
-    return _query_measurements(session, VertebraMeasurement, VBMD_COLUMNS, series_uids, run_id)
+    return _query_measurements(session, VertebraMeasurement, VbmdRow, series_uids, run_id)
 
 
 def query_screws(
     session: Session, *, series_uids: Collection[str] | None = None, run_id: int | None = None
 ) -> list[dict]:
     """``screws.csv`` rows in contract column order, sorted by study, timepoint, series."""
-    return _query_measurements(session, ScrewMeasurement, SCREW_COLUMNS, series_uids, run_id)
+    return _query_measurements(session, ScrewMeasurement, ScrewRow, series_uids, run_id)
 
 
 def query_contract_rows(

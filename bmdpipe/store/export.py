@@ -23,12 +23,14 @@ import io
 import logging
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..rows import CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow
 from .csv import CONTRACT_COLUMNS, _format, atomic_write_bytes, write_csv
 from .db import CLINICAL_COLUMNS, TIMEPOINTS, query_clinical, query_contract_rows
 
@@ -76,6 +78,7 @@ _ROIS = (
     ("C", "left", "cl", "region C (screw trajectory), left"),
     ("C", "right", "cr", "region C (screw trajectory), right"),
 )
+_ROI_SUFFIX = {(region, side): sfx for region, side, sfx, _ in _ROIS}
 _SIDES = (("left", "l"), ("right", "r"))
 _YESNO_FIELDS = {"cement", "loosening_reader"}
 _DAY_OFFSET = {"baseline": 0, "month_3": 91, "month_6": 182, "month_12": 365, "month_24": 730}
@@ -238,6 +241,119 @@ def _csv_bytes(header: list[str], rows: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+def _chosen_series(series_rows: list[dict], left_out: list[str]) -> dict[tuple[str, str], str]:
+    """``(study_id, timepoint) -> series_uid`` of the processed series that go into REDCap.
+
+    A series without a study_id or trial timepoint, or a second one of a visit, is named in
+    ``left_out``.
+    """
+    chosen: dict[tuple[str, str], str] = {}
+    for mapping in series_rows:
+        row = SeriesRow.from_mapping(mapping)
+        if row.status != SeriesStatus.processed:
+            continue
+        study, tp = mapping.get("study_id"), mapping.get("timepoint")
+        if not study or tp not in TIMEPOINTS:
+            left_out.append(
+                f"series {row.series_uid}: study_id {study!r} / timepoint {tp!r} is not a trial "
+                f"visit ({', '.join(TIMEPOINTS)}); set them in the manifest"
+            )
+        elif (study, tp) in chosen:
+            left_out.append(
+                f"series {row.series_uid}: study {study} at {tp} already exported from series "
+                f"{chosen[(study, tp)]}"
+            )
+        else:
+            chosen[(study, tp)] = row.series_uid
+    return chosen
+
+
+class _Records:
+    """REDCap records being filled: one per study and event, only from the chosen series."""
+
+    def __init__(self, chosen: dict[tuple[str, str], str]):
+        self.chosen = chosen
+        self.by_key: dict[tuple[str, str], dict[str, str]] = {}
+        for (study, tp), uid in chosen.items():
+            self.record(study, tp)["qct_series_uid"] = uid
+
+    def record(self, study: str, tp: str) -> dict[str, str]:
+        return self.by_key.setdefault((study, tp), {"record_id": study, "redcap_event_name": event_name(tp)})
+
+    def of(self, row) -> dict[str, str] | None:
+        """The record of a measurement row, None when its series is not the visit's chosen one."""
+        key = (row.study_id, row.timepoint)
+        return self.record(*key) if self.chosen.get(key) == row.series_uid else None
+
+    def add_calibration(self, cal: CalibrationRow) -> None:
+        rec = self.of(cal)
+        if rec is not None:
+            values = {"cal_method": cal.method, "cal_phantom": cal.phantom, "cal_material": cal.material,
+                      "cal_slope": cal.slope_hu_per_mg_cm3, "cal_intercept": cal.intercept_hu, "cal_r2": cal.r2}
+            rec.update({name: _redcap_value(v) for name, v in values.items()})
+
+    def add_vbmd(self, row: VbmdRow) -> None:
+        sfx = _ROI_SUFFIX.get((_value(row.region), _value(row.side)))
+        rec = self.of(row)
+        if rec is not None and sfx is not None:
+            rec[_field_name("vbmd", row.vertebra, sfx)] = _redcap_value(row.vbmd_mg_cm3)
+
+    def add_screw(self, row: ScrewRow, left_out: list[str]) -> None:
+        side = _value(row.side)
+        s = dict(_SIDES).get(side)
+        rec = self.of(row)
+        if rec is None or s is None:
+            return
+        halo = _field_name("screw", row.vertebra, s, "halo")
+        if rec.get(halo):
+            left_out.append(f"series {row.series_uid}: second {side} screw in {row.vertebra} not exported")
+            return
+        rec[halo] = _redcap_value(row.halo_max_mm)
+        rec[_field_name("screw", row.vertebra, s, "loose")] = _redcap_value(row.loosened, yesno=True)
+
+    def add_clinical(self, visit: dict) -> None:
+        rec = self.record(visit["study_id"], visit["timepoint"])
+        for col in CLINICAL_COLUMNS[2:]:
+            rec[col] = _redcap_value(visit[col], yesno=col in _YESNO_FIELDS)
+
+    def rows(self) -> list[dict[str, str]]:
+        order = {t: i for i, t in enumerate(TIMEPOINTS)}
+        return [self.by_key[k] for k in sorted(self.by_key, key=lambda k: (k[0], order[k[1]]))]
+
+
+def _value(x) -> str:
+    return x.value if isinstance(x, Enum) else x
+
+
+def _write_redcap_files(out_dir: Path, rows: list[dict], dictionary: list[dict]) -> dict[str, Path]:
+    """Write the import file, data dictionary, events and instrument designations (atomically)."""
+    fields = [r["Variable / Field Name"] for r in dictionary]
+    files = {
+        "import": out_dir / "redcap_import.csv",
+        "dictionary": out_dir / "redcap_data_dictionary.csv",
+        "events": out_dir / "redcap_events.csv",
+        "designations": out_dir / "redcap_instrument_designations.csv",
+    }
+    atomic_write_bytes(files["import"], _csv_bytes(["record_id", "redcap_event_name"] + fields[1:], rows))
+    atomic_write_bytes(files["dictionary"], _csv_bytes(list(DICTIONARY_COLUMNS), dictionary))
+    events = [
+        {"event_name": tp, "arm_num": "1", "day_offset": str(_DAY_OFFSET[tp]),
+         "unique_event_name": event_name(tp)}
+        for tp in TIMEPOINTS
+    ]
+    atomic_write_bytes(
+        files["events"], _csv_bytes(["event_name", "arm_num", "day_offset", "unique_event_name"], events)
+    )
+    designations = [
+        {"arm_num": "1", "unique_event_name": event_name(tp), "form": form}
+        for tp in TIMEPOINTS for form in ("qct", "screws", "clinical")
+    ]
+    atomic_write_bytes(
+        files["designations"], _csv_bytes(["arm_num", "unique_event_name", "form"], designations)
+    )
+    return files
+
+
 def export_redcap(engine: Engine, out_dir: str | Path) -> RedcapExport:
     """Write the REDCap import file, data dictionary, events and instrument designations.
 
@@ -251,109 +367,26 @@ def export_redcap(engine: Engine, out_dir: str | Path) -> RedcapExport:
         tables = query_contract_rows(session)
         clinical = query_clinical(session)
     left_out: list[str] = []
-    chosen: dict[tuple[str, str], str] = {}
-    for s in tables["series.csv"]:
-        if s["status"] != "processed":
-            continue
-        study, tp = s.get("study_id"), s.get("timepoint")
-        if not study or tp not in TIMEPOINTS:
-            left_out.append(
-                f"series {s['series_uid']}: study_id {study!r} / timepoint {tp!r} is not a trial "
-                f"visit ({', '.join(TIMEPOINTS)}); set them in the manifest"
-            )
-            continue
-        if (study, tp) in chosen:
-            left_out.append(
-                f"series {s['series_uid']}: study {study} at {tp} already exported from series "
-                f"{chosen[(study, tp)]}"
-            )
-            continue
-        chosen[(study, tp)] = s["series_uid"]
-    used = set(chosen.values())
-    levels = set(DEFAULT_LEVELS)
-    levels.update(r["vertebra"] for r in tables["vbmd.csv"] if r["series_uid"] in used)
-    levels.update(r["vertebra"] for r in tables["screws.csv"] if r["series_uid"] in used)
-    levels_t = tuple(sorted((lv for lv in levels if lv), key=_level_key))
-    dictionary = redcap_dictionary(levels_t)
-    fields = [r["Variable / Field Name"] for r in dictionary]
-
-    records: dict[tuple[str, str], dict[str, str]] = {}
-
-    def record(study: str, tp: str) -> dict[str, str]:
-        return records.setdefault(
-            (study, tp), {"record_id": study, "redcap_event_name": event_name(tp)}
-        )
-
-    for (study, tp), uid in chosen.items():
-        record(study, tp)["qct_series_uid"] = uid
+    records = _Records(_chosen_series(tables["series.csv"], left_out))
+    vbmd = [VbmdRow.from_mapping(r) for r in tables["vbmd.csv"]]
+    screws = [ScrewRow.from_mapping(r) for r in tables["screws.csv"]]
+    used = set(records.chosen.values())
+    levels = set(DEFAULT_LEVELS) | {r.vertebra for r in vbmd + screws if r.series_uid in used}
+    dictionary = redcap_dictionary(tuple(sorted((lv for lv in levels if lv), key=_level_key)))
     for cal in tables["calibration.csv"]:
-        key = (cal["study_id"], cal["timepoint"])
-        if chosen.get(key) != cal["series_uid"]:
-            continue
-        rec = record(*key)
-        for fname, col in (("cal_method", "method"), ("cal_phantom", "phantom"),
-                           ("cal_material", "material"), ("cal_slope", "slope_hu_per_mg_cm3"),
-                           ("cal_intercept", "intercept_hu"), ("cal_r2", "r2")):
-            rec[fname] = _redcap_value(cal.get(col))
-    suffix = {(region, side): sfx for region, side, sfx, _ in _ROIS}
-    for row in tables["vbmd.csv"]:
-        key = (row["study_id"], row["timepoint"])
-        sfx = suffix.get((row["region"], row["side"]))
-        if chosen.get(key) != row["series_uid"] or sfx is None:
-            continue
-        record(*key)[_field_name("vbmd", row["vertebra"], sfx)] = _redcap_value(row["vbmd_mg_cm3"])
-    side_code = dict(_SIDES)
-    for row in tables["screws.csv"]:
-        key = (row["study_id"], row["timepoint"])
-        s = side_code.get(row["side"])
-        if chosen.get(key) != row["series_uid"] or s is None:
-            continue
-        rec = record(*key)
-        halo = _field_name("screw", row["vertebra"], s, "halo")
-        if rec.get(halo):
-            left_out.append(f"series {row['series_uid']}: second {row['side']} screw in "
-                            f"{row['vertebra']} not exported")
-            continue
-        rec[halo] = _redcap_value(row["halo_max_mm"])
-        rec[_field_name("screw", row["vertebra"], s, "loose")] = _redcap_value(
-            row["loosened"], yesno=True
-        )
+        records.add_calibration(CalibrationRow.from_mapping(cal))
+    for row in vbmd:
+        records.add_vbmd(row)
+    for row in screws:
+        records.add_screw(row, left_out)
     for visit in clinical:
-        rec = record(visit["study_id"], visit["timepoint"])
-        for col in CLINICAL_COLUMNS[2:]:
-            rec[col] = _redcap_value(visit[col], yesno=col in _YESNO_FIELDS)
-
-    order = {t: i for i, t in enumerate(TIMEPOINTS)}
-    rows = [records[k] for k in sorted(records, key=lambda k: (k[0], order[k[1]]))]
-    header = ["record_id", "redcap_event_name"] + fields[1:]
-    files = {
-        "import": out_dir / "redcap_import.csv",
-        "dictionary": out_dir / "redcap_data_dictionary.csv",
-        "events": out_dir / "redcap_events.csv",
-        "designations": out_dir / "redcap_instrument_designations.csv",
-    }
-    atomic_write_bytes(files["import"], _csv_bytes(header, rows))
-    atomic_write_bytes(files["dictionary"], _csv_bytes(list(DICTIONARY_COLUMNS), dictionary))
-    events = [
-        {"event_name": tp, "arm_num": "1", "day_offset": str(_DAY_OFFSET[tp]),
-         "unique_event_name": event_name(tp)}
-        for tp in TIMEPOINTS
-    ]
-    atomic_write_bytes(
-        files["events"], _csv_bytes(["event_name", "arm_num", "day_offset", "unique_event_name"], events)
-    )
-    forms = ("qct", "screws", "clinical")
-    designations = [
-        {"arm_num": "1", "unique_event_name": event_name(tp), "form": form}
-        for tp in TIMEPOINTS for form in forms
-    ]
-    atomic_write_bytes(
-        files["designations"], _csv_bytes(["arm_num", "unique_event_name", "form"], designations)
-    )
+        records.add_clinical(visit)
+    rows = records.rows()
+    files = _write_redcap_files(out_dir, rows, dictionary)
     for msg in left_out:
         logger.warning("REDCap export: %s", msg)
     return RedcapExport(
         import_file=files["import"], dictionary_file=files["dictionary"],
         events_file=files["events"], designations_file=files["designations"],
-        n_records=len({k[0] for k in records}), n_rows=len(rows), left_out=tuple(left_out),
+        n_records=len({k[0] for k in records.by_key}), n_rows=len(rows), left_out=tuple(left_out),
     )

@@ -18,7 +18,7 @@ def safe_name(text: str) -> str:
 def write_series_files(out_dir: Path, result) -> list[Path]:
     """Write ``rois/<uid>_A.nii.gz`` ... and ``qc/<uid>_<name>.png`` for one SeriesResult."""
     out_dir = Path(out_dir)
-    uid = safe_name(result.series_uid)
+    uid = safe_name(result.series.series_uid)
     written = []
     for region, data in sorted(result.roi_maps.items()):
         path = out_dir / "rois" / f"{uid}_{region}.nii.gz"

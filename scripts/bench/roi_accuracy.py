@@ -58,15 +58,15 @@ def run_case(seed: int, *, localize: bool, spacing, settings):
     rows = []
     for r in rois:
         m = measure_roi(case.volume, r, cal)
-        clean = measure_roi(twin.volume, r, cal)["vbmd_mg_cm3"]
-        truth = float(roi_values(tr.mineral_mg_cm3, r).mean()) if m["n_voxels"] else float("nan")
+        clean = measure_roi(twin.volume, r, cal).vbmd_mg_cm3
+        truth = float(roi_values(tr.mineral_mg_cm3, r).mean()) if m.n_voxels else float("nan")
         tis = roi_values(tr.tissue, r)
         lab = roi_values(case.labels, r)
         vid = r.verse_id
         bad = int(np.isin(tis, bad_codes).sum() + ((lab != vid) & ~np.isin(tis, bad_codes)).sum())
         rows.append(dict(seed=seed, orient=orient, vertebra=r.vertebra, region=r.region.value, side=r.side.value,
-                         n=m["n_voxels"], excl=m["excluded_fraction"], measured=m["vbmd_mg_cm3"], truth=truth,
-                         err=m["vbmd_mg_cm3"] - truth, noise=m["vbmd_mg_cm3"] - clean, method=clean - truth,
+                         n=m.n_voxels, excl=m.excluded_fraction, measured=m.vbmd_mg_cm3, truth=truth,
+                         err=m.vbmd_mg_cm3 - truth, noise=m.vbmd_mg_cm3 - clean, method=clean - truth,
                          bad=bad))
     return rows, dt, len(tr.sclerosis), sc.noise_sd_hu, axes
 

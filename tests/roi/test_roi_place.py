@@ -56,9 +56,9 @@ def test_density_matches_truth_over_chosen_roi(placed):
     cal = _truth_cal(c)
     for r in rois:
         m = measure_roi(c.volume, r, cal)
-        assert m["n_voxels"] >= 50, (r.vertebra, r.region, r.side)
+        assert m.n_voxels >= 50, (r.vertebra, r.region, r.side)
         truth = roi_values(c.truth.mineral_mg_cm3, r).mean()
-        assert abs(m["vbmd_mg_cm3"] - truth) <= LIMITS[r.region], (r.vertebra, r.region, r.side)
+        assert abs(m.vbmd_mg_cm3 - truth) <= LIMITS[r.region], (r.vertebra, r.region, r.side)
 
 
 def test_rois_avoid_cortex_sclerosis_and_outside(placed):
@@ -125,8 +125,8 @@ def test_sclerotic_focus_in_central_body_does_not_bias_a():
     assert a.region is Region.A and a.n_excluded > 0
     assert not np.any(roi_values(focus, a))
     m = measure_roi(vol2, a, _truth_cal(c))
-    assert abs(m["vbmd_mg_cm3"] - roi_values(truth2, a).mean()) < 2.0
-    assert 0 < m["excluded_fraction"] < 0.5
+    assert abs(m.vbmd_mg_cm3 - roi_values(truth2, a).mean()) < 2.0
+    assert 0 < m.excluded_fraction < 0.5
 
 
 @pytest.mark.slow

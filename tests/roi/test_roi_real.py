@@ -36,7 +36,7 @@ def test_a_inside_each_totalsegmentator_body(real):
         assert r.mask.sum() >= 5, lvl
         assert np.all(roi_values(bodies[lvl], r)), lvl
         m = measure_roi(vol, r, None)
-        assert 60.0 < m["hu_mean"] < 250.0  # cancellous bone, not cortex or soft tissue
+        assert 60.0 < m.hu_mean < 250.0  # cancellous bone, not cortex or soft tissue
 
 
 def test_label_map_codes_on_real_grid(real):

@@ -6,7 +6,8 @@ from scipy import ndimage
 
 from bmdpipe.config import HaloSettings, ScrewSettings
 from bmdpipe.results import Vertebra, level_name
-from bmdpipe.screws import detect_screws, measure_screws, screw_row
+from bmdpipe.rows import ScrewRow
+from bmdpipe.screws import detect_screws, measure_screws
 
 synthetic = pytest.importorskip("bmdpipe.synthetic.case")
 from bmdpipe.synthetic.spec import CaseSpec, ScrewSpec  # noqa: E402
@@ -49,5 +50,5 @@ def test_post_operative_case(orientation):
         assert f.diameter_mm == pytest.approx(ts.diameter_mm, abs=0.5)
         assert f.halo.loosened is ts.loosened
         assert f.halo.max_width_mm == pytest.approx(ts.halo_width_mm, abs=0.8)  # bench MAE 0.39 mm; zero widths read up to ~0.8
-        row = screw_row(f)
-        assert list(row)[:3] == ["vertebra", "side", "length_mm"] and row["loosened"] is ts.loosened
+        row = ScrewRow.of(f, case.volume.meta)
+        assert (row.vertebra, row.side.value) == (ts.vertebra, ts.side) and row.loosened is ts.loosened

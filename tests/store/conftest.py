@@ -98,39 +98,42 @@ def _result(uid: str, study_id: str = "S0001", timepoint: str = "baseline", *, l
             status: str = "processed", screws: bool = True, scale: float = 1.0):
     """A SeriesResult with known rows (values derived from ``scale`` so they can be checked)."""
     from bmdpipe.pipeline import SeriesResult
+    from bmdpipe.results import Material, Region, Side
+    from bmdpipe.rows import CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
+
+    def series(status, reason, stage=""):
+        return SeriesRow(series_uid=uid, path=f"/data/{uid}", n_files=40, modality="CT", description="abdomen",
+                         status=status, reason=reason, stage=stage)
 
     if status == "failed":
-        return SeriesResult(series_uid=uid, path=f"/data/{uid}", study_id=study_id,
-                            timepoint=timepoint, status="failed", stage="calibrate",
-                            reason="no phantom rods found", n_files=40, modality="CT",
-                            description="abdomen")
-    base = {"study_id": study_id, "timepoint": timepoint, "series_uid": uid}
-    cal = {**base, "method": "phantom", "phantom": "mindways-model3-ct", "material": "K2HPO4",
-           "slope_hu_per_mg_cm3": 1.1 * scale, "intercept_hu": -3.25, "r2": 0.9991,
-           "n_references": 5, "calibration_note": "fit ok"}
+        return SeriesResult(series=series(SeriesStatus.failed, "no phantom rods found", "calibrate"),
+                            study_id=study_id, timepoint=timepoint)
+    base = dict(study_id=study_id, timepoint=timepoint, series_uid=uid)
+    cal = CalibrationRow(**base, method="phantom", phantom="mindways-model3-ct", material=Material.K2HPO4,
+                         slope_hu_per_mg_cm3=1.1 * scale, intercept_hu=-3.25, r2=0.9991, n_references=5,
+                         warnings="fit ok")
     vbmd = []
     for i, lev in enumerate(levels):
         for region, side in (("A", "center"), ("B", "left"), ("B", "right"), ("C", "left"), ("C", "right")):
-            vbmd.append({**base, "vertebra": lev, "region": region, "side": side,
-                         "vbmd_mg_cm3": 100.0 * scale + 10 * i + (region == "B") * 1.5,
-                         "material": "K2HPO4", "hu_mean": 120.5 + i, "hu_median": 119.0,
-                         "hu_sd": 30.25, "n_voxels": 1000 + i, "volume_mm3": 812.5,
-                         "excluded_fraction": 0.125, "calibration": "phantom",
-                         "roi_source": "auto"})
+            vbmd.append(VbmdRow(**base, vertebra=lev, region=Region(region), side=Side(side),
+                                vbmd_mg_cm3=100.0 * scale + 10 * i + (region == "B") * 1.5,
+                                material=Material.K2HPO4, hu_mean=120.5 + i, hu_median=119.0,
+                                hu_sd=30.25, n_voxels=1000 + i, volume_mm3=812.5,
+                                excluded_fraction=0.125, calibration="phantom", roi_source="auto"))
     screw_rows = []
     if screws:
         for lev in levels:
             for side, x in (("left", 20.0), ("right", -20.0)):
-                screw_rows.append({**base, "vertebra": lev, "side": side, "length_mm": 45.0,
-                                   "diameter_mm": 6.5, "entry_x_mm": x, "entry_y_mm": 30.0,
-                                   "entry_z_mm": -100.0, "tip_x_mm": x / 4, "tip_y_mm": -10.0,
-                                   "tip_z_mm": -101.0, "halo_max_mm": 1.25 * scale,
-                                   "halo_mean_mm": 0.5, "halo_circumference_fraction": 0.625,
-                                   "loosened": scale > 0.9})
-    return SeriesResult(series_uid=uid, path=f"/data/{uid}", study_id=study_id, timepoint=timepoint,
-                        n_files=40, modality="CT", description="abdomen", calibration_row=cal,
-                        vbmd_rows=tuple(vbmd), screw_rows=tuple(screw_rows),
-                        warnings=("slice gap 0.1 mm",))
+                screw_rows.append(ScrewRow(**base, vertebra=lev, side=Side(side), length_mm=45.0,
+                                           diameter_mm=6.5, entry_x_mm=x, entry_y_mm=30.0,
+                                           entry_z_mm=-100.0, tip_x_mm=x / 4, tip_y_mm=-10.0,
+                                           tip_z_mm=-101.0, halo_max_mm=1.25 * scale,
+                                           halo_mean_mm=0.5, halo_circumference_fraction=0.625,
+                                           loosened=scale > 0.9))
+    warnings = ("slice gap 0.1 mm",)
+    return SeriesResult(series=series(SeriesStatus.processed, join_warnings(warnings)), study_id=study_id,
+                        timepoint=timepoint, calibration_row=cal, vbmd_rows=tuple(vbmd),
+                        screw_rows=tuple(screw_rows), warnings=warnings)
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
-from bmdpipe.store.csv import VBMD_COLUMNS, read_csv_rows, write_csv
+from bmdpipe.rows import VbmdRow, contract_columns
+from bmdpipe.store.csv import read_csv_rows, write_csv
+
+VBMD_COLUMNS = contract_columns(VbmdRow)
 
 
 def test_contract_columns_first_then_extras(tmp_path):

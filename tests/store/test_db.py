@@ -8,7 +8,9 @@ from sqlalchemy.orm import Session
 
 from bmdpipe.errors import StoreError
 from bmdpipe.store import db
-from bmdpipe.store.csv import CALIBRATION_COLUMNS, SCREW_COLUMNS, SERIES_COLUMNS, VBMD_COLUMNS
+from bmdpipe.rows import CalibrationRow, ScrewRow, SeriesRow, VbmdRow, columns, contract_columns
+
+SERIES_COLUMNS, CALIBRATION_COLUMNS = contract_columns(SeriesRow), contract_columns(CalibrationRow)
 
 
 @pytest.fixture
@@ -32,13 +34,20 @@ def test_open_db_migrates_to_head_and_is_idempotent(sqlite_url):
 
 
 def test_migration_matches_models(sqlite_url):
-    """The migrated schema has exactly the models' columns (no drift between the two)."""
+    """The migrated schema is the models' schema: same columns, types, nullability, indexes,
+    unique and foreign keys (Alembic's autogenerate comparison finds nothing to change), while the
+    measurement tables' columns are generated from the row types."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
     eng = db.open_db(sqlite_url)
-    insp = sa.inspect(eng)
-    for table in db.Base.metadata.sorted_tables:
-        got = {c["name"] for c in insp.get_columns(table.name)}
-        assert got == {c.name for c in table.columns}, table.name
+    with eng.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, db.Base.metadata)
     eng.dispose()
+    assert diff == []
+    for model, row_type in ((db.VertebraMeasurement, VbmdRow), (db.ScrewMeasurement, ScrewRow)):
+        assert set(contract_columns(row_type)) - {"study_id", "timepoint", "series_uid"} < set(model.__table__.c.keys())
 
 
 def test_downgrade_and_upgrade_again(sqlite_url):
@@ -75,13 +84,26 @@ def test_save_and_query_round_trip(engine, make_result):
     assert srow["reason"] == "slice gap 0.1 mm"  # warnings of a processed series
     cal = rows["calibration.csv"][0]
     assert tuple(cal)[: len(CALIBRATION_COLUMNS)] == CALIBRATION_COLUMNS
-    assert cal == res.calibration_row  # every value and the extra column come back
-    assert list(cal)[-1] == "calibration_note"
-    assert rows["vbmd.csv"] == list(res.vbmd_rows)
-    assert tuple(rows["vbmd.csv"][0]) == VBMD_COLUMNS
-    assert rows["screws.csv"] == list(res.screw_rows)
-    assert tuple(rows["screws.csv"][0]) == SCREW_COLUMNS
+    assert cal == res.calibration_row.as_dict()  # every value and the added columns come back
+    assert tuple(cal) == columns(CalibrationRow)
+    assert rows["vbmd.csv"] == [r.as_dict() for r in res.vbmd_rows]
+    assert tuple(rows["vbmd.csv"][0]) == columns(VbmdRow)
+    assert rows["screws.csv"] == [r.as_dict() for r in res.screw_rows]
+    assert tuple(rows["screws.csv"][0]) == columns(ScrewRow)
     assert isinstance(rows["screws.csv"][0]["loosened"], bool)
+
+
+def test_a_mapping_row_keeps_its_own_extra_columns(engine, make_result):
+    """A row given as a mapping (not a row type) keeps keys that are no column, after the others."""
+    from dataclasses import replace
+
+    res = make_result("1.2.3.2")
+    res = replace(res, calibration_row={**res.calibration_row.as_dict(), "calibration_note": "by hand"})
+    with Session(engine) as s:
+        db.save_series_result(s, res, None)
+        cal = db.query_calibration(s)[0]
+    assert list(cal)[-1] == "calibration_note" and cal["calibration_note"] == "by hand"
+    assert cal == res.calibration_row
 
 
 def test_save_again_replaces_rows(engine, make_result):
@@ -103,12 +125,12 @@ def test_failed_save_keeps_previous_rows(engine, make_result):
     from dataclasses import replace
 
     good = make_result("u1")
-    bad = replace(good, vbmd_rows=good.vbmd_rows + (good.vbmd_rows[0],), status="processed")
+    bad = replace(good, vbmd_rows=good.vbmd_rows + (good.vbmd_rows[0],))
     with Session(engine) as s:
         db.save_series_result(s, good, None)
         with pytest.raises(StoreError, match="u1"):
             db.save_series_result(s, bad, None)
-        assert db.query_vbmd(s) == list(good.vbmd_rows)
+        assert db.query_vbmd(s) == [r.as_dict() for r in good.vbmd_rows]
 
 
 def test_unique_constraint_blocks_duplicate_rows(engine, make_result):
@@ -137,10 +159,10 @@ def test_failed_series_and_resume_digests(engine, make_result):
 
 def test_skipped_item_and_roi_edit(engine):
     """Discovery's skipped items (plain attributes) and ROI edits are stored."""
-    from bmdpipe.ingest.discover import SkippedItem
+    from bmdpipe.ingest import skipped_item
 
-    item = SkippedItem(series_uid="9.9", path="/x/scout", n_files=2, modality="CT",
-                       description="scout", reason="localizer")
+    item = skipped_item(series_uid="9.9", path="/x/scout", n_files=2, modality="CT",
+                        description="scout", reason="localizer")
     with Session(engine) as s:
         db.save_series_result(s, item, None)
         edit_id = db.add_roi_edit(s, series_uid="9.9", vertebra="L4", region="A", side="center",

@@ -62,7 +62,7 @@ def test_postgres_unique_and_rollback(pg_url, make_result):
             bad = replace(good, screw_rows=good.screw_rows[:1] * 2, vbmd_rows=good.vbmd_rows * 2)
             with pytest.raises(StoreError):
                 db.save_series_result(s, bad, None)
-            assert db.query_vbmd(s) == list(good.vbmd_rows)
-            assert db.query_screws(s) == list(good.screw_rows)
+            assert db.query_vbmd(s) == [r.as_dict() for r in good.vbmd_rows]
+            assert db.query_screws(s) == [r.as_dict() for r in good.screw_rows]
     finally:
         engine.dispose()
