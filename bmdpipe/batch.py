@@ -74,6 +74,38 @@ class RunOptions:
     resume: bool = True
     csv_interval_s: float = 0.0  # regenerate the CSVs at most this often (0 = after every series)
 
+    def check(self) -> None:
+        """Refuse contradictory options, an unknown phantom or an unusable pre-calibration, before
+        any work.
+
+        Raises
+        ------
+        ConfigError
+            Naming the options and what to do.
+        """
+        if self.workers and self.scheduler:
+            raise ConfigError("give either --workers or --scheduler, not both")
+        named = bool(self.phantom) and self.phantom.lower() != "none"
+        if named:
+            from .calibrate import load_phantom
+
+            load_phantom(self.phantom)
+        if self.precalibration_file is None:
+            return
+        if self.calibration_file is not None:
+            raise ConfigError("give either --calibration (reuse a phantom fit) or --precalibration "
+                              "(phantomless fit anchored by a phantom scan), not both")
+        if named:
+            raise ConfigError(f"--precalibration is for series without a phantom; --phantom {self.phantom} was given")
+        from .calibrate import load_calibration, precalibration_kev
+        from .errors import BmdpipeError
+
+        try:
+            precalibration_kev(load_calibration(self.precalibration_file)[0])
+        except BmdpipeError as exc:
+            where = "" if str(self.precalibration_file) in str(exc) else f" {self.precalibration_file}"
+            raise ConfigError(f"--precalibration{where}: {exc}") from exc
+
 
 @dataclass(frozen=True)
 class RunSummary:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,175 +59,46 @@ def main(
     """bmdpipe: QCT bone density per vertebra (ROIs A, B, C) and screw halos on follow-up CT."""
 
 
-@app.command()
-def run(
-    inputs: Annotated[
-        Optional[list[Path]],
-        typer.Argument(
-            help="DICOM folders (searched recursively, any file names), NIfTI files, or both. "
-            "May be omitted when --manifest lists the paths.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if absent).")] = ...,
-    phantom: Annotated[
-        Optional[str],
-        typer.Option(help="Calibration phantom: a shipped definition name (see `bmdpipe phantoms`), "
-                     "a definition FILE.yaml with your phantom's certificate, or 'none' for "
-                     "phantomless (internal) calibration. Default: phantomless, with a warning."),
-    ] = None,
-    labels: Annotated[
-        Optional[Path],
-        typer.Option(help="Vertebra labels on this CT: a VerSe label map, a TotalSegmentator "
-                     "multilabel file or a TotalSegmentator output folder (vertebrae_L4.nii.gz ...). "
-                     "Default: vertebrae are localised automatically."),
-    ] = None,
-    levels: Annotated[
-        Optional[str],
-        typer.Option(help="Vertebrae to measure, e.g. L3,L4,L5. Without --labels: the names of the "
-                     "auto-localised vertebrae, superior to inferior (default: V1, V2 ... from superior to "
-                     "inferior). With --labels: which labelled levels to measure (default: the lumbar ones; "
-                     "name thoracic ones such as T12,L1,L2 to include them)."),
-    ] = None,
-    manifest: Annotated[
-        Optional[Path],
-        typer.Option(help="CSV with per-series settings: path, study_id, timepoint, phantom, labels, "
-                     "levels (an empty cell = the command-line value)."),
-    ] = None,
-    config: Annotated[
-        Optional[Path],
-        typer.Option(help="Settings YAML overriding configs/default.yaml (only the keys you change)."),
-    ] = None,
-    calibration: Annotated[
-        Optional[Path],
-        typer.Option(help="Reuse a saved asynchronous calibration (from `bmdpipe calibrate --save`) "
-                     "instead of a phantom in the scan."),
-    ] = None,
-    precalibration: Annotated[
-        Optional[Path],
-        typer.Option(help="Phantomless calibration pre-calibrated by a saved phantom calibration of the same "
-                     "scanner and protocol (from `bmdpipe calibrate --save`): its effective energy anchors "
-                     "each series' tissue fit (more accurate than phantomless alone; see README). "
-                     "For series without a phantom; not with --calibration."),
-    ] = None,
-    db: Annotated[
-        Optional[str],
-        typer.Option(help="Database URL. Default sqlite:///OUT/bmdpipe.sqlite; "
-                     "postgresql+psycopg://user:pass@host/db for a server."),
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(min=0, help="Start a local Dask cluster with N worker processes "
-                          "(0 = process in this process).")
-    ] = 0,
-    scheduler: Annotated[
-        Optional[str],
-        typer.Option(help="Address of an existing Dask distributed scheduler, e.g. tcp://10.0.0.5:8786."),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume/--no-resume",
-                           help="Skip series already processed with the same files and settings.")
-    ] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each stage.")] = False,
-) -> None:
-    """Measure vBMD (ROIs A, B, C) and screw halos for every CT series found in INPUT.
+def _levels(text: str | None) -> tuple[str, ...]:
+    """``--levels L3,L4,L5`` -> ``('L3', 'L4', 'L5')``; an unknown name is a usage error."""
+    from .errors import ConfigError
+    from .manifest import parse_levels
 
-    Writes series.csv, calibration.csv, vbmd.csv, screws.csv, `rois/*.nii.gz` and `qc/*.png`
-    under --out (see docs/output-contract.md). Exit status 0 when every CT series was
-    processed, 1 when at least one failed (listed in series.csv with its reason), 2 for a
-    usage or configuration error.
-    """
-    _setup_logging(verbose)
-    from .batch import RunOptions, run_batch
-    from .config import load_settings
-    from .errors import BmdpipeError, ConfigError
-    from .ingest import discover
-    from .manifest import parse_levels, read_manifest
-
-    if workers and scheduler:
-        _fail_usage("give either --workers or --scheduler, not both")
     try:
-        settings = load_settings(config)
-        rows = tuple(read_manifest(manifest)) if manifest else ()
-        level_names = parse_levels(levels)
-        if phantom and phantom.lower() != "none":
-            from .calibrate import load_phantom
-
-            load_phantom(phantom)  # validate before any work
+        return parse_levels(text)
     except ConfigError as exc:
-        _fail_usage(str(exc))
-    paths = list(inputs or []) + [r.path for r in rows if not any(
-        r.path == Path(p).resolve() or Path(p).resolve() in r.path.parents for p in (inputs or []))]
-    if not paths:
-        _fail_usage("no INPUT given (pass folders/files or a --manifest with paths)")
-    missing = [str(p) for p in paths if not Path(p).exists()]
-    if missing:
-        _fail_usage(f"input not found: {', '.join(missing)}")
-    if labels is not None and not labels.exists():
-        _fail_usage(f"--labels {labels} does not exist")
-    if calibration is not None and not calibration.exists():
-        _fail_usage(f"--calibration {calibration} does not exist")
-    if precalibration is not None:
-        if calibration is not None:
-            _fail_usage("give either --calibration (reuse a phantom fit) or --precalibration "
-                        "(phantomless fit anchored by a phantom scan), not both")
-        if phantom and phantom.lower() != "none":
-            _fail_usage(f"--precalibration is for series without a phantom; --phantom {phantom} was given")
-        if not precalibration.exists():
-            _fail_usage(f"--precalibration {precalibration} does not exist")
-        try:
-            from .calibrate import load_calibration, precalibration_kev
+        raise typer.BadParameter(str(exc)) from None
 
-            precalibration_kev(load_calibration(precalibration)[0])  # validate before any work
-        except BmdpipeError as exc:
-            where = "" if str(precalibration) in str(exc) else f" {precalibration}"
-            _fail_usage(f"--precalibration{where}: {exc}")
 
-    options = RunOptions(
-        out_dir=out,
-        phantom=phantom,
-        labels=str(labels) if labels else None,
-        levels=level_names,
-        calibration_file=str(calibration) if calibration else None,
-        precalibration_file=str(precalibration) if precalibration else None,
-        manifest=rows,
-        db_url=db,
-        workers=workers,
-        scheduler=scheduler,
-        resume=resume,
-    )
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Progress:
+    """A progress bar on stderr for discovery (files) and the batch (series); gone when done."""
 
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("discovering files", total=None)
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        def on_file(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=self.console, transient=True)
+        self.task = self.bar.add_task("discovering files", total=None)
+        self.failed = 0
 
-        try:
-            discovery = discover(paths, settings.ingest, settings.pseudonym, progress=on_file)
-        except BmdpipeError as exc:
-            bar.stop()
-            _fail_usage(str(exc))
-        bar.update(task, description="series", completed=0, total=len(discovery.series))
-        failed = 0
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
 
-        def on_series(result, done: int, total: int) -> None:
-            nonlocal failed
-            failed += result.series.status == "failed"
-            bar.update(task, completed=done, total=total,
-                       description=f"series ({failed} failed)")
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
 
-        try:
-            summary = run_batch(discovery, options, settings, progress=on_series)
-        except BmdpipeError as exc:  # database or cluster unreachable: a usage problem
-            bar.stop()
-            _fail_usage(str(exc))
+    def files(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
 
+    def series(self, result, done: int, total: int) -> None:
+        self.failed += result.series.status == "failed"
+        self.bar.update(self.task, completed=done, total=total, description=f"series ({self.failed} failed)")
+
+
+def _print_run_summary(console, summary, discovery, out: Path) -> None:
     console.print(
         f"{summary.processed} processed, {summary.failed} failed, {summary.skipped} skipped"
         + (f", {summary.resumed} already done" if summary.resumed else "")
@@ -238,18 +111,108 @@ def run(
         for reason, n in Counter(item.reason for item in discovery.skipped).most_common(5):
             console.print(f"  {n} x {reason}")
     console.print(f"outputs in {out.resolve()} (series.csv, calibration.csv, vbmd.csv, screws.csv, rois/, qc/)")
+
+
+_FILE = {"exists": True, "dir_okay": False}  # Typer checks the path: a usage error (exit 2) naming it
+_FILE_OR_DIR = {"exists": True}
+
+Inputs = Annotated[Optional[list[Path]], typer.Argument(
+    help="DICOM folders (searched recursively, any file names), NIfTI files, or both. "
+    "May be omitted when --manifest lists the paths.", show_default=False, **_FILE_OR_DIR)]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if absent).")]
+Phantom = Annotated[Optional[str], typer.Option(
+    help="Calibration phantom: a shipped definition name (see `bmdpipe phantoms`), a definition FILE.yaml "
+    "with your phantom's certificate, or 'none' for phantomless (internal) calibration. Default: "
+    "phantomless, with a warning.")]
+Labels = Annotated[Optional[Path], typer.Option(
+    help="Vertebra labels on this CT: a VerSe label map, a TotalSegmentator multilabel file or a "
+    "TotalSegmentator output folder (vertebrae_L4.nii.gz ...). Default: vertebrae are localised "
+    "automatically.", **_FILE_OR_DIR)]
+Levels = Annotated[Optional[str], typer.Option(
+    help="Vertebrae to measure, e.g. L3,L4,L5. Without --labels: the names of the auto-localised vertebrae, "
+    "superior to inferior (default: V1, V2 ... from superior to inferior). With --labels: which labelled "
+    "levels to measure (default: the lumbar ones; name thoracic ones such as T12,L1,L2 to include them).",
+    callback=_levels)]
+Manifest = Annotated[Optional[Path], typer.Option(
+    help="CSV with per-series settings: path, study_id, timepoint, phantom, labels, levels (an empty cell = "
+    "the command-line value).", **_FILE)]
+Config = Annotated[Optional[Path], typer.Option(
+    help="Settings YAML overriding configs/default.yaml (only the keys you change).", **_FILE)]
+SavedCalibration = Annotated[Optional[Path], typer.Option(
+    "--calibration", help="Reuse a saved asynchronous calibration (from `bmdpipe calibrate --save`) instead of a "
+    "phantom in the scan.", **_FILE)]
+Precalibration = Annotated[Optional[Path], typer.Option(
+    help="Phantomless calibration pre-calibrated by a saved phantom calibration of the same scanner and "
+    "protocol (from `bmdpipe calibrate --save`): its effective energy anchors each series' tissue fit (more "
+    "accurate than phantomless alone; see README). For series without a phantom; not with --calibration.",
+    **_FILE)]
+RunDatabase = Annotated[Optional[str], typer.Option(
+    "--db", help="Database URL. Default sqlite:///OUT/bmdpipe.sqlite; postgresql+psycopg://user:pass@host/db "
+    "for a server.")]
+Database = Annotated[str, typer.Option(
+    "--db", help="Database URL: sqlite:///OUT/bmdpipe.sqlite or postgresql+psycopg://user:pass@host/db.")]
+Workers = Annotated[int, typer.Option(
+    min=0, help="Start a local Dask cluster with N worker processes (0 = process in this process).")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    help="Address of an existing Dask distributed scheduler, e.g. tcp://10.0.0.5:8786.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume/--no-resume", help="Skip series already processed with the same files and settings.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each stage.")]
+
+
+@app.command()
+def run(inputs: Inputs = None, out: Out = ..., phantom: Phantom = None, labels: Labels = None,
+        levels: Levels = None, manifest: Manifest = None, config: Config = None,
+        calibration: SavedCalibration = None, precalibration: Precalibration = None, db: RunDatabase = None,
+        workers: Workers = 0, scheduler: Scheduler = None, resume: Resume = True, verbose: Verbose = False) -> None:
+    """Measure vBMD (ROIs A, B, C) and screw halos for every CT series found in INPUT.
+
+    Writes series.csv, calibration.csv, vbmd.csv, screws.csv, `rois/*.nii.gz` and `qc/*.png`
+    under --out (see docs/output-contract.md). Exit status 0 when every CT series was
+    processed, 1 when at least one failed (listed in series.csv with its reason), 2 for a
+    usage or configuration error.
+    """
+    _setup_logging(verbose)
+    from .batch import RunOptions, run_batch
+    from .config import load_settings
+    from .errors import BmdpipeError, ConfigError
+    from .ingest import discover
+    from .manifest import input_paths, read_manifest
+
+    try:
+        options = RunOptions(
+            out_dir=out, phantom=phantom, labels=_text(labels), levels=levels, calibration_file=_text(calibration),
+            precalibration_file=_text(precalibration), manifest=tuple(read_manifest(manifest)) if manifest else (),
+            db_url=db, workers=workers, scheduler=scheduler, resume=resume)
+        options.check()
+        settings = load_settings(config)
+        paths = input_paths(inputs or [], list(options.manifest))
+    except ConfigError as exc:
+        _fail_usage(str(exc))
+    with _Progress() as progress:
+        try:
+            discovery = discover(paths, settings.ingest, settings.pseudonym, progress=progress.files)
+            progress.bar.update(progress.task, description="series", completed=0, total=len(discovery.series))
+            summary = run_batch(discovery, options, settings, progress=progress.series)
+        except BmdpipeError as exc:  # an input that vanished, the database or cluster unreachable: usage
+            progress.bar.stop()
+            _fail_usage(str(exc))
+    _print_run_summary(progress.console, summary, discovery, out)
     raise typer.Exit(summary.exit_code)
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 @app.command()
 def calibrate(
-    scan: Annotated[Path, typer.Argument(help="Phantom scan: a DICOM folder or a NIfTI file.",
-                                         exists=True)],
+    scan: Annotated[Path, typer.Argument(help="Phantom scan: a DICOM folder or a NIfTI file.", **_FILE_OR_DIR)],
     phantom: Annotated[str, typer.Option(help="Phantom definition: shipped name or FILE.yaml.")] = ...,
     save: Annotated[Optional[Path], typer.Option(help="Write the calibration (JSON) here, for "
                                                  "`bmdpipe run --calibration FILE` or "
                                                  "`--precalibration FILE`.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Settings YAML overriding the defaults.")] = None,
+    config: Config = None,
     qc: Annotated[Optional[Path], typer.Option(help="Write the calibration QC plot (PNG) here.")] = None,
 ) -> None:
     """Asynchronous calibration: fit a phantom scanned on its own, save it for patient scans.
@@ -271,7 +234,8 @@ def calibrate(
         _fail_usage(str(exc))
     # a phantom-only scan may be short: ingest.min_slices is meant for lumbar volumes
     ingest = settings.ingest.model_copy(update={"min_slices": settings.calibration.phantom_scan_min_slices})
-    found = discover([scan], ingest, settings.pseudonym)
+    with _Progress() as progress:
+        found = discover([scan], ingest, settings.pseudonym, progress=progress.files)
     if not found.series:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped[:5])
         _fail_usage(f"no CT series in {scan}" + (f" ({reasons})" if reasons else ""))
@@ -284,6 +248,18 @@ def calibrate(
     except BmdpipeError as exc:
         typer.secho(f"calibration failed ({exc.stage}): {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_FAILED)
+    _print_calibration(cal)
+    if save:
+        save_calibration(cal, save, kvp=volume.meta.kvp, kernel=volume.meta.kernel)
+        typer.echo(f"saved {save}")
+    if qc:
+        from .report.calibration_plot import save_calibration_qc
+
+        save_calibration_qc(cal, volume, qc)
+        typer.echo(f"QC plot {qc}")
+
+
+def _print_calibration(cal) -> None:
     for ref in cal.references:
         typer.echo(f"rod {ref.name:8s} nominal {ref.nominal_mg_cm3:8.2f} mg/cm3  "
                    f"measured {ref.hu_mean:8.1f} HU  residual {ref.residual_hu or 0:+.1f} HU")
@@ -294,14 +270,6 @@ def calibrate(
                    "(anchors `bmdpipe run --phantom none --precalibration` of this scanner's scans)")
     for w in cal.warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
-    if save:
-        save_calibration(cal, save, kvp=volume.meta.kvp, kernel=volume.meta.kernel)
-        typer.echo(f"saved {save}")
-    if qc:
-        from .report.calibration_plot import save_calibration_qc
-
-        save_calibration_qc(cal, volume, qc)
-        typer.echo(f"QC plot {qc}")
 
 
 @app.command()
@@ -330,6 +298,7 @@ def synth(
     post-operative with screws (some with halos). OUT/manifest.csv lists them for
     `bmdpipe run --manifest OUT/manifest.csv --out RESULTS`.
     """
+    from .manifest import MANIFEST_COLUMNS
     from .store.csv import write_csv
     from .synthetic import write_sample_data
 
@@ -347,34 +316,31 @@ def synth(
             "levels": "",
         })
         typer.echo(f"{name}: {files['dicom']}")
-    write_csv(out / "manifest.csv", rows, ("path", "study_id", "timepoint", "phantom", "labels", "levels"))
+    write_csv(out / "manifest.csv", rows, MANIFEST_COLUMNS)
     typer.echo(f"manifest: {out / 'manifest.csv'}")
+
+
+class ExportFormat(str, Enum):
+    """What ``bmdpipe export`` writes."""
+
+    csv = "csv"
+    redcap = "redcap"
 
 
 @app.command()
 def export(
-    db: Annotated[str, typer.Option(help="Database URL: sqlite:///OUT/bmdpipe.sqlite or "
-                                    "postgresql+psycopg://user:pass@host/db.")],
+    db: Database,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created).")],
-    fmt: Annotated[str, typer.Option("--format", help="csv: the contract CSVs (series, calibration, "
-                                     "vbmd, screws, + clinical); redcap: a REDCap import file, its data "
-                                     "dictionary, events and instrument designations.")] = "csv",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="csv: the contract CSVs (series, calibration, "
+                                              "vbmd, screws, + clinical); redcap: a REDCap import file, its data "
+                                              "dictionary, events and instrument designations.")] = ExportFormat.csv,
 ) -> None:
     """Write the contract CSVs (or a REDCap import file) from the database."""
-    from .errors import StoreError
-    from .store.db import open_db
     from .store.export import export_csvs, export_redcap
 
-    if fmt not in ("csv", "redcap"):
-        _fail_usage(f"--format {fmt!r}: use csv or redcap")
-    try:
-        engine = open_db(db)
-    except StoreError as exc:
-        _fail_usage(str(exc))
-    try:
-        if fmt == "csv":
-            counts = export_csvs(engine, out)
-            for name, n in counts.items():
+    with _database(db) as engine:
+        if fmt is ExportFormat.csv:
+            for name, n in export_csvs(engine, out).items():
                 typer.echo(f"{out / name}: {n} rows")
         else:
             res = export_redcap(engine, out)
@@ -382,6 +348,22 @@ def export(
             typer.echo(f"{res.dictionary_file} (upload first), {res.events_file}, {res.designations_file}")
             for msg in res.left_out:
                 typer.secho(f"left out: {msg}", fg=typer.colors.YELLOW, err=True)
+
+
+@contextmanager
+def _database(url: str):
+    """The database at ``url`` (migrated), disposed of afterwards; a store error is a usage error."""
+    from .errors import StoreError
+    from .store.db import open_db
+
+    try:
+        engine = open_db(url)
+    except StoreError as exc:
+        _fail_usage(str(exc))
+    try:
+        yield engine
+    except StoreError as exc:
+        _fail_usage(str(exc))
     finally:
         engine.dispose()
 
@@ -390,29 +372,18 @@ def export(
 def import_clinical_cmd(
     csv_file: Annotated[Path, typer.Argument(help="Clinical CSV: study_id, timepoint, arm, cement, "
                                              "cage_type, odi_1..odi_10, vas_back, vas_leg, fusion_grade, "
-                                             "loosening_reader (one row per study x timepoint).")],
-    db: Annotated[str, typer.Option(help="Database URL (as for `bmdpipe run --db`).")],
+                                             "loosening_reader (one row per study x timepoint).", **_FILE)],
+    db: Database,
 ) -> None:
     """Validate the trial's clinical data and store it (all rows or none). Exit 1 on invalid rows."""
-    from .errors import StoreError
     from .store.clinical import ClinicalImportError, import_clinical
-    from .store.db import open_db
 
-    if not csv_file.is_file():
-        _fail_usage(f"{csv_file} does not exist")
-    try:
-        engine = open_db(db)
-    except StoreError as exc:
-        _fail_usage(str(exc))
-    try:
-        summary = import_clinical(engine, csv_file)
-    except ClinicalImportError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(EXIT_FAILED) from None
-    except StoreError as exc:
-        _fail_usage(str(exc))
-    finally:
-        engine.dispose()
+    with _database(db) as engine:
+        try:
+            summary = import_clinical(engine, csv_file)
+        except ClinicalImportError as exc:
+            typer.secho(str(exc), fg=typer.colors.RED, err=True)
+            raise typer.Exit(EXIT_FAILED) from None
     typer.echo(f"{summary.n_rows} rows: {summary.n_inserted} visits added, {summary.n_replaced} replaced, "
                f"{summary.n_new_studies} new studies")
 

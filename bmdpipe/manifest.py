@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["ManifestRow", "read_manifest", "match_row", "TIMEPOINTS", "parse_levels"]
+__all__ = ["ManifestRow", "read_manifest", "match_row", "input_paths", "TIMEPOINTS", "parse_levels"]
 
 MANIFEST_COLUMNS = ("path", "study_id", "timepoint", "phantom", "labels", "levels")
 #: Trial timepoints (REDCap events); others are accepted with a warning by the CLI.
@@ -116,3 +116,22 @@ def match_row(rows: list[ManifestRow], series_path: Path) -> ManifestRow | None:
             if best is None or len(row.path.parts) > len(best.path.parts):
                 best = row
     return best
+
+
+def input_paths(inputs, rows: list[ManifestRow]) -> list[Path]:
+    """What a run searches: the INPUT paths, and each manifest row's path not inside one of them.
+
+    Raises
+    ------
+    ConfigError
+        When there is nothing to search, or a path does not exist (naming it).
+    """
+    inputs = [Path(p) for p in inputs]
+    resolved = [p.resolve() for p in inputs]
+    paths = inputs + [r.path for r in rows if not any(r.path == p or p in r.path.parents for p in resolved)]
+    if not paths:
+        raise ConfigError("no INPUT given (pass folders/files or a --manifest with paths)")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"input not found: {', '.join(missing)}")
+    return paths

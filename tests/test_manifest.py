@@ -44,3 +44,20 @@ def test_parse_levels():
     assert parse_levels("") == ()
     with pytest.raises(ConfigError, match="X3"):
         parse_levels("L4,X3")
+
+
+def test_input_paths_add_manifest_rows_outside_the_inputs(tmp_path):
+    """A manifest row inside an INPUT folder is searched once (through the folder); one outside it
+    is added; a row whose path does not exist is named; nothing at all is an error."""
+    from bmdpipe.manifest import ManifestRow, input_paths
+
+    inside, outside = tmp_path / "in" / "s1", tmp_path / "other" / "s2"
+    inside.mkdir(parents=True)
+    outside.mkdir(parents=True)
+    rows = [ManifestRow(path=inside.resolve()), ManifestRow(path=outside.resolve())]
+    assert input_paths([tmp_path / "in"], rows) == [tmp_path / "in", outside.resolve()]
+    assert input_paths([], rows) == [inside.resolve(), outside.resolve()]
+    with pytest.raises(ConfigError, match="gone"):
+        input_paths([], [ManifestRow(path=(tmp_path / "gone").resolve())])
+    with pytest.raises(ConfigError, match="no INPUT"):
+        input_paths([], [])
