@@ -176,7 +176,7 @@ def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tu
         f"({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (an implant elsewhere, or a screw of a level not "
         "measured)"
         for s in found if not s.vertebra)
-    return (measure_screws(volume, screws, settings.halo) if screws else []), notes
+    return (measure_screws(volume, screws, settings.halo, settings.screws) if screws else []), notes
 
 
 def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
@@ -207,7 +207,7 @@ def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict
     for screw in screws:
         key = f"screw_{screw.vertebra or 'unassigned'}_{screw.side.value}"
         images[key if key not in images else f"{key}_{len(images)}"] = _png(
-            screw_qc_figure(volume, screw, settings.halo))
+            screw_qc_figure(volume, screw, settings.halo, settings.screws))
     return images
 
 

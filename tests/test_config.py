@@ -52,3 +52,35 @@ def test_default_config_file_documents_every_threshold():
         if value and value[:1] in "-.0123456789" and "#" not in ln and "#" not in prev:
             undocumented.append(ln.strip())
     assert not undocumented, f"settings without a unit/source comment: {undocumented}"
+
+
+def test_every_setting_has_its_default_in_the_file_with_its_type():
+    """configs/default.yaml is the one home of the defaults: every field of every section has a value
+    there, no section or key of the file is unknown, and no number is written so that YAML reads a
+    string (YAML 1.1 reads ``1.0e9`` as text; pydantic would quietly convert it)."""
+    from bmdpipe.config import Settings, default_values
+
+    settings = Settings()
+    assert set(default_values()) == set(Settings.model_fields)
+    for name, values in default_values().items():
+        model = type(getattr(settings, name))
+        assert set(values) == set(model.model_fields), name
+        for key, value in values.items():
+            if isinstance(value, str):
+                assert isinstance(getattr(getattr(settings, name), key), str), (name, key, value)
+
+
+def test_sections_take_their_defaults_from_the_file(tmp_path, monkeypatch):
+    """A section built without a value reads it from the defaults file (not from the code)."""
+    import bmdpipe.config as config
+
+    changed = tmp_path / "default.yaml"
+    changed.write_text(DEFAULT_CONFIG.read_text().replace("min_width_mm: 1.0 ", "min_width_mm: 1.25 "))
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", changed)
+    config.default_values.cache_clear()
+    try:
+        assert config.HaloSettings().min_width_mm == 1.25
+        assert config.HaloSettings(min_width_mm=2.0).min_width_mm == 2.0
+        assert config.load_settings().halo.min_width_mm == 1.25
+    finally:
+        config.default_values.cache_clear()

@@ -86,6 +86,7 @@ from scipy import ndimage as ndi
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
 from ..results import Calibration, Material, ReferenceMeasurement, ReferenceOutlines
+from ..robust import robust_sd
 from ..volume import Volume
 from .attenuation import effective_energy_of_slope, hu_of, mineral_slope_hu_per_mg_cm3
 
@@ -126,7 +127,7 @@ def _stats(values: np.ndarray, robust: bool = False) -> tuple[float, float, int]
     if v.size == 0:
         return float("nan"), float("nan"), 0
     if robust:
-        return float(np.median(v)), float(1.4826 * np.median(np.abs(v - np.median(v)))), int(v.size)
+        return float(np.median(v)), robust_sd(v), int(v.size)
     return float(v.mean()), float(v.std()), int(v.size)
 
 

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
 from ..results import Calibration, ReferenceMeasurement
+from ..robust import robust_sd
 from ..volume import Volume
 from .attenuation import effective_energy_of_slope
 from .definitions import PhantomDefinition
@@ -32,6 +33,32 @@ from .models import fit_linear, fit_quality_warnings, fit_two_component
 
 __all__ = ["RodMeasurement", "find_rods", "assign_rods", "refine_rod_edge", "core_gradient_hu",
            "calibrate_with_phantom", "phantom_hint"]
+
+# Geometry of a row of rods, in rod radii (r) or in the row's pitch (the median gap between rods).
+# The shipped phantoms' rods are 10-30 mm wide at a pitch of 1.5-2.5 diameters (science.md).
+SURROUND_RING_R = (1.25, 1.6)  # a circle's surround: clear of its edge blur, short of the next rod
+MIN_ROD_GAP_R = 1.8  # rods of a phantom never overlap (touching rods: 2 r); closer circles are one rod
+LINK_CENTRE_R = 0.5  # circles of two slabs with centres closer than this (+1 px) are one rod ...
+LINK_RADIUS_FRACTION = 0.25  # ... and radii within this share (+1 px)
+ROW_MAX_SAGITTA = 0.25  # a row bends by at most this share of its half-length (a curved pad, not a ring)
+ROW_TOLERANCE_SLOPE = 0.1  # a row's tolerance across grows by this share of the distance from its seeds
+MAX_END_GAP_PITCHES = 2.6  # an end rod further out than this is not of the row (a phantom corner, a bowel loop)
+MISSING_ROD_GAP_PITCHES = (1.6, 2.4)  # a gap of about two pitches holds one missing rod
+VISIBLE_DISC_R = 1.05  # a slice counts only when the disc just past the rod's edge is in the field of view
+VISIBLE_RELATIVE_TOLERANCE = 0.25  # ... and its core median is within this share of the rod's HU (or rod_visible_tolerance_hu)
+CORE_OUTLIER_SDS = 4.0  # core voxels beyond this many robust SD of the slice's median: a speck or a streak
+MIN_RING_VOXELS = 5  # fewer core or surround voxels: a circle too small to judge
+HOUGH_RADII = 30  # about this many radii tried between rod_min and rod_max_diameter_mm
+AIR_HU = -1000.0  # padding below air (-2000, -3024 outside the field of view) is set to air before slab means
+# refine_rod_edge: rays from the centre, the inside and surround levels, and the largest correction
+EDGE_RAY_R = (0.4, 1.6)
+EDGE_RAY_SAMPLES = 49  # 0.025 r apart
+EDGE_INSIDE_R = 0.6  # inside level: median up to here (the measured core)
+EDGE_SURROUND_R = 1.3  # surround level: median beyond here (past the blurred edge)
+EDGE_RAY_OUTLIER_PX = 1.0  # a ray's edge further than this from the fitted circle is another structure
+EDGE_MAX_CHANGE_R = 0.3  # a refined centre or radius further than this from the detected one is refused
+CIRCLE_REFITS = 3  # circle fits with the outlying rays dropped
+ROW_REFITS = 3  # quadratic refits of a row's members
 
 
 @dataclass(frozen=True)
@@ -106,7 +133,7 @@ def _circles_in_image(img: np.ndarray, px_mm: float, s: CalibrationSettings, k_c
 
     rmin = max(2, int(np.floor(s.rod_min_diameter_mm / 2 / px_mm)))
     rmax = max(rmin + 1, int(np.ceil(s.rod_max_diameter_mm / 2 / px_mm)))
-    step = max(1, (rmax - rmin) // 30)
+    step = max(1, (rmax - rmin) // HOUGH_RADII)
     radii = np.arange(rmin, rmax + 1, step)
     sigma_px = max(1.0, s.rod_edge_sigma_mm / px_mm)
     edges = feature.canny(img, sigma=sigma_px, low_threshold=s.rod_edge_low_hu, high_threshold=s.rod_edge_high_hu)
@@ -158,12 +185,12 @@ def core_gradient_hu(values: np.ndarray, dy_px: np.ndarray, dx_px: np.ndarray, c
     return float(2.0 * core_radius_px * np.hypot(gy, gx))
 
 
-def _candidate_ok(img: np.ndarray, c: _Circle, px_mm: float, s: CalibrationSettings) -> bool:
+def _candidate_ok(img: np.ndarray, c: _Circle, s: CalibrationSettings) -> bool:
     """A circle is a rod candidate when its core is uniform, in range and differs from its surround."""
     core_r = c.r_px * s.rod_core_fraction
     core = _disc_stats(img, c.y, c.x, core_r)
-    ring = _disc_stats(img, c.y, c.x, c.r_px * 1.25, c.r_px * 1.6)
-    if core.size < 5 or ring.size < 5:
+    ring = _disc_stats(img, c.y, c.x, c.r_px * SURROUND_RING_R[0], c.r_px * SURROUND_RING_R[1])
+    if core.size < MIN_RING_VOXELS or ring.size < MIN_RING_VOXELS:
         return False
     m = float(np.median(core))
     if not (s.rod_min_hu <= m <= s.rod_max_hu):
@@ -173,13 +200,15 @@ def _candidate_ok(img: np.ndarray, c: _Circle, px_mm: float, s: CalibrationSetti
     return contrast >= s.rod_min_contrast_hu and spread <= max(s.rod_max_core_spread_hu, 0.5 * contrast)
 
 
-def _link(circles: list[_Circle], n_slabs: int) -> list[list[_Circle]]:
+def _link(circles: list[_Circle]) -> list[list[_Circle]]:
     """Group circles of different slabs that describe the same rod (centre within half a radius)."""
     tracks: list[list[_Circle]] = []
     for c in sorted(circles, key=lambda c: -c.score):
         for t in tracks:
             ref = t[0]
-            if c.slab not in {q.slab for q in t} and np.hypot(c.y - ref.y, c.x - ref.x) <= 0.5 * ref.r_px + 1 and abs(c.r_px - ref.r_px) <= 0.25 * ref.r_px + 1:
+            if (c.slab not in {q.slab for q in t}
+                    and np.hypot(c.y - ref.y, c.x - ref.x) <= LINK_CENTRE_R * ref.r_px + 1
+                    and abs(c.r_px - ref.r_px) <= LINK_RADIUS_FRACTION * ref.r_px + 1):
                 t.append(c)
                 break
         else:
@@ -202,7 +231,7 @@ def _on_row(pts_mm: np.ndarray, tol_mm: float) -> bool:
     deg = 2 if len(pts_mm) >= 4 else 1
     coef = np.polyfit(t, n, deg)
     res = n - np.polyval(coef, t)
-    if deg == 2 and abs(coef[0]) * (np.ptp(t) / 2) ** 2 > 0.25 * np.ptp(t):
+    if deg == 2 and abs(coef[0]) * (np.ptp(t) / 2) ** 2 > ROW_MAX_SAGITTA * np.ptp(t):
         return False  # too curved to be a row of rods
     return bool(np.max(np.abs(res)) <= tol_mm)
 
@@ -216,9 +245,9 @@ def _row_members(pts: np.ndarray, cand: list[int], i: int, j: int, tol: float) -
     c = np.array(cand)
     t = (pts[c] - mid) @ u
     n = (pts[c] - mid) @ nrm
-    # allow a gentle curve: tolerance grows by 10 % of the distance from the seeds' midpoint
-    keep = np.abs(n) <= tol + 0.1 * np.abs(t)
-    for _ in range(3):
+    # allow a gentle curve: tolerance grows with the distance from the seeds' midpoint
+    keep = np.abs(n) <= tol + ROW_TOLERANCE_SLOPE * np.abs(t)
+    for _ in range(ROW_REFITS):
         if keep.sum() < 4:
             break
         coef = np.polyfit(t[keep], n[keep], 2)
@@ -253,9 +282,9 @@ def _trim_far_ends(pts: np.ndarray, group: list[int]) -> list[int]:
         g = [g[o] for o in order]
         gaps = np.linalg.norm(np.diff(pts[g], axis=0), axis=1)
         med = float(np.median(gaps))
-        if gaps[0] > 2.6 * med:
+        if gaps[0] > MAX_END_GAP_PITCHES * med:
             g = g[1:]
-        elif gaps[-1] > 2.6 * med:
+        elif gaps[-1] > MAX_END_GAP_PITCHES * med:
             g = g[:-1]
         else:
             break
@@ -282,7 +311,7 @@ def _candidate_groups(tracks: list[dict], s: CalibrationSettings, px_mm: float) 
         members.sort(key=lambda m: -tracks[m]["score"])
         chosen: list[int] = []
         for m in members:
-            if all(np.linalg.norm(pts[m] - pts[q]) >= 1.8 * r for q in chosen):
+            if all(np.linalg.norm(pts[m] - pts[q]) >= MIN_ROD_GAP_R * r for q in chosen):
                 chosen.append(m)
         if i not in chosen or j not in chosen:
             continue
@@ -318,7 +347,7 @@ def _core_samples(arr: np.ndarray, axis: tuple[float, float, float, float], r_px
     ``axis`` = (ay, by, ax, bx): the centre on slice k is (ay * k + by, ax * k + bx) px. A slice
     counts when the disc reaching just past the edge is inside the reconstructed field of view and
     its core median is within ``rod_visible_tolerance_hu`` (or 25 %) of ``ref``; voxels beyond
-    4 robust SD of the slice's core median (a streak, a speck) are left out.
+    ``CORE_OUTLIER_SDS`` robust SD of the slice's core median (a streak, a speck) are left out.
     """
     ay, by, ax, bx = axis
     out = []
@@ -327,14 +356,14 @@ def _core_samples(arr: np.ndarray, axis: tuple[float, float, float, float], r_px
         if not (r_px <= y < arr.shape[1] - r_px and r_px <= x < arr.shape[2] - r_px):
             continue
         vals, dy, dx = _disc_stats(arr[k], y, x, core_px, offsets=True)
-        outside = _disc_stats(arr[k], y, x, r_px * 1.05)
+        outside = _disc_stats(arr[k], y, x, r_px * VISIBLE_DISC_R)
         if vals.size < 3 or np.any(outside <= pad_hu):
             continue
         med = float(np.median(vals))
-        if abs(med - ref) > max(s.rod_visible_tolerance_hu, 0.25 * abs(ref)):
+        if abs(med - ref) > max(s.rod_visible_tolerance_hu, VISIBLE_RELATIVE_TOLERANCE * abs(ref)):
             continue  # rod not visible in this slice (ends, cut off)
-        mad = 1.4826 * float(np.median(np.abs(vals - med))) + 1e-6
-        keep = np.abs(vals - med) <= 4 * mad
+        sd = robust_sd(vals, med) + 1e-6
+        keep = np.abs(vals - med) <= CORE_OUTLIER_SDS * sd
         out.append((k, vals[keep], dy[keep], dx[keep]))
     return out
 
@@ -378,12 +407,12 @@ def refine_rod_edge(arr: np.ndarray, ks, axis: tuple[float, float, float, float]
     """
     ay, by, ax, bx = axis
     ang = np.linspace(0.0, 2.0 * np.pi, n_rays, endpoint=False)
-    rho = np.linspace(0.4, 1.6, 49) * r_px
+    rho = np.linspace(*EDGE_RAY_R, EDGE_RAY_SAMPLES) * r_px
     dy, dx = np.sin(ang)[:, None] * rho[None], np.cos(ang)[:, None] * rho[None]
     prof = np.mean([ndi.map_coordinates(arr[k], [ay * k + by + dy, ax * k + bx + dx], order=1, mode="nearest")
                     for k in ks], axis=0)
-    inner = np.median(prof[:, rho <= 0.6 * r_px], axis=1)
-    outer = np.median(prof[:, rho >= 1.3 * r_px], axis=1)
+    inner = np.median(prof[:, rho <= EDGE_INSIDE_R * r_px], axis=1)
+    outer = np.median(prof[:, rho >= EDGE_SURROUND_R * r_px], axis=1)
     half = 0.5 * (inner + outer)
     inside = np.sign(inner - outer)[:, None] * (prof - half[:, None]) > 0
     i = np.argmax(~inside, axis=1)  # first sample outside, going outwards
@@ -393,12 +422,13 @@ def refine_rod_edge(arr: np.ndarray, ks, axis: tuple[float, float, float, float]
     p0, p1 = prof[rows, i - 1], prof[rows, i]
     edge = rho[i - 1] + (p0 - half) / np.where(p0 == p1, 1.0, p0 - p1) * (rho[i] - rho[i - 1])
     ey, ex = edge * np.sin(ang), edge * np.cos(ang)
-    for _ in range(3):
+    for _ in range(CIRCLE_REFITS):
         if ok.sum() < n_rays // 2:
             return axis, r_px
         cy, cx, r = _fit_circle(ey[ok], ex[ok])
-        ok &= np.abs(np.hypot(ey - cy, ex - cx) - r) <= 1.0
-    if ok.sum() < n_rays // 2 or np.hypot(cy, cx) > 0.3 * r_px or abs(r - r_px) > 0.3 * r_px:
+        ok &= np.abs(np.hypot(ey - cy, ex - cx) - r) <= EDGE_RAY_OUTLIER_PX
+    if (ok.sum() < n_rays // 2 or np.hypot(cy, cx) > EDGE_MAX_CHANGE_R * r_px
+            or abs(r - r_px) > EDGE_MAX_CHANGE_R * r_px):
         return axis, r_px
     return (ay, by + cy, ax, bx + cx), r
 
@@ -436,8 +466,7 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings,
         return None  # seen in slab averages but in no single slice: not a rod
     means_a = np.array(means)
     med = np.median(means_a)
-    mad = 1.4826 * np.median(np.abs(means_a - med))
-    ok = np.abs(means_a - med) <= max(s.rod_streak_k * mad, s.rod_streak_min_hu)
+    ok = np.abs(means_a - med) <= max(s.rod_streak_k * robust_sd(means_a, med), s.rod_streak_min_hu)
     w = np.array(counts)[ok]
     mean = float(np.average(means_a[ok], weights=w))
     sd = float(np.sqrt(np.average(np.array(sds)[ok] ** 2, weights=w)))
@@ -459,6 +488,63 @@ def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings,
         core_gradient_hu=core_gradient_hu(v, dy, dx, core_px),
         n_outlier_slices=int((~ok).sum()),
     )
+
+
+def _rod_tracks(arr: np.ndarray, dz: float, px: float, s: CalibrationSettings) -> list[dict]:
+    """Round uniform objects seen in enough slabs: their circles linked across slabs, mean position
+    (px), radius (mm), detection score and core HU in the first slab's mean image."""
+    slabs = _slab_bounds(arr.shape[0], dz, s.rod_slab_mm)
+    slab_imgs = [np.clip(arr[a:b], AIR_HU, None).mean(0) for a, b in slabs]
+    circles = [c for si, (a, b) in enumerate(slabs)
+               for c in _circles_in_image(slab_imgs[si], px, s, 0.5 * (a + b - 1), si)
+               if _candidate_ok(slab_imgs[si], c, s)]
+    tracks = []
+    for t in _link(circles):
+        if len(t) < max(1, int(np.ceil(s.rod_min_slab_fraction * len(slabs)))) and len(slabs) > 2:
+            continue
+        ref = float(np.median(_disc_stats(slab_imgs[t[0].slab], t[0].y, t[0].x, t[0].r_px * s.rod_core_fraction)))
+        tracks.append({
+            "circles": t,
+            "y": float(np.mean([c.y for c in t])),
+            "x": float(np.mean([c.x for c in t])),
+            "r_mm": float(np.median([c.r_px for c in t])) * px,
+            "score": float(np.mean([c.score for c in t])),
+            "hu_ref": ref,
+        })
+    return tracks
+
+
+def _measured_tracks(arr: np.ndarray, tracks: list[dict], px: float, s: CalibrationSettings) -> list[dict]:
+    """The tracks whose rod is measured in enough slices (a rod runs through the scan), each with
+    its ``rod`` and a score weighted by the share of slices it is seen in."""
+    kept = []
+    min_slices = max(1, min(s.rod_min_slices, arr.shape[0]), int(np.ceil(s.rod_min_z_fraction * arr.shape[0])))
+    for t in tracks:
+        m = _measure_rod(arr, t, px, s, s.rod_padding_hu)
+        if m is None or m.n_slices < min_slices:
+            continue
+        kept.append({**t, "rod": m, "score": t["score"] * m.n_slices / arr.shape[0]})
+    return kept
+
+
+def _row_of_definition(volume: Volume, rows: list[list[RodMeasurement]], definition: PhantomDefinition,
+                       s: CalibrationSettings) -> list[RodMeasurement] | None:
+    """Of several rows of round things (e.g. in soft tissue), the one that is this phantom: its rod
+    count and a physically plausible fit (best R^2); else a row one rod short whose missing rod (no
+    contrast) is measured where the pitch predicts it. None when no row fits."""
+    n = len(definition.rods)
+    best = None
+    for cand in (r for r in rows if len(r) == n):
+        fit = _plausible_fit(cand, definition, s)
+        if fit is not None and (best is None or fit.r2 > best[0]):
+            best = (fit.r2, cand)
+    if best is None and n >= 3:
+        for short in (r for r in rows if len(r) == n - 1):
+            cand, added = _add_invisible_rod(volume, short, definition, s)
+            fit = _plausible_fit(cand, definition, s) if added else None
+            if fit is not None and (best is None or fit.r2 > best[0]):
+                best = (fit.r2, cand)
+    return None if best is None else best[1]
 
 
 def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
@@ -485,72 +571,15 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
     arr = np.asarray(volume.array, dtype=np.float32)
     dz, dy, dx = volume.spacing
     px = 0.5 * (dy + dx)
-    pad_hu = s.rod_padding_hu
-    clipped = np.clip(arr, -1000.0, None)
-    circles: list[_Circle] = []
-    slabs = _slab_bounds(arr.shape[0], dz, s.rod_slab_mm)
-    slab_imgs = [clipped[a:b].mean(0) for a, b in slabs]
-    for si, (a, b) in enumerate(slabs):
-        img = slab_imgs[si]
-        for c in _circles_in_image(img, px, s, 0.5 * (a + b - 1), si):
-            if _candidate_ok(img, c, px, s):
-                circles.append(c)
-    tracks = []
-    for t in _link(circles, len(slabs)):
-        if len(t) < max(1, int(np.ceil(s.rod_min_slab_fraction * len(slabs)))) and len(slabs) > 2:
-            continue
-        ref = float(np.median(_disc_stats(slab_imgs[t[0].slab], t[0].y, t[0].x, t[0].r_px * s.rod_core_fraction)))
-        tracks.append({
-            "circles": t,
-            "y": float(np.mean([c.y for c in t])),
-            "x": float(np.mean([c.x for c in t])),
-            "r_mm": float(np.median([c.r_px for c in t])) * px,
-            "score": float(np.mean([c.score for c in t])),
-            "hu_ref": ref,
-        })
-    # a rod runs through the scan: keep tracks visible (uniform, at their HU) in enough slices
-    kept = []
-    min_slices = max(1, min(s.rod_min_slices, arr.shape[0]), int(np.ceil(s.rod_min_z_fraction * arr.shape[0])))
-    for t in tracks:
-        m = _measure_rod(arr, t, px, s, pad_hu)
-        if m is None or m.n_slices < min_slices:
-            continue
-        t["rod"] = m
-        t["score"] = t["score"] * m.n_slices / arr.shape[0]
-        kept.append(t)
+    kept = _measured_tracks(arr, _rod_tracks(arr, dz, px, s), px, s)
     groups = _candidate_groups(kept, s, px)
     if not groups or len(groups[0]) < 2:
         return []
-    rods = sorted((kept[i]["rod"] for i in groups[0]), key=lambda r: r.center_kji[2])
-    if definition is None:
-        return rods if len(rods) >= 2 else []
-    # several rows of round things may qualify (e.g. in soft tissue): take the one that is this
-    # phantom, i.e. has its rod count and a physically plausible fit (best R^2); else a row one
-    # rod short whose missing rod (no contrast) is measured where the pitch predicts it
-    n = len(definition.rods)
-    best = None
-    for g in groups[: s.rod_max_groups]:
-        if len(g) != n:
-            continue
-        cand = [kept[i]["rod"] for i in g]
-        fit = _plausible_fit(cand, definition, s)
-        if fit is not None and (best is None or fit.r2 > best[0]):
-            best = (fit.r2, cand)
-    if best is None and n >= 3:
-        for g in groups[: s.rod_max_groups]:
-            if len(g) != n - 1:
-                continue
-            cand, ok = _add_invisible_rod(volume, [kept[i]["rod"] for i in g], definition, s)
-            if ok:
-                fit = _plausible_fit(cand, definition, s)
-                if fit is not None and (best is None or fit.r2 > best[0]):
-                    best = (fit.r2, cand)
-    if best is not None:
-        return sorted(best[1], key=lambda r: r.center_kji[2])
-    # no row fits this definition: return the strongest row (most rods), so that the error names
-    # the count actually seen (e.g. 6 rods in the scan for a 5-rod definition)
-    rods = sorted((kept[i]["rod"] for i in groups[0]), key=lambda r: r.center_kji[2])
-    return rods if len(rods) >= 2 else []
+    rows = [[kept[i]["rod"] for i in g] for g in groups[: s.rod_max_groups]]
+    chosen = _row_of_definition(volume, rows, definition, s) if definition is not None else None
+    # no definition, or no row fits it: the strongest row (most rods), so that an error names the
+    # count actually seen (e.g. 6 rods in the scan for a 5-rod definition)
+    return sorted(chosen or rows[0], key=lambda r: r.center_kji[2])
 
 
 def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> list[tuple[RodMeasurement, object]]:
@@ -589,7 +618,7 @@ def _predicted_rod_positions(rods: list[RodMeasurement]) -> list[tuple[float, fl
     pitch = float(np.median(gaps))
     out = []
     for g, a, b in zip(gaps, c[:-1], c[1:]):
-        if 1.6 * pitch <= g <= 2.4 * pitch:
+        if MISSING_ROD_GAP_PITCHES[0] * pitch <= g <= MISSING_ROD_GAP_PITCHES[1] * pitch:
             out.append(tuple(0.5 * (a + b)))
     if not out:
         out.append(tuple(c[0] - (c[1] - c[0]) * pitch / gaps[0]))
@@ -604,10 +633,11 @@ def _measure_at(volume: Volume, centre_kji, radius_mm: float, s: CalibrationSett
     px = 0.5 * (dy + dx)
     k, y, x = centre_kji
     r_px = radius_mm / px
-    if not (r_px * 1.6 <= y < arr.shape[1] - r_px * 1.6 and r_px * 1.6 <= x < arr.shape[2] - r_px * 1.6):
+    reach = r_px * SURROUND_RING_R[1]
+    if not (reach <= y < arr.shape[1] - reach and reach <= x < arr.shape[2] - reach):
         return None
-    img = np.clip(arr, -1000, None).mean(0)
-    around = _disc_stats(img, y, x, r_px * 1.6)
+    img = np.clip(arr, AIR_HU, None).mean(0)
+    around = _disc_stats(img, y, x, reach)
     core = _disc_stats(img, y, x, r_px * s.rod_core_fraction)
     if around.min() < s.rod_min_hu or np.percentile(core, 90) - np.percentile(core, 10) > s.rod_max_core_spread_hu:
         return None  # not inside uniform phantom material
@@ -616,7 +646,7 @@ def _measure_at(volume: Volume, centre_kji, radius_mm: float, s: CalibrationSett
     return _measure_rod(arr, t, px, s, s.rod_padding_hu)
 
 
-def _row_reaches_edge(rods: list[RodMeasurement], volume: Volume) -> bool:
+def _row_reaches_edge(rods: list[RodMeasurement], volume: Volume, padding_hu: float) -> bool:
     """True when one more rod at the row's pitch beyond either end would leave the image."""
     if len(rods) < 2:
         return False
@@ -633,7 +663,7 @@ def _row_reaches_edge(rods: list[RodMeasurement], volume: Volume) -> bool:
         y, x = e
         if not (r_px <= y < ny - r_px and r_px <= x < nx - r_px):
             return True
-        if np.median(arr[:, int(y), int(x)]) <= -1500:  # padding outside the reconstructed FOV
+        if np.median(arr[:, int(y), int(x)]) <= padding_hu:  # outside the reconstructed field of view
             return True
     return False
 
@@ -648,11 +678,11 @@ def _fit(pairs, definition: PhantomDefinition, s: CalibrationSettings):
 
 
 def _add_invisible_rod(volume: Volume, rods: list[RodMeasurement], definition: PhantomDefinition,
-                       s: CalibrationSettings) -> tuple[list[RodMeasurement], str]:
+                       s: CalibrationSettings) -> tuple[list[RodMeasurement], bool]:
     """One rod short: measure where the row's pitch predicts the last rod (a rod with no contrast to
     the phantom body shows no edge). Accepted only when the completed set fits the model with every
-    residual below ``rod_infer_max_residual_hu``; otherwise the rods are returned unchanged (and
-    the caller reports the missing rod)."""
+    residual below ``rod_infer_max_residual_hu``. Returns the rods and whether one was added;
+    otherwise they are returned unchanged (and the caller reports the missing rod)."""
     radius = float(np.median([r.radius_mm for r in rods]))
     best = None
     for pos in _predicted_rod_positions(rods):
@@ -690,6 +720,99 @@ def phantom_hint(volume: Volume, settings: CalibrationSettings | None = None) ->
             "phantomless calibration was used: give --phantom NAME (bmdpipe phantoms) to calibrate with it")
 
 
+def _assigned_rods(volume: Volume, definition: PhantomDefinition, s: CalibrationSettings, sid: str) -> list:
+    """The phantom's rods found in the scan, paired with the certificate's; a CalibrationError
+    names what is missing (no phantom, too few rods, a row cut off by the field of view)."""
+    rods = find_rods(volume, s, definition)
+    n_expected = len(definition.rods)
+    if not rods:
+        raise CalibrationError(
+            f"no calibration phantom found in {sid}: no row of round uniform rods. Is the phantom in the "
+            f"scan (field of view, scan range)? Use --phantom none for phantomless calibration"
+        )
+    if len(rods) < max(2, (n_expected + 1) // 2):
+        raise CalibrationError(
+            f"no calibration phantom found in {sid}: expected {n_expected} rods of {definition.name!r}, found at "
+            f"most {len(rods)} round uniform objects in a row. Is the phantom in the scan (field of view, scan "
+            "range)? Use --phantom none for phantomless calibration"
+        )
+    try:
+        return assign_rods(rods, definition)
+    except CalibrationError as exc:
+        extra = ""
+        if len(rods) < n_expected and _row_reaches_edge(rods, volume, s.rod_padding_hu):
+            extra = " The row of rods reaches the edge of the field of view: the phantom is probably cut off."
+        raise CalibrationError(f"{sid}: {exc}.{extra}") from None
+
+
+def _fit_warnings(fit, pairs, definition: PhantomDefinition, s: CalibrationSettings, sid: str) -> list[str]:
+    """Warnings on the fit (R^2, the worst rod's residual); a CalibrationError when the slope is not
+    physical, R^2 is below the refusal gate or a rod is far off the line (rods mis-detected)."""
+    measured = ", ".join(f"{r.hu_mean:.0f}" for r, _ in pairs)
+    if not (s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3):
+        raise CalibrationError(
+            f"{sid}: phantom fit slope {fit.slope_hu_per_mg_cm3:.3f} HU per mg/cm3 is outside the physically "
+            f"plausible {s.slope_min_hu_per_mg_cm3}-{s.slope_max_hu_per_mg_cm3}: the objects found "
+            f"(HU {measured}) are probably not the phantom's rods. Check the QC plot and the phantom definition"
+        )
+    # HU rises with the certificate's order by construction; the residuals tell whether the pairing was right
+    warnings = fit_quality_warnings(fit.r2, warn=s.r2_warn, refuse=s.r2_refuse, what=f"{sid} phantom")
+    worst = int(np.argmax(np.abs(fit.residuals_hu)))
+    name, residual = pairs[worst][1].name, fit.residuals_hu[worst]
+    if abs(residual) > s.rod_residual_refuse_hu:
+        raise CalibrationError(
+            f"{sid}: rod {name} is {residual:+.1f} HU off the phantom fit (> {s.rod_residual_refuse_hu} HU): rods "
+            f"were mis-detected or the definition ({definition.name}) does not match this phantom. Measured rod "
+            f"HU: {measured}. Check the QC plot and --phantom"
+        )
+    if abs(residual) > s.rod_residual_warn_hu:
+        warnings.append(f"rod {name} is {residual:+.1f} HU off the fit (> {s.rod_residual_warn_hu} HU): wrong "
+                        "certificate value, a rod hit by artefacts, or a mis-detected rod: check the QC plot")
+    return warnings
+
+
+def _rod_warnings(pairs, s: CalibrationSettings) -> list[str]:
+    """Warnings on the rods' measurement: few slices, slices left out (streaks), shading."""
+    warnings: list[str] = []
+    for r, d in pairs:
+        warnings += list(r.warnings)
+        if r.n_slices < s.rod_min_slices:
+            warnings.append(f"rod {d.name} (HU {r.hu_mean:.0f}) measured on only {r.n_slices} slice(s)")
+    streaked = [(d.name, r.n_outlier_slices, r.n_slices + r.n_outlier_slices) for r, d in pairs if r.n_outlier_slices]
+    if streaked:
+        warnings.append("slices left out of rods as outliers (a streak across the phantom?): "
+                        + ", ".join(f"{n} {k} of {t}" for n, k, t in streaked))
+    shaded = [(d.name, r.core_gradient_hu) for r, d in pairs if r.core_gradient_hu > s.rod_max_core_gradient_hu]
+    if shaded:
+        warnings.append("rods not uniform (HU change across the measured core: "
+                        + ", ".join(f"{n} {g:.0f} HU" for n, g in shaded)
+                        + f", > {s.rod_max_core_gradient_hu:g} HU): shading from beam hardening or scatter biases "
+                        "the rod means, check the QC plot and the scan set-up")
+    return warnings
+
+
+def _rod_references(pairs, fit, volume: Volume) -> tuple[ReferenceMeasurement, ...]:
+    return tuple(
+        ReferenceMeasurement(
+            name=d.name, hu_mean=r.hu_mean, hu_sd=r.hu_sd, n_voxels=r.n_voxels, nominal_mg_cm3=d.mineral_mg_cm3,
+            center_lps=tuple(float(v) for v in volume.index_to_lps(np.array(r.center_kji))),
+            radius_mm=r.radius_mm, residual_hu=float(res))
+        for (r, d), res in zip(pairs, fit.residuals_hu))
+
+
+def _fit_details(fit, pairs, definition: PhantomDefinition) -> dict:
+    details = dict(fit.details)
+    details.update({"model": fit.model, "rod_core_radius_mm": [r.core_radius_mm for r, _ in pairs],
+                    "rod_n_slices": [r.n_slices for r, _ in pairs],
+                    "rod_core_gradient_hu": [r.core_gradient_hu for r, _ in pairs],
+                    "rod_water_mg_cm3": [d.water_mg_cm3 for _, d in pairs]})
+    try:  # the effective energy the slope implies (gain 1): pre-calibrates later phantomless fits
+        details["kev"] = effective_energy_of_slope(definition.material.value, fit.slope_hu_per_mg_cm3)
+    except ValueError:
+        details["kev"] = None  # no energy of the tables gives this slope (an unusual phantom)
+    return details
+
+
 def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settings: CalibrationSettings | None = None) -> Calibration:
     """Phantom calibration of one series: find rods, assign them, fit, apply the R^2 gates.
 
@@ -713,86 +836,18 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         No phantom found, a rod missing or cut off, or R^2 below the refusal gate.
     """
     s = settings or CalibrationSettings()
-    rods = find_rods(volume, s, definition)
     sid = volume.meta.series_uid or "this series"
-    if not rods:
-        raise CalibrationError(
-            f"no calibration phantom found in {sid}: no row of round uniform rods. Is the phantom in the "
-            f"scan (field of view, scan range)? Use --phantom none for phantomless calibration"
-        )
-    n_expected = len(definition.rods)
-    if len(rods) < max(2, (n_expected + 1) // 2):
-        raise CalibrationError(
-            f"no calibration phantom found in {sid}: expected {n_expected} rods of {definition.name!r}, found at "
-            f"most {len(rods)} round uniform objects in a row. Is the phantom in the scan (field of view, scan "
-            "range)? Use --phantom none for phantomless calibration"
-        )
-    try:
-        pairs = assign_rods(rods, definition)
-    except CalibrationError as exc:
-        extra = ""
-        if len(rods) < n_expected and _row_reaches_edge(rods, volume):
-            extra = " The row of rods reaches the edge of the field of view: the phantom is probably cut off."
-        raise CalibrationError(f"{sid}: {exc}.{extra}") from None
+    pairs = _assigned_rods(volume, definition, s, sid)
     warnings: list[str] = []
     if definition.example_values:
         warnings.append(f"phantom definition {definition.name!r} holds EXAMPLE certificate values: use your phantom's certificate")
     fit = _fit(pairs, definition, s)
-    if not (s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3):
-        raise CalibrationError(
-            f"{sid}: phantom fit slope {fit.slope_hu_per_mg_cm3:.3f} HU per mg/cm3 is outside the physically "
-            f"plausible {s.slope_min_hu_per_mg_cm3}-{s.slope_max_hu_per_mg_cm3}: the objects found "
-            f"(HU {', '.join(f'{r.hu_mean:.0f}' for r, _ in pairs)}) are probably not the phantom's rods. "
-            "Check the QC plot and the phantom definition"
-        )
-    # density order check: HU must rise with the expected order (it does by construction);
-    # the fit's residuals tell whether the assignment was right.
-    warnings += fit_quality_warnings(fit.r2, warn=s.r2_warn, refuse=s.r2_refuse, what=f"{sid} phantom")
-    worst = int(np.argmax(np.abs(fit.residuals_hu)))
-    if abs(fit.residuals_hu[worst]) > s.rod_residual_refuse_hu:
-        raise CalibrationError(
-            f"{sid}: rod {pairs[worst][1].name} is {fit.residuals_hu[worst]:+.1f} HU off the phantom fit "
-            f"(> {s.rod_residual_refuse_hu} HU): rods were mis-detected or the definition "
-            f"({definition.name}) does not match this phantom. Measured rod HU: "
-            f"{', '.join(f'{r.hu_mean:.0f}' for r, _ in pairs)}. Check the QC plot and --phantom"
-        )
-    if abs(fit.residuals_hu[worst]) > s.rod_residual_warn_hu:
-        warnings.append(f"rod {pairs[worst][1].name} is {fit.residuals_hu[worst]:+.1f} HU off the fit "
-                        f"(> {s.rod_residual_warn_hu} HU): wrong certificate value, a rod hit by artefacts, or a "
-                        "mis-detected rod: check the QC plot")
-    for r, d in pairs:
-        warnings += list(r.warnings)
-        if r.n_slices < s.rod_min_slices:
-            warnings.append(f"rod {d.name} (HU {r.hu_mean:.0f}) measured on only {r.n_slices} slice(s)")
-    streaked = [(d.name, r.n_outlier_slices, r.n_slices + r.n_outlier_slices) for r, d in pairs if r.n_outlier_slices]
-    if streaked:
-        warnings.append("slices left out of rods as outliers (a streak across the phantom?): "
-                        + ", ".join(f"{n} {k} of {t}" for n, k, t in streaked))
-    shaded = [(d.name, r.core_gradient_hu) for r, d in pairs if r.core_gradient_hu > s.rod_max_core_gradient_hu]
-    if shaded:
-        warnings.append("rods not uniform (HU change across the measured core: "
-                        + ", ".join(f"{n} {g:.0f} HU" for n, g in shaded)
-                        + f", > {s.rod_max_core_gradient_hu:g} HU): shading from beam hardening or scatter biases "
-                        "the rod means, check the QC plot and the scan set-up")
-    refs = []
-    for (r, d), res in zip(pairs, fit.residuals_hu):
-        c = volume.index_to_lps(np.array(r.center_kji))
-        refs.append(ReferenceMeasurement(
-            name=d.name, hu_mean=r.hu_mean, hu_sd=r.hu_sd, n_voxels=r.n_voxels,
-            nominal_mg_cm3=d.mineral_mg_cm3, center_lps=tuple(float(v) for v in c),
-            radius_mm=r.radius_mm, residual_hu=float(res),
-        ))
-    details = dict(fit.details)
-    details.update({"model": fit.model, "rod_core_radius_mm": [r.core_radius_mm for r, _ in pairs],
-                    "rod_n_slices": [r.n_slices for r, _ in pairs],
-                    "rod_core_gradient_hu": [r.core_gradient_hu for r, _ in pairs],
-                    "rod_water_mg_cm3": [d.water_mg_cm3 for _, d in pairs]})
-    try:  # the effective energy the slope implies (gain 1): pre-calibrates later phantomless fits
-        details["kev"] = effective_energy_of_slope(definition.material.value, fit.slope_hu_per_mg_cm3)
-    except ValueError:
-        details["kev"] = None  # no energy of the tables gives this slope (an unusual phantom)
+    warnings += _fit_warnings(fit, pairs, definition, s, sid)
+    warnings += _rod_warnings(pairs, s)
+    refs = _rod_references(pairs, fit, volume)
     return Calibration(
         method="phantom", phantom=definition.name, material=definition.material,
         slope_hu_per_mg_cm3=fit.slope_hu_per_mg_cm3, intercept_hu=fit.intercept_hu, r2=fit.r2,
-        n_references=len(refs), references=tuple(refs), warnings=tuple(warnings), details=details,
+        n_references=len(refs), references=refs, warnings=tuple(warnings),
+        details=_fit_details(fit, pairs, definition),
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import HaloSettings
+from ..config import HaloSettings, ScrewSettings
 from ..results import Screw
 from ..volume import Volume
 from .orientation import RADIOLOGICAL, radiological_axial
@@ -19,7 +19,8 @@ from .orientation import RADIOLOGICAL, radiological_axial
 __all__ = ["screw_qc_figure", "save_screw_qc"]
 
 
-def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, window_hu=(-200.0, 1200.0)):
+def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
+                    window_hu=(-200.0, 1200.0)):
     """Build the QC figure of one screw.
 
     Parameters
@@ -28,6 +29,8 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, win
     screw : Screw
         A detected screw (``halo`` is recomputed for the figure's profiles).
     settings : HaloSettings
+    hardware : ScrewSettings
+        The screws' thread geometry and metal HU (as for the measurement).
     window_hu : (lo, hi)
         Grey window of the images, HU.
 
@@ -45,7 +48,8 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, win
     from ..screws.halo import measure_halo_detail
 
     # the same blur the stored measurement used (shared by the scan's screws), so the picture matches it
-    d = measure_halo_detail(volume, screw, settings, blur_sigma_mm=screw.halo.blur_sigma_mm if screw.halo else None)
+    d = measure_halo_detail(volume, screw, settings, hardware,
+                            blur_sigma_mm=screw.halo.blur_sigma_mm if screw.halo else None)
     h = d.halo
     rays = d.rays
     R = screw.diameter_mm / 2.0
@@ -98,10 +102,11 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, *, win
     return fig
 
 
-def save_screw_qc(volume: Volume, screw: Screw, settings: HaloSettings, path: str | Path, *, dpi: int = 90) -> Path:
-    """Write the QC figure of one screw to ``path`` (PNG) and return the path."""
+def save_screw_qc(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, path: str | Path, *,
+                  dpi: int = 90) -> Path:
+    """Write the QC figure of one screw to ``path`` (PNG, its folder created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = screw_qc_figure(volume, screw, settings)
+    fig = screw_qc_figure(volume, screw, settings, hardware)
     fig.savefig(path, dpi=dpi)
     return path

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import MaskingSettings
+from ..robust import MAD_TO_SD, robust_sd
 
 __all__ = ["dense_mask", "mask_roi", "robust_reference"]
 
@@ -48,7 +49,7 @@ def robust_reference(values: np.ndarray, bin_hu: float = 5.0) -> tuple[float, fl
         k = int(np.argmax(hist))
         ref = float(0.5 * (edges[k] + edges[k + 1]))
     below = v[v <= ref]
-    spread = 1.4826 * float(np.median(ref - below)) if below.size >= 10 else 1.4826 * float(np.median(np.abs(v - ref)))
+    spread = MAD_TO_SD * float(np.median(ref - below)) if below.size >= 10 else robust_sd(v, ref)
     return ref, spread
 
 
@@ -129,7 +130,7 @@ def mask_roi(hu: np.ndarray, candidates: np.ndarray, support: np.ndarray, spacin
     n_cand = int(candidates.sum())
     if n_cand == 0:
         return candidates, 0
-    margin = settings.margin_mm(spacing)
+    margin = settings.margin_mm
     reach = margin + 3.0 * settings.smoothing_sigma_mm
     idx = np.argwhere(candidates)
     pad = np.ceil(reach / np.asarray(spacing)).astype(int) + 2

@@ -28,26 +28,28 @@ __all__ = ["metal_mask", "saturation_level", "MetalRun", "find_metal_runs", "det
            "screw_frame"]
 
 
-def saturation_level(image: np.ndarray, *, metal_threshold_hu: float, min_fraction: float = 0.02) -> float | None:
+def saturation_level(values: np.ndarray, *, metal_threshold_hu: float, min_fraction: float,
+                     min_voxels: int) -> float | None:
     """HU at which the scanner clipped metal, or None for an extended-HU (unclipped) image.
 
     A clipped image holds many metal voxels at exactly its maximum value (3071 HU on a
-    12-bit scale).
+    12-bit scale); an extended scale's metal values spread.
 
     Parameters
     ----------
-    image : ndarray of float
-        HU values.
+    values : ndarray of float
+        HU values (an image, or rays sampled around a screw).
     metal_threshold_hu : float
-        Voxels above this are metal candidates (HU).
-    min_fraction : float
-        Share of metal voxels at the maximum above which the image counts as clipped.
+        Values above this are metal candidates (HU).
+    min_fraction, min_voxels : float, int
+        The scale is clipped when at least this share of the metal values, and this many, sit
+        at the maximum (within 0.5 HU).
     """
-    metal = image[image > metal_threshold_hu]
+    metal = values[values > metal_threshold_hu]
     if metal.size == 0:
         return None
     top = float(metal.max())
-    if np.count_nonzero(metal >= top - 0.5) >= max(3, min_fraction * metal.size):
+    if np.count_nonzero(metal >= top - 0.5) >= max(min_voxels, min_fraction * metal.size):
         return top
     return None
 
@@ -382,7 +384,8 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
     mask = metal_mask(img, settings.metal_threshold_hu)
     if not mask.any():
         return []
-    clip = saturation_level(img, metal_threshold_hu=settings.metal_threshold_hu)
+    clip = saturation_level(img, metal_threshold_hu=settings.metal_threshold_hu,
+                            min_fraction=settings.saturation_min_fraction, min_voxels=settings.saturation_min_voxels)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return []

@@ -31,10 +31,11 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..config import HaloSettings
+from ..config import HaloSettings, ScrewSettings
 from ..errors import ScrewError
 from ..results import HaloMeasurement, Screw
 from ..volume import Volume
+from .detect import saturation_level
 from .esf import EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
 __all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
@@ -290,14 +291,6 @@ class HaloDetail:
     clip_hu: float | None
 
 
-def _clip_level(values: np.ndarray) -> float | None:
-    top = float(np.nanmax(values))
-    if top < 2000.0:
-        return None
-    n_top = np.count_nonzero(values >= top - 0.5)
-    return top if n_top >= 5 and n_top >= 0.01 * np.count_nonzero(values > 2000.0) else None
-
-
 @dataclass(frozen=True)
 class ScrewSamples:
     """What the halo measurement reads around one screw (before any model is fitted).
@@ -340,8 +333,12 @@ class ScrewSamples:
     usable: np.ndarray
 
 
-def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings) -> ScrewSamples:
-    """Rays and voxel centres around a screw, with the ray planes in bone and the streaks marked."""
+def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings) -> ScrewSamples:
+    """Rays and voxel centres around a screw, with the ray planes in bone and the streaks marked.
+
+    ``hardware`` gives the screws' thread depth and how a clipped HU scale is recognised
+    (:func:`~bmdpipe.screws.detect.saturation_level`, applied to the rays).
+    """
     e = np.asarray(screw.entry_lps, dtype=float)
     t = np.asarray(screw.tip_lps, dtype=float)
     length = float(np.linalg.norm(t - e))
@@ -370,13 +367,16 @@ def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings) -> ScrewS
     th = np.mod(np.arctan2(pv @ rays.v, pv @ rays.u), 2 * np.pi)
     angle = np.minimum((th / (2 * np.pi) * settings.n_angles).astype(int), settings.n_angles - 1)
     usable_rays = in_bone[:, None] & ~streak
-    return ScrewSamples(rays=rays, crest_radius_mm=R, thread_depth_mm=min(settings.thread_depth_mm, 0.5 * R),
-                        clip_hu=_clip_level(rays.values), in_bone=in_bone, streak=streak, usable_rays=usable_rays,
+    clip = saturation_level(rays.values, metal_threshold_hu=hardware.metal_threshold_hu,
+                            min_fraction=hardware.saturation_min_fraction, min_voxels=hardware.saturation_min_voxels)
+    return ScrewSamples(rays=rays, crest_radius_mm=R, thread_depth_mm=min(hardware.thread_depth_mm, 0.5 * R),
+                        clip_hu=clip, in_bone=in_bone, streak=streak, usable_rays=usable_rays,
                         bone_hu=bone,
                         r_mm=rv, hu=hv, plane=plane, angle=angle, usable=usable_rays[plane, angle])
 
 
-def fit_metal(samples: ScrewSamples, settings: HaloSettings, *, blur_sigma_mm: float | None = None) -> EdgeFit:
+def fit_metal(samples: ScrewSamples, settings: HaloSettings, hardware: ScrewSettings, *,
+              blur_sigma_mm: float | None = None) -> EdgeFit:
     """The screw's edge-spread model (crest radius fixed) from the voxels off streaks.
 
     A dark band would pull the model's background and blur, so streak voxels are left out. The
@@ -389,16 +389,16 @@ def fit_metal(samples: ScrewSamples, settings: HaloSettings, *, blur_sigma_mm: f
     use = s.usable if np.count_nonzero(s.usable) >= 0.25 * s.usable.size else np.ones(s.usable.size, dtype=bool)
     H = settings.lucent_hu
     return fit_edge_spread(s.r_mm[use], s.hu[use], clip_hu=s.clip_hu, fixed_radius_mm=s.crest_radius_mm,
-                           fixed_sigma_mm=blur_sigma_mm, metal_hu_prior=settings.metal_hu,
-                           thread_depth_mm=s.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm,
+                           fixed_sigma_mm=blur_sigma_mm, metal_hu_prior=hardware.metal_hu,
+                           thread_depth_mm=s.thread_depth_mm, thread_pitch_mm=hardware.thread_pitch_mm,
                            background_bounds_hu=(H - settings.min_contrast_hu, s.bone_hu + settings.min_contrast_hu))
 
 
-def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings, *,
+def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
                         blur_sigma_mm: float | None = None) -> HaloDetail:
     """Measure the halo around one screw; see :func:`measure_halo` (this also returns the
     intermediate profiles and fits)."""
-    return _measure_samples(sample_screw(volume, screw, settings), screw, settings, blur_sigma_mm)
+    return _measure_samples(sample_screw(volume, screw, settings, hardware), screw, settings, hardware, blur_sigma_mm)
 
 
 def binned_tissue(samples: ScrewSamples, edge: EdgeFit, settings: HaloSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -435,9 +435,9 @@ def _column_medians(x: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return out
 
 
-def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings,
+def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings, hardware: ScrewSettings,
                      blur_sigma_mm: float | None) -> HaloDetail:
-    edge = fit_metal(samples, settings, blur_sigma_mm=blur_sigma_mm)
+    edge = fit_metal(samples, settings, hardware, blur_sigma_mm=blur_sigma_mm)
     rays, in_bone = samples.rays, samples.in_bone
     count, tissue_sum = binned_tissue(samples, edge, settings)
     # width map: cells of block_length_mm along the screw and angle_smoothing angles around it
@@ -510,7 +510,7 @@ def _circular_median(x: np.ndarray, size: int) -> np.ndarray:
     return ndimage.median_filter(x, size=size, mode="wrap")
 
 
-def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, *,
+def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
                  blur_sigma_mm: float | None = None) -> HaloMeasurement:
     """Measure the radiolucent zone (halo) around one screw.
 
@@ -522,6 +522,8 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, *,
         Detected screw; ``diameter_mm`` is the thread-crest diameter (nominal or
         bloom-corrected measurement), so the halo is measured from ``diameter_mm / 2``.
     settings : HaloSettings
+    hardware : ScrewSettings
+        The screws' thread geometry, metal HU and the clipped-scale test.
     blur_sigma_mm : float or None
         The scanner's blur (SD of the Gaussian PSF, mm) if known, e.g. shared by all screws of
         the scan (:func:`measure_screws`); None = fitted to this screw alone.
@@ -536,10 +538,11 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, *,
         third with the widest halo) and ``width_map_mm`` (positions x angles, NaN outside bone or
         on streaks).
     """
-    return measure_halo_detail(volume, screw, settings, blur_sigma_mm=blur_sigma_mm).halo
+    return measure_halo_detail(volume, screw, settings, hardware, blur_sigma_mm=blur_sigma_mm).halo
 
 
-def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings) -> list[Screw]:
+def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings,
+                   hardware: ScrewSettings) -> list[Screw]:
     """Copies of ``screws`` with ``halo`` filled in by :func:`measure_halo`.
 
     The scan's blur is one PSF for all its screws: with at least ``shared_blur_min_screws``
@@ -547,8 +550,8 @@ def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettin
     against the tissue next to it, e.g. with a halo on part of the circumference or cortex close
     by), and every halo is then measured with it (``HaloMeasurement.blur_sigma_mm``).
     """
-    samples = [sample_screw(volume, s, settings) for s in screws]
+    samples = [sample_screw(volume, s, settings, hardware) for s in screws]
     blur = None
     if len(screws) >= settings.shared_blur_min_screws:
-        blur = float(np.median([fit_metal(x, settings).sigma_mm for x in samples]))
-    return [replace(s, halo=_measure_samples(x, s, settings, blur).halo) for s, x in zip(screws, samples)]
+        blur = float(np.median([fit_metal(x, settings, hardware).sigma_mm for x in samples]))
+    return [replace(s, halo=_measure_samples(x, s, settings, hardware, blur).halo) for s, x in zip(screws, samples)]

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         vol = case.volume
         verts = vertebrae_from_labels(vol, case.labels)
         t0 = time.time()
-        found = measure_screws(vol, detect_screws(vol, ss, vertebrae=verts), hs)
+        found = measure_screws(vol, detect_screws(vol, ss, vertebrae=verts), hs, ss)
         dt = time.time() - t0
         n_found_extra += max(0, len(found) - len(case.truth.screws))
         for ts, fs in match(found, case.truth.screws):

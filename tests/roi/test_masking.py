@@ -30,9 +30,9 @@ def test_cortex_removed_with_clearance_at_any_density(cancellous_hu):
     img, truth, inside, cortex, r = _shell_phantom(cancellous_hu)
     kept, n_exc = mask_roi(img, inside, inside, SP, s)
     assert n_exc > 0
-    assert r[kept].max() <= 11.0 - s.margin_mm(SP) + 1e-6
+    assert r[kept].max() <= 11.0 - s.margin_mm + 1e-6
     # most of the deep cancellous bone is kept (noise alone does not cut voxels)
-    deep = inside & (r < 11.0 - s.margin_mm(SP) - 1.5)
+    deep = inside & (r < 11.0 - s.margin_mm - 1.5)
     assert kept[deep].mean() > 0.99
     # and the kept mean equals the truth within 1 HU-equivalent of noise
     assert img[kept].mean() == pytest.approx(truth[kept].mean(), abs=1.5)
@@ -47,7 +47,7 @@ def test_sclerotic_focus_excluded():
     img = img + ndi.gaussian_filter(focus * 600.0, 0.5 / SP[0]).astype(np.float32)
     kept, _ = mask_roi(img, inside, inside, SP, s)
     dist = ndi.distance_transform_edt(~focus, sampling=SP)
-    assert dist[kept].min() > s.margin_mm(SP)
+    assert dist[kept].min() > s.margin_mm
     assert img[kept].mean() == pytest.approx(120.0, abs=2.0)
 
 

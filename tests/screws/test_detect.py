@@ -20,7 +20,7 @@ def test_no_metal_gives_no_screws():
 def test_single_screw_geometry(screw_block):
     """Entry/tip within 1 mm and the thread-crest diameter within 0.3 mm despite 3071-HU saturation."""
     vol, tr = screw_block(width_mm=0.0, clip=True, seed=1)
-    assert saturation_level(vol.array, metal_threshold_hu=2500.0) == pytest.approx(3071.0)
+    assert saturation_level(vol.array, metal_threshold_hu=2500.0, min_fraction=0.02, min_voxels=3) == pytest.approx(3071.0)
     (s,) = detect_screws(vol, SMOOTH)
     assert np.linalg.norm(np.subtract(s.entry_lps, tr["entry"])) < 1.0
     assert np.linalg.norm(np.subtract(s.tip_lps, tr["tip"])) < 1.0
@@ -30,7 +30,7 @@ def test_single_screw_geometry(screw_block):
 
 def test_extended_hu_scale(screw_block):
     vol, tr = screw_block(width_mm=0.0, clip=False, seed=2)
-    assert saturation_level(vol.array, metal_threshold_hu=2500.0) is None
+    assert saturation_level(vol.array, metal_threshold_hu=2500.0, min_fraction=0.02, min_voxels=3) is None
     (s,) = detect_screws(vol, SMOOTH)
     assert s.diameter_mm == pytest.approx(tr["diameter_mm"], abs=0.3)
 

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from bmdpipe.config import HaloSettings
+from bmdpipe.config import HaloSettings, ScrewSettings
 from bmdpipe.results import Screw
 from bmdpipe.screws import measure_halo, measure_screws
 from bmdpipe.screws.halo import measure_halo_detail
 
-SMOOTH = HaloSettings(thread_depth_mm=0.0)  # the phantoms have smooth shafts
+HALO = HaloSettings()
+SMOOTH = ScrewSettings(thread_depth_mm=0.0)  # the phantoms have smooth shafts
 
 
 def _true_screw(tr):
@@ -20,7 +21,7 @@ def _true_screw(tr):
 def test_full_arc_width(screw_block, width, clip):
     """Full-circumference halo: maximum width within 0.3 mm; loosened iff width >= 1 mm."""
     vol, tr = screw_block(width_mm=width, arc=1.0, clip=clip, seed=11)
-    h = measure_halo(vol, _true_screw(tr), SMOOTH)
+    h = measure_halo(vol, _true_screw(tr), HALO, SMOOTH)
     if width == 0.0:
         # known weakness: residual bloom-model mismatch reads 0.4-0.9 mm where there is no halo;
         # it must stay below the loosening threshold
@@ -30,43 +31,43 @@ def test_full_arc_width(screw_block, width, clip):
     assert h.loosened is (width >= 1.0)
     if width >= 1.0:
         assert h.circumference_fraction >= 0.8
-    assert h.width_map_mm is not None and h.width_map_mm.shape[1] == SMOOTH.n_angles
+    assert h.width_map_mm is not None and h.width_map_mm.shape[1] == HALO.n_angles
 
 
 def test_partial_arc_is_not_loosening(screw_block):
     """A 2 mm halo over 30 % of the circumference: wide, but not loose by the 50 % rule."""
     vol, tr = screw_block(width_mm=2.0, arc=0.3, seed=12)
-    h = measure_halo(vol, _true_screw(tr), SMOOTH)
+    h = measure_halo(vol, _true_screw(tr), HALO, SMOOTH)
     assert h.max_width_mm == pytest.approx(2.0, abs=0.35)
     assert h.circumference_fraction == pytest.approx(0.3, abs=0.12)
     assert not h.loosened
-    h2 = measure_halo(vol, _true_screw(tr), HaloSettings(thread_depth_mm=0.0, min_circumference_fraction=0.2))
+    h2 = measure_halo(vol, _true_screw(tr), HaloSettings(min_circumference_fraction=0.2), SMOOTH)
     assert h2.loosened  # the fraction is a setting
 
 
 def test_sclerotic_rim(screw_block):
     vol, tr = screw_block(width_mm=1.5, arc=1.0, rim=True, seed=13)
-    h = measure_halo(vol, _true_screw(tr), SMOOTH)
+    h = measure_halo(vol, _true_screw(tr), HALO, SMOOTH)
     assert h.sclerotic_rim
     assert h.max_width_mm == pytest.approx(1.5, abs=0.3)
     vol, tr = screw_block(width_mm=1.5, arc=1.0, rim=False, seed=13)
-    assert not measure_halo(vol, _true_screw(tr), SMOOTH).sclerotic_rim
+    assert not measure_halo(vol, _true_screw(tr), HALO, SMOOTH).sclerotic_rim
 
 
 def test_streak_neither_makes_nor_hides_a_call(screw_block):
     """A photon-starvation band through the screw is left out, not read as a halo."""
     vol, tr = screw_block(width_mm=0.0, streak=True, seed=14)
-    d = measure_halo_detail(vol, _true_screw(tr), SMOOTH)
+    d = measure_halo_detail(vol, _true_screw(tr), HALO, SMOOTH)
     assert d.streak.any()
     assert not d.halo.loosened
     assert d.halo.circumference_fraction < 0.5
     vol, tr = screw_block(width_mm=1.5, arc=1.0, streak=True, seed=14)
-    assert measure_halo(vol, _true_screw(tr), SMOOTH).loosened
+    assert measure_halo(vol, _true_screw(tr), HALO, SMOOTH).loosened
 
 
 def test_measure_screws_fills_halo(screw_block):
     vol, tr = screw_block(width_mm=0.0, seed=15)
-    (s,) = measure_screws(vol, [_true_screw(tr)], SMOOTH)
+    (s,) = measure_screws(vol, [_true_screw(tr)], HALO, SMOOTH)
     assert s.halo is not None and not s.halo.loosened
     assert np.isfinite(s.halo.mean_width_mm)
 
@@ -80,8 +81,8 @@ def test_screws_of_a_scan_share_the_blur(screw_block):
     first = _true_screw(tr)
     second = Screw(entry_lps=tuple(tr["second"]["entry"]), tip_lps=tuple(tr["second"]["tip"]),
                    length_mm=tr["length_mm"], diameter_mm=tr["diameter_mm"])
-    alone = [fit_metal(sample_screw(vol, s, SMOOTH), SMOOTH).sigma_mm for s in (first, second)]
-    a, b = measure_screws(vol, [first, second], SMOOTH)
+    alone = [fit_metal(sample_screw(vol, s, HALO, SMOOTH), HALO, SMOOTH).sigma_mm for s in (first, second)]
+    a, b = measure_screws(vol, [first, second], HALO, SMOOTH)
     assert a.halo.blur_sigma_mm == b.halo.blur_sigma_mm == pytest.approx(float(np.median(alone)), abs=1e-9)
     assert a.halo.blur_sigma_mm == pytest.approx(tr["psf_sigma_mm"], abs=0.05)
     assert a.halo.max_width_mm == pytest.approx(1.5, abs=0.3)

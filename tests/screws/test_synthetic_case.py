@@ -40,7 +40,7 @@ def test_post_operative_case(orientation):
                             ScrewSpec("L4", "right", halo_width_mm=0.0, diameter_mm=6.5)))
     case = synthetic.make_case(7, spec)
     found = detect_screws(case.volume, ScrewSettings(), vertebrae=_vertebrae(case.volume, case.labels))
-    found = measure_screws(case.volume, found, HaloSettings())
+    found = measure_screws(case.volume, found, HaloSettings(), ScrewSettings())
     assert len(found) == 2
     for ts in case.truth.screws:
         d = [np.linalg.norm(np.add(f.entry_lps, f.tip_lps) / 2 - np.add(ts.entry_lps, ts.tip_lps) / 2) for f in found]
