@@ -361,58 +361,48 @@ def run_batch(
     engine = store_db.open_db(url)
     try:
         jobs = build_jobs(discovery.series, options)
-        digests = {
-            job.ref.series_uid: (job_input_digest(job), job_settings_digest(job, settings))
-            for job in jobs
-        }
+        digests = {job.ref.series_uid: (job_input_digest(job), job_settings_digest(job, settings)) for job in jobs}
         with Session(engine) as session:
-            run_id = store_db.start_run(
-                session,
-                settings=_settings_record(settings),
-                settings_digest=settings_digest(settings),
-                command=command if command is not None else " ".join(sys.argv),
-            )
+            run_id = store_db.start_run(session, settings=_settings_record(settings),
+                                        settings_digest=settings_digest(settings),
+                                        command=command if command is not None else " ".join(sys.argv))
             done = store_db.processed_digests(session) if options.resume else {}
         run_uids = [item.series_uid or store_db.stray_key(item.path) for item in discovery.skipped]
-        run_uids += [j.ref.series_uid for j in jobs]
-        writer = _Writer(engine, run_id, out_dir, run_uids, options.csv_interval_s)
+        writer = _Writer(engine, run_id, out_dir, run_uids + [j.ref.series_uid for j in jobs], options.csv_interval_s)
         for item in discovery.skipped:
             writer.save(item, flush=False)
         todo = [j for j in jobs if done.get(j.ref.series_uid) != digests[j.ref.series_uid]]
         resumed = [j for j in jobs if done.get(j.ref.series_uid) == digests[j.ref.series_uid]]
-        n_total = len(jobs)
-        n_done = 0
-        for job in resumed:
-            n_done += 1
+        def report(result: SeriesResult, n_done: int) -> None:
             if progress:
-                progress(SeriesResult(series=job.ref.series_row(SeriesStatus.processed)), n_done, n_total)
+                progress(result, n_done, len(jobs))
+
+        for n_done, job in enumerate(resumed, start=1):  # resumed series come first, as processed
+            report(SeriesResult(series=job.ref.series_row(SeriesStatus.processed)), n_done)
         writer.flush()
-        failures = []
-        if todo and (options.scheduler or options.workers > 0):
-            results = _run_dask(todo, settings, process, workers=options.workers,
-                                scheduler=options.scheduler)
-        else:
-            results = _run_local(todo, settings, process)
-        for job, result in results:
-            inp, sett = digests[job.ref.series_uid]
-            writer.save(result, input_digest=inp, settings_digest=sett)
-            if result.series.status == SeriesStatus.failed:
-                failures.append((result.series.series_uid, result.series.stage, result.series.reason))
-            n_done += 1
-            if progress:
-                progress(result, n_done, n_total)
+        failures = _process(todo, options, settings, process, writer, digests,
+                            lambda result, i: report(result, len(resumed) + i))
         writer.flush()
         with Session(engine) as session:
             store_db.finish_run(session, run_id)
     finally:
         engine.dispose()
-    return RunSummary(
-        processed=len(todo) - len(failures),
-        failed=len(failures),
-        skipped=len(discovery.skipped),
-        resumed=len(resumed),
-        out_dir=out_dir,
-        failures=tuple(failures),
-        run_id=run_id,
-        db_url=url,
-    )
+    return RunSummary(processed=len(todo) - len(failures), failed=len(failures), skipped=len(discovery.skipped),
+                      resumed=len(resumed), out_dir=out_dir, failures=tuple(failures), run_id=run_id, db_url=url)
+
+
+def _process(todo: list[SeriesJob], options: RunOptions, settings: Settings, process, writer: _Writer,
+             digests: dict, progress: Callable[[SeriesResult, int], None]) -> list[tuple[str, str, str]]:
+    """Process the series (locally or on Dask), save each result as it comes; the failures."""
+    if todo and (options.scheduler or options.workers > 0):
+        results = _run_dask(todo, settings, process, workers=options.workers, scheduler=options.scheduler)
+    else:
+        results = _run_local(todo, settings, process)
+    failures = []
+    for i, (job, result) in enumerate(results, start=1):
+        inp, sett = digests[job.ref.series_uid]
+        writer.save(result, input_digest=inp, settings_digest=sett)
+        if result.series.status == SeriesStatus.failed:
+            failures.append((result.series.series_uid, result.series.stage, result.series.reason))
+        progress(result, i)
+    return failures

@@ -145,6 +145,90 @@ def _scheme_from_table(table: dict[int, str]) -> dict[int, str]:
     return out
 
 
+def _folder_labels(path: Path, volume: Volume) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Masks and inside-shares of a TotalSegmentator output folder's ``vertebrae_<LEVEL>.nii.gz`` files."""
+    import nibabel as nib
+
+    files = sorted(path.glob("vertebrae_*.nii*"))
+    if not files:
+        raise AnatomyError(f"labels folder {path} holds no vertebrae_<LEVEL>.nii.gz files "
+                           "(expected a TotalSegmentator output folder)")
+    masks, inside = {}, {}
+    for f in files:
+        lvl = level_from_class_name(f.name)
+        if lvl is None:
+            continue
+        img = nib.load(str(f))
+        data = np.asanyarray(img.dataobj) > 0
+        n_src = int(data.sum())
+        if n_src == 0:
+            continue
+        res = resample_labels(data, _lps_affine(img), volume) > 0
+        vr = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
+        masks[lvl] = res
+        inside[lvl] = float(res.sum() / (n_src * vr))
+    return masks, inside
+
+
+def _read_label_map(path: Path):
+    """A 3-D label map's image and voxels (a trailing axis of 1 dropped)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise AnatomyError(f"labels {path} have {data.ndim} dimensions; expected a 3-D label map")
+    return img, data
+
+
+class _LabelMap:
+    """A label map resampled onto the CT, with each id's voxel count before and after."""
+
+    def __init__(self, img, data: np.ndarray, volume: Volume):
+        self.resampled = resample_labels(data, _lps_affine(img), volume)
+        self.ratio_vox = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
+        ids, counts = np.unique(np.rint(data).astype(np.int64), return_counts=True)
+        self.n_src = dict(zip(ids.tolist(), counts.tolist()))
+        ids, counts = np.unique(self.resampled, return_counts=True)
+        self.n_res = dict(zip(ids.tolist(), counts.tolist()))
+
+    def masks(self, mapping: dict[int, str]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Per level named by ``mapping`` (id -> level): its mask on the CT and the share inside it."""
+        masks, inside = {}, {}
+        for vid, lvl in mapping.items():
+            if self.n_src.get(vid, 0) == 0:
+                continue
+            inside[lvl] = float(self.n_res.get(vid, 0) / (self.n_src[vid] * self.ratio_vox))
+            masks[lvl] = self.resampled == vid
+        return masks, inside
+
+
+def _guess_scheme(labels: _LabelMap, volume: Volume, settings: AnatomySettings, path: Path) -> str:
+    """The id scheme whose lumbar levels lie on bone in the right order (more levels, fewer problems);
+    an ambiguous or failed guess is an AnatomyError asking for ``anatomy.labels_format``."""
+    best, scores = None, {}
+    for key in ("verse", "totalseg_v1", "totalseg_v2"):
+        masks, inside = labels.masks(SCHEMES[key])
+        lum = [lvl for lvl in LUMBAR if lvl in masks and masks[lvl].any()]
+        if not lum:
+            continue
+        problems = check_labels(volume, {k: masks[k] for k in lum}, {k: inside[k] for k in lum}, settings)
+        scores[key] = len(lum) - 10 * len(problems)
+        if best is None or scores[key] > scores[best]:
+            best = key
+    if best is None or scores[best] <= 0:
+        raise AnatomyError(f"labels {path}: no lumbar vertebra label found under any known id scheme "
+                           "(VerSe 20-24, TotalSegmentator v1 18-22, v2 27-31) that lies on bone; "
+                           "set anatomy.labels_format or check that the labels belong to this CT")
+    tied = [k for k, v in scores.items() if v == scores[best] and k != best]
+    if tied:
+        raise AnatomyError(f"labels {path}: ids fit several schemes equally ({best}, {', '.join(tied)}); "
+                           "set anatomy.labels_format")
+    return best
+
+
 def load_labels(path: Path, volume: Volume, settings: AnatomySettings | None = None
                 ) -> tuple[dict[str, np.ndarray], dict[str, float], str]:
     """Read labels from ``path`` and resample them onto ``volume``'s grid.
@@ -172,90 +256,28 @@ def load_labels(path: Path, volume: Volume, settings: AnatomySettings | None = N
     AnatomyError
         File missing or unreadable, no vertebra label, ambiguous scheme.
     """
-    import nibabel as nib
-
     settings = settings or AnatomySettings()
     path = Path(path)
     if not path.exists():
         raise AnatomyError(f"labels {path} do not exist; pass a label NIfTI or a TotalSegmentator output folder")
-    ratio_vox = None
     try:
         if path.is_dir():
-            files = sorted(path.glob("vertebrae_*.nii*"))
-            if not files:
-                raise AnatomyError(f"labels folder {path} holds no vertebrae_<LEVEL>.nii.gz files "
-                                   "(expected a TotalSegmentator output folder)")
-            masks, inside = {}, {}
-            for f in files:
-                lvl = level_from_class_name(f.name)
-                if lvl is None:
-                    continue
-                img = nib.load(str(f))
-                data = np.asanyarray(img.dataobj) > 0
-                n_src = int(data.sum())
-                if n_src == 0:
-                    continue
-                res = resample_labels(data, _lps_affine(img), volume) > 0
-                vr = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
-                masks[lvl] = res
-                inside[lvl] = float(res.sum() / (n_src * vr))
-            return masks, inside, "folder"
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise AnatomyError(f"labels {path} have {data.ndim} dimensions; expected a 3-D label map")
+            return (*_folder_labels(path, volume), "folder")
+        img, data = _read_label_map(path)
         table = read_label_table(img.header.extensions)
-        ratio_vox = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
     except AnatomyError:
         raise
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise AnatomyError(f"labels {path} could not be read as NIfTI: {exc}") from exc
-    resampled = resample_labels(data, _lps_affine(img), volume)
-    ids_src, counts_src = np.unique(np.rint(data).astype(np.int64), return_counts=True)
-    n_src = dict(zip(ids_src.tolist(), counts_src.tolist()))
-    ids_res, counts_res = np.unique(resampled, return_counts=True)
-    n_res = dict(zip(ids_res.tolist(), counts_res.tolist()))
-
-    def build(mapping: dict[int, str]):
-        masks, inside = {}, {}
-        for vid, lvl in mapping.items():
-            if n_src.get(vid, 0) == 0:
-                continue
-            inside[lvl] = float(n_res.get(vid, 0) / (n_src[vid] * ratio_vox))
-            masks[lvl] = resampled == vid
-        return masks, inside
-
+    labels = _LabelMap(img, data, volume)
     if table:
         mapping = _scheme_from_table(table)
         if not mapping:
             raise AnatomyError(f"labels {path}: the header's label table names no vertebra "
                                f"(classes {sorted(set(table.values()))[:8]} ...)")
-        return (*build(mapping), "header")
-    fmt = settings.labels_format
-    if fmt != "auto":
-        return (*build(SCHEMES[fmt]), fmt)
-    # auto: try each scheme, keep the one whose lumbar levels lie on bone in the right order
-    best, scores = None, {}
-    for key in ("verse", "totalseg_v1", "totalseg_v2"):
-        masks, inside = build(SCHEMES[key])
-        lum = [lvl for lvl in LUMBAR if lvl in masks and masks[lvl].any()]
-        if not lum:
-            continue
-        problems = check_labels(volume, {k: masks[k] for k in lum}, {k: inside[k] for k in lum}, settings)
-        scores[key] = len(lum) - 10 * len(problems)
-        if best is None or scores[key] > scores[best]:
-            best = key
-    if best is None or scores[best] <= 0:
-        raise AnatomyError(f"labels {path}: no lumbar vertebra label found under any known id scheme "
-                           "(VerSe 20-24, TotalSegmentator v1 18-22, v2 27-31) that lies on bone; "
-                           "set anatomy.labels_format or check that the labels belong to this CT")
-    tied = [k for k, v in scores.items() if v == scores[best] and k != best]
-    if tied:
-        raise AnatomyError(f"labels {path}: ids fit several schemes equally ({best}, {', '.join(tied)}); "
-                           "set anatomy.labels_format")
-    return (*build(SCHEMES[best]), best)
+        return (*labels.masks(mapping), "header")
+    scheme = settings.labels_format if settings.labels_format != "auto" else _guess_scheme(labels, volume, settings, path)
+    return (*labels.masks(SCHEMES[scheme]), scheme)
 
 
 def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str, float],
@@ -397,7 +419,7 @@ def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings:
         mk = largest_component(m_c[sl])
         hu = np.asarray(hu_c_full[sl], dtype=np.float32)
         mk = _complete_posterior(mk, hu, frame.spacing, settings)
-        out.append(vertebra_geometry(volume, frame, hu, mk, tuple(int(v) for v in lo), lvl,
+        out.append(vertebra_geometry(volume, frame, mk, tuple(int(v) for v in lo), lvl,
                                      VERSE_IDS[lvl], settings, source="labels"))
     return out
 

@@ -178,6 +178,110 @@ def tall_bodies(vertebrae: Sequence[Vertebra], max_ratio: float) -> list[str]:
     return out
 
 
+#: the spine is found on a copy subsampled in-plane to about this spacing, mm (vertebrae are tens of mm)
+COARSE_GRID_MM = 1.5
+#: the patient's body (soft tissue, fat ~-100 HU) against air, on the smoothed image, HU
+BODY_HU = -300.0
+#: the body probe starts this far in front of the canal's anterior edge (the posterior wall's cortex), mm
+POSTERIOR_WALL_MM = 2.0
+#: a vertebra's box reaches this far from the canal's centre, left-right and AP (a lumbar vertebra
+#: with its transverse processes is ~80-90 mm wide), mm ...
+BOX_HALF_WIDTH_MM = 60.0
+#: ... and this much further anteriorly (the body lies in front of the canal), mm
+BOX_EXTRA_ANTERIOR_MM = 20.0
+#: when the probe's centre misses bone, the most common bone component within this many voxels is taken
+SEED_SEARCH_VOXELS = 5
+
+
+def _coarse_bone(hu: np.ndarray, sp: np.ndarray, settings: AnatomySettings):
+    """Smoothed HU, bone, bone with each slice's holes filled (gaps closed) and the patient's
+    left-right midline (column), on the coarse grid."""
+    sm = ndi.gaussian_filter(hu, [settings.smoothing_sigma_mm / s for s in sp], mode="nearest")
+    bone = sm > settings.bone_threshold_hu
+    filled = _fill_slices(bone, sp, settings.gap_close_mm)
+    bone = bone | (filled & ~_fill_slices(bone))  # closed gaps count as bone
+    body_mask = sm > BODY_HU
+    xs = np.flatnonzero(body_mask.any(axis=(0, 1)))
+    x_mid = float(np.median(np.nonzero(body_mask)[2])) if xs.size else bone.shape[2] / 2
+    return sm, bone, filled, x_mid
+
+
+def _probe_offset_mm(settings: AnatomySettings) -> float:
+    """Distance of the body probe's centre in front of the canal's centre, mm."""
+    return 0.5 * settings.default_canal_depth_mm + POSTERIOR_WALL_MM + settings.body_probe_radius_mm
+
+
+def _body_fill(filled: np.ndarray, cy: np.ndarray, cx: np.ndarray, sp: np.ndarray,
+               settings: AnatomySettings) -> np.ndarray:
+    """Per slice, the filled-bone share of an axial disk in front of the canal.
+
+    A body slice's disk is enclosed bone (cortical ring filled, gaps closed); a disc's is not. Not
+    its mean HU: on 3 mm slices a thin disc between two endplates averages above
+    ``bone_threshold_hu`` (the real CT's T12/L1 disc: 113-117 HU), as much as an osteoporotic
+    body's own cancellous core (90-100 HU), so only the fill tells them apart.
+    """
+    nz, ny, nx = filled.shape
+    r = settings.body_probe_radius_mm
+    yy, xx = np.ogrid[:ny, :nx]
+    fill = np.zeros(nz)
+    for k in range(nz):
+        py = cy[k] - _probe_offset_mm(settings) / sp[1]
+        disk = ((yy - py) * sp[1]) ** 2 + ((xx - cx[k]) * sp[2]) ** 2 <= r * r
+        if disk.any():
+            fill[k] = filled[k][disk].mean()
+    return fill
+
+
+def _whole_body_runs(fill: np.ndarray, found: np.ndarray, dz: float, settings: AnatomySettings) -> list:
+    """Runs of body slices, superior first, that neither touch the scan's ends nor lie wholly beyond
+    the first or last canal detection (where the track is extrapolated and the probe no longer follows
+    the spine: the sacrum below L5 on the real 3 mm CT)."""
+    nz = fill.size
+    edge = int(np.ceil(settings.fov_edge_margin_mm / dz))
+    runs = [(a, b) for a, b in body_runs(fill, dz, settings) if a > edge - 1 and b < nz - edge + 1 and a > 0 and b < nz]
+    seen = np.flatnonzero(found)
+    runs = [(a, b) for a, b in runs if b > seen[0] and a <= seen[-1]]
+    if not runs:
+        raise AnatomyError("no whole vertebral body found along the spinal canal (bone fill anterior to the "
+                           "canal never forms a body-length run); pass --labels")
+    return runs[::-1]  # canonical z increases superiorly
+
+
+def _vertebra_mask(hb: np.ndarray, sp_full: np.ndarray, y_body: int, seed: tuple[int, int],
+                   settings: AnatomySettings, name: str) -> np.ndarray:
+    """The connected bone of a vertebra in its box (full resolution), the canal left out.
+
+    Gaps of the cortical ring are closed in the body only (rows before ``y_body``), so that the
+    concavities between pedicle, processes and lamina stay out of the mask. ``seed``: the body
+    probe's (row, column) on the box's middle slice.
+    """
+    sig_f = [settings.smoothing_sigma_mm / s for s in sp_full]
+    sm_b = ndi.gaussian_filter(hb, sig_f, mode="nearest")
+    bb = sm_b > settings.bone_threshold_hu
+    fb = _fill_slices(bb)
+    fb[:, :max(0, y_body)] |= _fill_slices(bb, sp_full, settings.gap_close_mm)[:, :max(0, y_body)]
+    holes = fb & ~bb
+    hl, nh = ndi.label(holes)
+    if nh:
+        # the canal: holes holding CSF / cord / fat behind the body (an osteoporotic body's own core
+        # can be as low as the canal), not low-density cancellous bone
+        ids = np.arange(1, nh + 1)
+        means = ndi.mean(sm_b, hl, ids)
+        ycen = np.array([c[1] for c in ndi.center_of_mass(holes, hl, ids)])
+        fb &= ~np.isin(hl, ids[(means < settings.canal_max_hu) & (ycen > y_body)])
+    lab, _ = ndi.label(fb)
+    kb, (pyb, pxb) = fb.shape[0] // 2, seed
+    seed_id = lab[kb, pyb, pxb]
+    if seed_id == 0:
+        n = SEED_SEARCH_VOXELS
+        ids, cnt = np.unique(lab[kb][max(0, pyb - n):pyb + n + 1, max(0, pxb - n):pxb + n + 1], return_counts=True)
+        cnt, ids = cnt[ids > 0], ids[ids > 0]
+        if ids.size == 0:
+            raise AnatomyError(f"{name}: no bone at the body position found by the localiser; pass --labels")
+        seed_id = ids[np.argmax(cnt)]
+    return lab == seed_id
+
+
 def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, *,
                        levels: Sequence[str] | None = None) -> list[Vertebra]:
     """Find the vertebral bodies on the CT and measure each vertebra.
@@ -206,45 +310,12 @@ def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, 
     settings = settings or AnatomySettings()
     frame = CanonicalFrame.of(volume)
     sp_full = np.asarray(frame.spacing)
-    step = np.array([1, max(1, int(round(1.5 / sp_full[1]))), max(1, int(round(1.5 / sp_full[2])))])
+    step = np.array([1, max(1, int(round(COARSE_GRID_MM / sp_full[1]))), max(1, int(round(COARSE_GRID_MM / sp_full[2])))])
     sp = sp_full * step
     hu_full = frame.to_canonical(volume.array)
-    hu = np.asarray(hu_full[:, ::step[1], ::step[2]], dtype=np.float32)
-    sig = [settings.smoothing_sigma_mm / s for s in sp]
-    sm = ndi.gaussian_filter(hu, sig, mode="nearest")
-    bone = sm > settings.bone_threshold_hu
-    filled = _fill_slices(bone, sp, settings.gap_close_mm)
-    bone = bone | (filled & ~_fill_slices(bone))  # closed gaps count as bone
-    body_mask = sm > -300.0
-    xs = np.flatnonzero(body_mask.any(axis=(0, 1)))
-    x_mid = float(np.median(np.nonzero(body_mask)[2])) if xs.size else bone.shape[2] / 2
+    sm, bone, filled, x_mid = _coarse_bone(np.asarray(hu_full[:, ::step[1], ::step[2]], dtype=np.float32), sp, settings)
     cy, cx, found = find_canal(sm, bone, filled, sp, x_mid, settings)
-    # body probe: disk anterior to the canal
-    nz, ny, nx = bone.shape
-    r = settings.body_probe_radius_mm
-    yy, xx = np.ogrid[:ny, :nx]
-    fill = np.zeros(nz)
-    off_y = (0.5 * settings.default_canal_depth_mm + 2.0 + r)
-    for k in range(nz):
-        py = cy[k] - off_y / sp[1]
-        disk = ((yy - py) * sp[1]) ** 2 + ((xx - cx[k]) * sp[2]) ** 2 <= r * r
-        if disk.any():
-            # a body slice: the disk is enclosed bone (cortical ring filled, gaps closed); a disc is
-            # not. Not its mean HU: on 3 mm slices a thin disc between two endplates averages
-            # above bone_threshold_hu (the real CT's T12/L1 disc: 113-117 HU), as much as an
-            # osteoporotic body's own cancellous core (90-100 HU), so only the fill tells them apart
-            fill[k] = filled[k][disk].mean()
-    runs = body_runs(fill, sp[0], settings)
-    edge = int(np.ceil(settings.fov_edge_margin_mm / sp[0]))
-    runs = [(a, b) for a, b in runs if a > edge - 1 and b < nz - edge + 1 and a > 0 and b < nz]
-    # beyond the first and last canal detection the track is extrapolated and the probe no longer
-    # follows the spine: a run there is not a located body (the sacrum below L5 on the real 3 mm CT)
-    seen = np.flatnonzero(found)
-    runs = [(a, b) for a, b in runs if b > seen[0] and a <= seen[-1]]
-    if not runs:
-        raise AnatomyError("no whole vertebral body found along the spinal canal (bone fill anterior to the "
-                           "canal never forms a body-length run); pass --labels")
-    runs = runs[::-1]  # superior first (canonical z increases superiorly)
+    runs = _whole_body_runs(_body_fill(filled, cy, cx, sp, settings), found, sp[0], settings)
     if levels is not None and len(levels) != len(runs):
         where = ", ".join(f"z {frame.canonical_to_lps(volume, [0.5 * (a + b), cy[(a + b) // 2] * step[1], cx[(a + b) // 2] * step[2]])[2]:.0f} mm"
                           for a, b in runs)
@@ -252,50 +323,19 @@ def localize_vertebrae(volume: Volume, settings: AnatomySettings | None = None, 
                            f"{len(levels)} ({', '.join(levels)}); give as many levels as whole lumbar bodies in the scan "
                            "or pass --labels")
     names = list(levels) if levels is not None else [f"V{i + 1}" for i in range(len(runs))]
+    half = [int(np.ceil(BOX_HALF_WIDTH_MM / sp_full[1])), int(np.ceil(BOX_HALF_WIDTH_MM / sp_full[2]))]
     out = []
     for name, (a, b) in zip(names, runs):
         kc = (a + b) // 2
         ycan, xcan = cy[kc] * step[1], cx[kc] * step[2]
-        half = [int(np.ceil(60.0 / sp_full[1])), int(np.ceil(60.0 / sp_full[2]))]
-        lo = np.array([a, max(0, int(ycan) - half[0] - int(20 / sp_full[1])), max(0, int(xcan) - half[1])])
+        lo = np.array([a, max(0, int(ycan) - half[0] - int(BOX_EXTRA_ANTERIOR_MM / sp_full[1])), max(0, int(xcan) - half[1])])
         hi = np.array([b, min(hu_full.shape[1], int(ycan) + half[0]), min(hu_full.shape[2], int(xcan) + half[1])])
-        sl = tuple(slice(int(p), int(q)) for p, q in zip(lo, hi))
-        hb = np.asarray(hu_full[sl], dtype=np.float32)
-        sig_f = [settings.smoothing_sigma_mm / s for s in sp_full]
-        bb = ndi.gaussian_filter(hb, sig_f, mode="nearest") > settings.bone_threshold_hu
-        # gaps of the cortical ring are closed in the body only (anterior to the canal), so that
-        # the concavities between pedicle, processes and lamina stay out of the mask
-        y_body = int(cy[kc] * step[1] - lo[1] - (0.5 * settings.default_canal_depth_mm - 2.0) / sp_full[1])
-        fb = _fill_slices(bb)
-        fb[:, :max(0, y_body)] |= _fill_slices(bb, sp_full, settings.gap_close_mm)[:, :max(0, y_body)]
-        holes = fb & ~bb
-        hl, nh = ndi.label(holes)
-        if nh:
-            # remove the canal: holes holding CSF / cord / fat, not low-density cancellous bone
-            sm_b = ndi.gaussian_filter(hb, sig_f, mode="nearest")
-            ids = np.arange(1, nh + 1)
-            means = ndi.mean(sm_b, hl, ids)
-            # only holes behind the body: an osteoporotic body's own core can be as low as the canal
-            ycen = np.array([c[1] for c in ndi.center_of_mass(holes, hl, ids)])
-            canal_ids = ids[(means < settings.canal_max_hu) & (ycen > y_body)]
-            fb &= ~np.isin(hl, canal_ids)
-        lab, n = ndi.label(fb)
-        kb = fb.shape[0] // 2
-        pyb = int(round((cy[kc] - off_y / sp[1]) * step[1] - lo[1]))
-        pxb = int(round(xcan - lo[2]))
-        pyb = int(np.clip(pyb, 0, fb.shape[1] - 1))
-        seed_id = lab[kb, pyb, pxb]
-        if seed_id == 0:
-            ids, cnt = np.unique(lab[kb][max(0, pyb - 5):pyb + 6, max(0, pxb - 5):pxb + 6], return_counts=True)
-            cnt = cnt[ids > 0]
-            ids = ids[ids > 0]
-            if ids.size == 0:
-                raise AnatomyError(f"{name}: no bone at the body position found by the localiser; pass --labels")
-            seed_id = ids[np.argmax(cnt)]
-        mask = lab == seed_id
-        vid = VERSE_IDS.get(name.upper())
+        hb = np.asarray(hu_full[tuple(slice(int(p), int(q)) for p, q in zip(lo, hi))], dtype=np.float32)
         # the body ends at the canal's anterior edge (canal centre - half the typical depth + 2 mm)
-        limit = cy[kc] * step[1] - lo[1] - (0.5 * settings.default_canal_depth_mm - 2.0) / sp_full[1]
-        out.append(vertebra_geometry(volume, frame, hb, mask, tuple(int(v) for v in lo), name, vid, settings,
-                                     source="localized", body_posterior_limit=limit))
+        limit = cy[kc] * step[1] - lo[1] - (0.5 * settings.default_canal_depth_mm - POSTERIOR_WALL_MM) / sp_full[1]
+        pyb = int(round((cy[kc] - _probe_offset_mm(settings) / sp[1]) * step[1] - lo[1]))
+        seed = (int(np.clip(pyb, 0, hb.shape[1] - 1)), int(round(xcan - lo[2])))
+        mask = _vertebra_mask(hb, sp_full, int(limit), seed, settings, name)
+        out.append(vertebra_geometry(volume, frame, mask, tuple(int(v) for v in lo), name, VERSE_IDS.get(name.upper()),
+                                     settings, source="localized", body_posterior_limit=limit))
     return out

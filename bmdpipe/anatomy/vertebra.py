@@ -30,6 +30,8 @@ Method
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -245,9 +247,111 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
     return entry, isth, target, width, height
 
 
-def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, mask_c: np.ndarray,
-                      offset_c, name: str, verse: int | None, settings: AnatomySettings,
-                      *, source: str = "labels", body_posterior_limit: float | None = None) -> Vertebra:
+#: the lamina lies at least this far behind the posterior wall, mm (lumbar canal AP depth 15-20 mm,
+#: Eisenstein 1977; closer bone is the wall's own irregularity)
+MIN_CANAL_DEPTH_MM = 6.0
+#: a measured lumbar canal width outside this range is a failed measurement, clipped to it, mm
+#: (interpedicular distance 20-28 mm, Eisenstein 1977, with wide margins)
+CANAL_WIDTH_RANGE_MM = (10.0, 40.0)
+
+
+def _vertebral_body(mask: np.ndarray, sp, settings: AnatomySettings, name: str,
+                    body_posterior_limit: float | None) -> np.ndarray:
+    """The vertebral body in a (hole-filled) vertebra mask: opening by a ball that pedicles, laminae
+    and processes do not hold; of several parts the largest (ties: the most anterior)."""
+    body = open_mm(mask, settings.body_opening_radius_mm, sp)
+    if not body.any():
+        body = open_mm(mask, 0.5 * settings.body_opening_radius_mm, sp)
+    if body_posterior_limit is not None:
+        body[:, int(np.ceil(body_posterior_limit)) + 1:, :] = False
+    if not body.any():
+        raise AnatomyError(f"{name}: no vertebral body found in its mask ({int(mask.sum())} voxels); "
+                           "check the labels or the localisation")
+    lab, n = ndi.label(body)
+    if n > 1:
+        sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+        ant = np.array([ndi.center_of_mass(lab == i)[1] for i in range(1, n + 1)])
+        body = lab == (int(np.argmax(sizes - 1e-3 * ant)) + 1)
+    return ndi.binary_fill_holes(body)
+
+
+@dataclass(frozen=True)
+class _BodyExtent:
+    """A body's centre (canonical voxel index), the slices of its central column, its size (mm),
+    its posterior wall's row and its left-right middle at mid-height (canonical index)."""
+
+    centre: tuple[float, float, float]
+    z_lo: int
+    z_hi: int
+    height_mm: float
+    width_mm: float
+    depth_mm: float
+    y_posterior: int
+    x_mid: float
+
+
+def _body_extent(body: np.ndarray, sp) -> _BodyExtent:
+    cz, cy, cx = ndi.center_of_mass(body)
+    zs = np.flatnonzero(body.any(axis=(1, 2)))
+    col = body[:, max(0, int(cy) - 1):int(cy) + 2, max(0, int(cx) - 1):int(cx) + 2].any(axis=(1, 2))
+    zcol = np.flatnonzero(col)
+    z_lo, z_hi = (zcol.min(), zcol.max()) if zcol.size else (zs.min(), zs.max())
+    zmid = int(round(0.5 * (z_lo + z_hi)))
+    slab = body[max(0, zmid - 1):zmid + 2].any(axis=0)
+    xr = np.flatnonzero(slab[int(round(cy))])
+    yr = np.flatnonzero(slab[:, int(round(cx))])
+    return _BodyExtent(
+        centre=(cz, cy, cx), z_lo=z_lo, z_hi=z_hi, height_mm=float((z_hi - z_lo + 1) * sp[0]),
+        width_mm=float((xr.max() - xr.min() + 1) * sp[2]) if xr.size else float(slab.any(0).sum() * sp[2]),
+        depth_mm=float((yr.max() - yr.min() + 1) * sp[1]) if yr.size else float(slab.any(1).sum() * sp[1]),
+        y_posterior=int(yr.max()) if yr.size else int(round(cy)), x_mid=float(xr.mean()) if xr.size else cx)
+
+
+def _canal(mask: np.ndarray, ext: _BodyExtent, sp, settings: AnatomySettings) -> tuple[int, float, float, float]:
+    """The canal behind the body, in the body's upper half: the lamina's row, the canal's AP depth
+    (mm), its centre row and its width (mm; the defaults when the lamina or the pedicles are not found)."""
+    z0 = int(round(0.5 * (ext.z_lo + ext.z_hi))) - 1
+    zr = (max(0, min(z0, ext.z_hi)), ext.z_hi)
+    xi = int(round(ext.x_mid))
+    y_bp = ext.y_posterior
+    band = mask[zr[0]:zr[1] + 1, :, max(0, xi - 1):xi + 2].any(axis=(0, 2))
+    post = np.flatnonzero(band[y_bp + 1:]) + y_bp + 1
+    lam = [y for y in post if y > y_bp + 1 + max(1, int(round(MIN_CANAL_DEPTH_MM / sp[1])))]
+    y_lam = int(lam[0]) if lam else int(round(y_bp + settings.default_canal_depth_mm / sp[1]))
+    y_canal = 0.5 * (y_bp + y_lam)
+    row = mask[zr[0]:zr[1] + 1, int(round(min(y_canal, mask.shape[1] - 1))), :].any(axis=0)
+    left = np.flatnonzero(row[xi:])
+    right = np.flatnonzero(row[:xi + 1][::-1])
+    if left.size and right.size and left[0] > 0 and right[0] > 0:
+        width = (left[0] + right[0] - 1) * sp[2]
+    else:
+        width = settings.default_canal_width_mm
+    return y_lam, (y_lam - y_bp - 1) * sp[1], y_canal, float(np.clip(width, *CANAL_WIDTH_RANGE_MM))
+
+
+def _pedicle_axes(mask: np.ndarray, body: np.ndarray, ext: _BodyExtent, y_lam: int, canal_width_mm: float,
+                  name: str, sp, settings: AnatomySettings, to_lps) -> tuple[PedicleAxis, ...]:
+    """Both pedicles' axes (LPS, through ``to_lps``); sagittally parallel to the endplates: the mask's
+    endplates within the body's footprint, not the opened (rounded) body's; a tilt beyond
+    ``max_pedicle_sagittal_deg`` is a failed measurement (0 used)."""
+    typical = typical_transverse_angle(name, settings)
+    tilt = body_sagittal_tilt(mask & body.any(axis=0)[None], sp, settings.body_tilt_min_column_height_fraction)
+    tilt = tilt if abs(tilt) <= settings.max_pedicle_sagittal_deg else 0.0
+    z_rng = (max(0, ext.z_lo - 1), min(mask.shape[0] - 1, ext.z_hi + 1))
+    out = []
+    for side, sign in ((Side.left, 1.0), (Side.right, -1.0)):
+        res = _pedicle(mask, body, sign, z_rng, ext.y_posterior, y_lam, ext.x_mid, 0.5 * canal_width_mm, sp,
+                       settings, ext.depth_mm, typical, tilt)
+        if res is not None:
+            entry, isth, target, w, h = res
+            out.append(PedicleAxis(side=side, entry_lps=to_lps(entry), isthmus_lps=to_lps(isth),
+                                   target_lps=to_lps(target), isthmus_width_mm=w, isthmus_height_mm=h))
+    return tuple(out)
+
+
+def vertebra_geometry(volume: Volume, frame: CanonicalFrame, mask_c: np.ndarray, offset_c, name: str,
+                      verse: int | None, settings: AnatomySettings, *, source: str = "labels",
+                      body_posterior_limit: float | None = None) -> Vertebra:
     """Measure one vertebra from its canonical box.
 
     Parameters
@@ -256,10 +360,8 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
         The CT (for the LPS mapping only).
     frame : CanonicalFrame
         Canonical frame of ``volume``.
-    hu_c : (Z, Y, X) ndarray of float
-        HU in the canonical box.
     mask_c : (Z, Y, X) ndarray of bool
-        Whole-vertebra mask in the same box.
+        Whole-vertebra mask in the canonical box.
     offset_c : tuple of int
         Canonical index of the box's first voxel.
     name, verse : str, int or None
@@ -283,94 +385,26 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, hu_c: np.ndarray, m
     """
     sp = frame.spacing
     mask = ndi.binary_fill_holes(mask_c)
-    body = open_mm(mask, settings.body_opening_radius_mm, sp)
-    if not body.any():
-        body = open_mm(mask, 0.5 * settings.body_opening_radius_mm, sp)
-    if body_posterior_limit is not None:
-        body[:, int(np.ceil(body_posterior_limit)) + 1:, :] = False
-    if not body.any():
-        raise AnatomyError(f"{name}: no vertebral body found in its mask ({int(mask.sum())} voxels); "
-                           "check the labels or the localisation")
-    lab, n = ndi.label(body)
-    if n > 1:
-        sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-        ant = np.array([ndi.center_of_mass(lab == i)[1] for i in range(1, n + 1)])
-        # largest, ties broken by the most anterior
-        score = sizes - 1e-3 * ant
-        body = lab == (int(np.argmax(score)) + 1)
-    body = ndi.binary_fill_holes(body)
-    cz, cy, cx = ndi.center_of_mass(body)
-    zs = np.flatnonzero(body.any(axis=(1, 2)))
-    # central column: height
-    col = body[:, max(0, int(cy) - 1):int(cy) + 2, max(0, int(cx) - 1):int(cx) + 2].any(axis=(1, 2))
-    zcol = np.flatnonzero(col)
-    z_lo, z_hi = (zcol.min(), zcol.max()) if zcol.size else (zs.min(), zs.max())
-    height = float((z_hi - z_lo + 1) * sp[0])
-    zmid = int(round(0.5 * (z_lo + z_hi)))
-    slab = body[max(0, zmid - 1):zmid + 2].any(axis=0)
-    row = slab[int(round(cy))]
-    colx = slab[:, int(round(cx))]
-    xr = np.flatnonzero(row)
-    yr = np.flatnonzero(colx)
-    width = float((xr.max() - xr.min() + 1) * sp[2]) if xr.size else float(slab.any(0).sum() * sp[2])
-    depth = float((yr.max() - yr.min() + 1) * sp[1]) if yr.size else float(slab.any(1).sum() * sp[1])
-    y_bp = int(yr.max()) if yr.size else int(round(cy))
-    x_mid = float(xr.mean()) if xr.size else cx
-    # canal: gap along the midline posterior to the body, in the upper half of the body
-    zr = (int(round(0.5 * (z_lo + z_hi))) - 1, z_hi)
-    zr = (max(0, min(zr[0], z_hi)), z_hi)
-    xi = int(round(x_mid))
-    band = mask[zr[0]:zr[1] + 1, :, max(0, xi - 1):xi + 2].any(axis=(0, 2))
-    post = np.flatnonzero(band[y_bp + 1:]) + y_bp + 1
-    gap_start = y_bp + 1
-    lam = [y for y in post if y > gap_start + max(1, int(round(6.0 / sp[1])))]
-    if lam:
-        y_lam = int(lam[0])
-    else:
-        y_lam = int(round(y_bp + settings.default_canal_depth_mm / sp[1]))
-    canal_depth = (y_lam - y_bp - 1) * sp[1]
-    y_canal = 0.5 * (y_bp + y_lam)
-    # canal width at its centre row, upper half of the body
-    sl = mask[zr[0]:zr[1] + 1, int(round(min(y_canal, mask.shape[1] - 1))), :].any(axis=0)
-    left = np.flatnonzero(sl[xi:])
-    right = np.flatnonzero(sl[:xi + 1][::-1])
-    if left.size and right.size and left[0] > 0 and right[0] > 0:
-        canal_w = (left[0] + right[0] - 1) * sp[2]
-    else:
-        canal_w = settings.default_canal_width_mm
-    canal_w = float(np.clip(canal_w, 10.0, 40.0))
-    pedicles = []
-    typical = typical_transverse_angle(name, settings)
-    # sagittally the pedicle axes run parallel to the endplates (the sections' own tilt is cut short
-    # by the body's height range they are taken from): the mask's endplates within the body's
-    # footprint, not the opened (rounded) body's; a tilt beyond max_pedicle_sagittal_deg = failed
-    tilt = body_sagittal_tilt(mask & body.any(axis=0)[None], sp, settings.body_tilt_min_column_height_fraction)
-    tilt = tilt if abs(tilt) <= settings.max_pedicle_sagittal_deg else 0.0
-    z_rng = (max(0, z_lo - 1), min(mask.shape[0] - 1, z_hi + 1))
-    for side, sign in ((Side.left, 1.0), (Side.right, -1.0)):
-        res = _pedicle(mask, body, sign, z_rng, y_bp, y_lam, x_mid, 0.5 * canal_w, sp, settings, depth, typical,
-                       tilt)
-        if res is None:
-            continue
-        entry, isth, target, w, h = res
-        off = np.asarray(offset_c, float)
-        to_lps = lambda p: tuple(float(v) for v in frame.canonical_to_lps(volume, p + off))  # noqa: E731
-        pedicles.append(PedicleAxis(side=side, entry_lps=to_lps(entry), isthmus_lps=to_lps(isth),
-                                    target_lps=to_lps(target), isthmus_width_mm=w, isthmus_height_mm=h))
-    cancellous = _erode_mm(body, settings.cortex_thickness_mm, sp)
+    body = _vertebral_body(mask, sp, settings, name, body_posterior_limit)
+    ext = _body_extent(body, sp)
+    y_lam, canal_depth, y_canal, canal_w = _canal(mask, ext, sp, settings)
     off = np.asarray(offset_c, float)
-    lps = lambda p: tuple(float(v) for v in frame.canonical_to_lps(volume, np.asarray(p, float) + off))  # noqa: E731
+
+    def lps(p) -> tuple[float, float, float]:
+        return tuple(float(v) for v in frame.canonical_to_lps(volume, np.asarray(p, float) + off))
+
+    pedicles = _pedicle_axes(mask, body, ext, y_lam, canal_w, name, sp, settings, lps)
+    cancellous = _erode_mm(body, settings.cortex_thickness_mm, sp)
     o_off, o_mask = frame.box_to_original(offset_c, mask)
     _, o_body = frame.box_to_original(offset_c, body)
     _, o_canc = frame.box_to_original(offset_c, cancellous)
-    cen = ndi.center_of_mass(mask)
+    cz, cy, cx = ext.centre
     return Vertebra(
-        name=name, verse_id=verse, offset=o_off, mask=o_mask, centroid_lps=lps(cen),
+        name=name, verse_id=verse, offset=o_off, mask=o_mask, centroid_lps=lps(ndi.center_of_mass(mask)),
         body_mask=o_body, cancellous_mask=o_canc,
-        canal_center_lps=lps((cz, y_canal, x_mid)), body_center_lps=lps((cz, cy, cx)),
-        body_width_mm=width, body_depth_mm=depth, body_height_mm=height,
-        pedicles=tuple(pedicles), source=source,
-        canal_width_mm=canal_w, canal_depth_mm=float(canal_depth),
+        canal_center_lps=lps((cz, y_canal, ext.x_mid)), body_center_lps=lps((cz, cy, cx)),
+        body_width_mm=ext.width_mm, body_depth_mm=ext.depth_mm, body_height_mm=ext.height_mm,
+        pedicles=pedicles, source=source, canal_width_mm=canal_w, canal_depth_mm=float(canal_depth),
     )
 
 

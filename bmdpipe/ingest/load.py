@@ -59,6 +59,108 @@ def _refuse(label: str, problem: str, todo: str) -> SeriesError:
     return SeriesError(f"series {label}: {problem}; {todo}")
 
 
+def _check_frame_geometry(frames: Sequence[FrameHeader], label: str, settings: IngestSettings) -> None:
+    """Every image has a position, an orientation and a pixel spacing, the same for all of them."""
+    missing = [f for f in frames if f.position is None or f.orientation is None]
+    if missing:
+        f = missing[0]
+        where = f"{f.path.name}" + (f" frame {f.frame}" if f.frame is not None else "")
+        raise _refuse(label, f"ImagePositionPatient/ImageOrientationPatient missing in {where} "
+                             f"({len(missing)} image(s))", "cannot place the slices in space; re-export the series")
+    no_spacing = [f for f in frames if f.pixel_spacing is None or min(f.pixel_spacing) <= 0]
+    if no_spacing:
+        raise _refuse(label, f"PixelSpacing missing or invalid in {no_spacing[0].path.name}",
+                      "cannot measure in mm; re-export the series with PixelSpacing")
+    ori = np.array([f.orientation for f in frames], dtype=float)
+    dev = np.abs(ori - ori[0]).max()
+    if dev > settings.orientation_tolerance:
+        raise _refuse(label, f"slices have different orientations (direction cosines differ by {dev:.3g} > "
+                             f"ingest.orientation_tolerance {settings.orientation_tolerance})",
+                      "the series mixes image planes; export the axial series alone")
+    ps = np.array([f.pixel_spacing for f in frames], dtype=float)
+    if np.abs(ps - ps[0]).max() > settings.pixel_spacing_tolerance_mm:
+        raise _refuse(label, f"slices have different PixelSpacing ({ps.min():.4g}..{ps.max():.4g} mm)",
+                      "the series mixes reconstructions; export one reconstruction per series")
+
+
+def _image_axes(orientation, label: str) -> np.ndarray:
+    """(3, 3) LPS unit vectors of the rows, the columns and the slice normal (ImageOrientationPatient,
+    often written with 4-6 digits, re-orthonormalised)."""
+    ori = np.asarray(orientation, dtype=float)
+    r = ori[:3] / np.linalg.norm(ori[:3])
+    c = ori[3:] / np.linalg.norm(ori[3:])
+    if np.linalg.norm(np.cross(r, c)) < 0.99 or abs(float(r @ c)) > 1e-3:
+        raise _refuse(label, "ImageOrientationPatient is not two orthogonal unit vectors",
+                      "the header is corrupt; re-export the series")
+    c = c - (c @ r) * r
+    c /= np.linalg.norm(c)
+    return np.column_stack([r, c, np.cross(r, c)])
+
+
+def _drop_duplicate_copies(frames: list[FrameHeader], proj: np.ndarray, label: str,
+                           settings: IngestSettings) -> tuple[list[int], list[str]]:
+    """Indices of the frames (sorted along the normal) to keep: a second copy of the same image is
+    dropped with a warning, two different images at one position refuse the series."""
+    keep = [0]
+    dup_groups = 0
+    for i in range(1, len(frames)):
+        if proj[i] - proj[keep[-1]] <= settings.duplicate_position_tolerance_mm:
+            a, b = frames[keep[-1]], frames[i]
+            if a.sop_instance_uid and a.sop_instance_uid == b.sop_instance_uid and a.frame == b.frame:
+                dup_groups += 1
+                continue
+            raise _refuse(label, f"two different slices at the same position ({proj[i]:.2f} mm along the normal: "
+                                 f"{a.path.name}, {b.path.name}; AcquisitionNumber {a.acquisition_number}/"
+                                 f"{b.acquisition_number})",
+                          "the series holds more than one acquisition or reconstruction; split it")
+        keep.append(i)
+    return keep, [f"{dup_groups} duplicate copy(ies) of the same slice ignored"] if dup_groups else []
+
+
+def _tilt_warnings(pos: np.ndarray, normal: np.ndarray, label: str, settings: IngestSettings) -> list[str]:
+    """Gantry tilt (the slice positions step off the normal): refused above ``max_gantry_tilt_deg``."""
+    step = pos[-1] - pos[0]
+    cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
+    tilt = float(np.degrees(np.arccos(min(1.0, cosang))))
+    if tilt > settings.max_gantry_tilt_deg:
+        raise _refuse(label, f"gantry tilt of {tilt:.1f} deg (slices are sheared; ingest.max_gantry_tilt_deg "
+                             f"{settings.max_gantry_tilt_deg})",
+                      "resample the series to an orthogonal grid (e.g. a tilt-corrected reconstruction)")
+    return [f"gantry tilt {tilt:.2f} deg ignored (below ingest.max_gantry_tilt_deg)"] if tilt > 0.01 else []
+
+
+def _slots_with_gaps(frames: list[FrameHeader], proj: np.ndarray, label: str,
+                     settings: IngestSettings) -> tuple[list[FrameHeader | None], list[str]]:
+    """One slot per output slice: the frames, with ``None`` for each missing slice of a gap (up to
+    ``max_missing_slices``); irregular spacing refuses the series."""
+    gaps = np.diff(proj)
+    dz0 = float(np.median(gaps))
+    ratio = gaps / dz0
+    steps = np.rint(ratio).astype(int)
+    tol = settings.slice_spacing_tolerance
+    irregular = np.abs(ratio - steps) > tol * np.maximum(steps, 1)
+    if irregular.any() or (steps < 1).any():
+        i = int(np.flatnonzero(irregular | (steps < 1))[0])
+        raise _refuse(label, f"non-uniform slice spacing: {gaps[i]:.3f} mm between slices at {proj[i]:.2f} and "
+                             f"{proj[i + 1]:.2f} mm, median {dz0:.3f} mm (tolerance "
+                             f"{100 * tol:.0f} %, ingest.slice_spacing_tolerance)",
+                      "resample the series to uniform spacing or export it without the odd slices")
+    slots: list[FrameHeader | None] = [frames[0]]
+    warn = []
+    for i in range(1, len(frames)):
+        m = int(steps[i - 1]) - 1
+        if m > 0:
+            if m > settings.max_missing_slices:
+                raise _refuse(label, f"{m} missing slices between {proj[i - 1]:.2f} and {proj[i]:.2f} mm "
+                                     f"(more than ingest.max_missing_slices {settings.max_missing_slices})",
+                              "re-export the complete series")
+            warn.append(f"gap: {m} missing slice(s) between {proj[i - 1]:.2f} and {proj[i]:.2f} mm along the "
+                        f"normal, filled by linear interpolation")
+            slots.extend([None] * m)
+        slots.append(frames[i])
+    return slots, warn
+
+
 def plan_slices(
     frames: Sequence[FrameHeader],
     rows: int,
@@ -93,107 +195,24 @@ def plan_slices(
         Missing or inconsistent orientation / pixel spacing, duplicate positions,
         gantry tilt above ``max_gantry_tilt_deg``, irregular spacing or too large gaps.
     """
-    missing = [f for f in frames if f.position is None or f.orientation is None]
-    if missing:
-        f = missing[0]
-        where = f"{f.path.name}" + (f" frame {f.frame}" if f.frame is not None else "")
-        raise _refuse(label, f"ImagePositionPatient/ImageOrientationPatient missing in {where} "
-                             f"({len(missing)} image(s))", "cannot place the slices in space; re-export the series")
-    no_spacing = [f for f in frames if f.pixel_spacing is None or min(f.pixel_spacing) <= 0]
-    if no_spacing:
-        raise _refuse(label, f"PixelSpacing missing or invalid in {no_spacing[0].path.name}",
-                      "cannot measure in mm; re-export the series with PixelSpacing")
-    ori = np.array([f.orientation for f in frames], dtype=float)
-    dev = np.abs(ori - ori[0]).max()
-    if dev > settings.orientation_tolerance:
-        raise _refuse(label, f"slices have different orientations (direction cosines differ by {dev:.3g} > "
-                             f"ingest.orientation_tolerance {settings.orientation_tolerance})",
-                      "the series mixes image planes; export the axial series alone")
-    ps = np.array([f.pixel_spacing for f in frames], dtype=float)
-    ps_dev = np.abs(ps - ps[0]).max()
-    if ps_dev > settings.pixel_spacing_tolerance_mm:
-        raise _refuse(label, f"slices have different PixelSpacing ({ps.min():.4g}..{ps.max():.4g} mm)",
-                      "the series mixes reconstructions; export one reconstruction per series")
-    r = ori[0, :3] / np.linalg.norm(ori[0, :3])
-    c = ori[0, 3:] / np.linalg.norm(ori[0, 3:])
-    normal = np.cross(r, c)
-    nnorm = np.linalg.norm(normal)
-    if nnorm < 0.99 or abs(float(r @ c)) > 1e-3:
-        raise _refuse(label, "ImageOrientationPatient is not two orthogonal unit vectors",
-                      "the header is corrupt; re-export the series")
-    # re-orthonormalise (IOP is often written with 4-6 digits)
-    c = c - (c @ r) * r
-    c /= np.linalg.norm(c)
-    normal = np.cross(r, c)
+    _check_frame_geometry(frames, label, settings)
+    sy, sx = (float(v) for v in frames[0].pixel_spacing)
+    direction = _image_axes(frames[0].orientation, label)
+    normal = direction[:, 2]
     pos = np.array([f.position for f in frames], dtype=float)
     proj = pos @ normal
     order = np.argsort(proj, kind="stable")
-    frames = [frames[i] for i in order]
-    pos = pos[order]
-    proj = proj[order]
-    warn: list[str] = []
-    # duplicates: same position along the normal
-    keep = [0]
-    dup_groups = 0
-    for i in range(1, len(frames)):
-        if proj[i] - proj[keep[-1]] <= settings.duplicate_position_tolerance_mm:
-            a, b = frames[keep[-1]], frames[i]
-            if a.sop_instance_uid and a.sop_instance_uid == b.sop_instance_uid and a.frame == b.frame:
-                dup_groups += 1
-                continue
-            raise _refuse(label, f"two different slices at the same position ({proj[i]:.2f} mm along the normal: "
-                                 f"{a.path.name}, {b.path.name}; AcquisitionNumber {a.acquisition_number}/"
-                                 f"{b.acquisition_number})",
-                          "the series holds more than one acquisition or reconstruction; split it")
-        keep.append(i)
-    if dup_groups:
-        warn.append(f"{dup_groups} duplicate copy(ies) of the same slice ignored")
-    frames = [frames[i] for i in keep]
-    pos = pos[keep]
-    proj = proj[keep]
-    n = len(frames)
-    sy, sx = (float(v) for v in ps[0])
-    direction = np.column_stack([r, c, normal])
-    if n == 1:
+    keep, warn = _drop_duplicate_copies([frames[i] for i in order], proj[order], label, settings)
+    frames = [frames[order[i]] for i in keep]
+    pos, proj = pos[order][keep], proj[order][keep]
+    if len(frames) == 1:
         dz = float(slice_thickness_mm) if slice_thickness_mm and slice_thickness_mm > 0 else 1.0
         warn.append(f"single slice: z spacing set to {dz:g} mm (SliceThickness)")
         return SlicePlan((frames[0],), rows, columns, (dz, sy, sx), tuple(pos[0]), direction, tuple(warn))
-    # gantry tilt: slice positions step off the normal
-    step = pos[-1] - pos[0]
-    cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
-    tilt = float(np.degrees(np.arccos(min(1.0, cosang))))
-    if tilt > settings.max_gantry_tilt_deg:
-        raise _refuse(label, f"gantry tilt of {tilt:.1f} deg (slices are sheared; ingest.max_gantry_tilt_deg "
-                             f"{settings.max_gantry_tilt_deg})",
-                      "resample the series to an orthogonal grid (e.g. a tilt-corrected reconstruction)")
-    if tilt > 0.01:
-        warn.append(f"gantry tilt {tilt:.2f} deg ignored (below ingest.max_gantry_tilt_deg)")
-    gaps = np.diff(proj)
-    dz0 = float(np.median(gaps))
-    ratio = gaps / dz0
-    steps = np.rint(ratio).astype(int)
-    tol = settings.slice_spacing_tolerance
-    irregular = np.abs(ratio - steps) > tol * np.maximum(steps, 1)
-    if irregular.any() or (steps < 1).any():
-        i = int(np.flatnonzero(irregular | (steps < 1))[0])
-        raise _refuse(label, f"non-uniform slice spacing: {gaps[i]:.3f} mm between slices at {proj[i]:.2f} and "
-                             f"{proj[i + 1]:.2f} mm, median {dz0:.3f} mm (tolerance "
-                             f"{100 * tol:.0f} %, ingest.slice_spacing_tolerance)",
-                      "resample the series to uniform spacing or export it without the odd slices")
-    slots: list[FrameHeader | None] = [frames[0]]
-    for i in range(1, n):
-        m = int(steps[i - 1]) - 1
-        if m > 0:
-            if m > settings.max_missing_slices:
-                raise _refuse(label, f"{m} missing slices between {proj[i - 1]:.2f} and {proj[i]:.2f} mm "
-                                     f"(more than ingest.max_missing_slices {settings.max_missing_slices})",
-                              "re-export the complete series")
-            warn.append(f"gap: {m} missing slice(s) between {proj[i - 1]:.2f} and {proj[i]:.2f} mm along the "
-                        f"normal, filled by linear interpolation")
-            slots.extend([None] * m)
-        slots.append(frames[i])
+    warn += _tilt_warnings(pos, normal, label, settings)
+    slots, gap_warnings = _slots_with_gaps(frames, proj, label, settings)
     dz = float((proj[-1] - proj[0]) / (len(slots) - 1))
-    return SlicePlan(tuple(slots), rows, columns, (dz, sy, sx), tuple(pos[0]), direction, tuple(warn))
+    return SlicePlan(tuple(slots), rows, columns, (dz, sy, sx), tuple(pos[0]), direction, tuple(warn + gap_warnings))
 
 
 def _decode(path: Path, label: str, settings: IngestSettings, *, fallback: bool = True) -> tuple[np.ndarray, bool]:
@@ -260,6 +279,70 @@ def _read_headers(paths: Sequence[Path], label: str, settings: IngestSettings) -
     return headers
 
 
+def _series_headers(paths: list[Path], settings: IngestSettings, series_uid: str | None,
+                    min_slices: int | None) -> tuple[list[FileHeader], str]:
+    """The files' headers and the series' label, after the checks done before any pixel is read:
+    one series, an axial CT series in HU (``min_slices`` overrides the setting), one image size."""
+    label = series_uid or paths[0].parent.name
+    headers = _read_headers(paths, label, settings)
+    uids = {h.series_uid for h in headers}
+    if series_uid is not None and uids != {series_uid}:
+        raise _refuse(label, f"files belong to {len(uids)} series", "pass the files of one SeriesInstanceUID")
+    label = series_uid or headers[0].series_uid
+    if min_slices is not None:
+        settings = settings.model_copy(update={"min_slices": min_slices})
+    reason = classify_series(headers, settings)
+    if reason is not None:
+        raise _refuse(label, reason, "this series is not loaded")
+    sizes = {(h.rows, h.columns) for h in headers}
+    if len(sizes) > 1:
+        raise _refuse(label, f"images of different sizes {sorted(sizes)}", "export one reconstruction per series")
+    return headers, label
+
+
+def _read_slices(plan: SlicePlan, label: str, settings: IngestSettings) -> tuple[np.ndarray, list[str]]:
+    """The planned slices in HU (each file decoded once, its own rescale applied), gaps interpolated."""
+    shape = (len(plan.slots), plan.rows, plan.columns)
+    if float(np.prod(shape)) > settings.max_voxels:
+        raise _refuse(label, f"volume {shape} exceeds ingest.max_voxels", "crop or downsample the series")
+    array = np.empty(shape, dtype=np.float32)
+    present = np.array([s is not None for s in plan.slots])
+    by_file: dict[Path, list[tuple[int, FrameHeader]]] = defaultdict(list)
+    for k, s in enumerate(plan.slots):
+        if s is not None:
+            by_file[s.path].append((k, s))
+    n_sitk = 0
+    for path, items in by_file.items():
+        data, is_hu = _decode(path, label, settings, fallback=items[0][1].frame is None)
+        for k, fh in items:
+            fi = fh.frame or 0
+            if fi >= data.shape[0] or data.shape[1:] != (plan.rows, plan.columns):
+                raise _refuse(label, f"{path.name}: decoded pixel data {data.shape} does not match the header "
+                                     f"({plan.rows} x {plan.columns}, frame {fi})", "the file is corrupt; re-export it")
+            if is_hu:
+                array[k] = data[fi]
+            else:
+                array[k] = data[fi].astype(np.float64) * fh.slope + fh.intercept
+        n_sitk += is_hu
+    if not present.all():
+        _fill_gaps(array, present)
+    return array, [f"{n_sitk} file(s) decoded with SimpleITK/GDCM (pydicom had no working decoder)"] if n_sitk else []
+
+
+def _content_warnings(array: np.ndarray, h0: FileHeader) -> list[str]:
+    """Warnings on what the volume holds: contrast agent, an HU range unlike CT."""
+    warn = []
+    if h0.contrast_agent:
+        warn.append(f"contrast-enhanced scan (ContrastBolusAgent {h0.contrast_agent!r}): iodine raises the HU of "
+                    "bone marrow and muscle, so vBMD reads higher than on a non-contrast QCT and is not comparable "
+                    "with one; measure bone density on the non-contrast series")
+    lo, hi = float(array.min()), float(array.max())
+    if lo > -500.0 or hi < 100.0:
+        warn.append(f"HU range {lo:.0f}..{hi:.0f} is unusual for CT (no air below -500 or no tissue above 100 HU); "
+                    f"check that the series holds HU")
+    return warn
+
+
 def load_dicom_files(
     paths: Sequence[Path],
     settings: IngestSettings,
@@ -301,74 +384,17 @@ def load_dicom_files(
     paths = [Path(p) for p in paths]
     if not paths:
         raise SeriesError("series (empty): no files given; nothing to load")
-    label = series_uid or paths[0].parent.name
-    headers = _read_headers(paths, label, settings)
-    uids = {h.series_uid for h in headers}
-    if series_uid is not None and uids != {series_uid}:
-        raise _refuse(label, f"files belong to {len(uids)} series", "pass the files of one SeriesInstanceUID")
-    label = series_uid or headers[0].series_uid
-    if min_slices is not None:
-        settings = settings.model_copy(update={"min_slices": min_slices})
-    reason = classify_series(headers, settings)
-    if reason is not None:
-        raise _refuse(label, reason, "this series is not loaded")
-    rows = {(h.rows, h.columns) for h in headers}
-    if len(rows) > 1:
-        raise _refuse(label, f"images of different sizes {sorted(rows)}", "export one reconstruction per series")
-    n_rows, n_cols = rows.pop()
-    frames = [f for h in headers for f in h.frames]
+    headers, label = _series_headers(paths, settings, series_uid, min_slices)
     h0 = headers[0]
-    plan = plan_slices(frames, int(n_rows), int(n_cols), settings, label=label,
+    plan = plan_slices([f for h in headers for f in h.frames], int(h0.rows), int(h0.columns), settings, label=label,
                        slice_thickness_mm=h0.slice_thickness_mm)
-    shape = (len(plan.slots), plan.rows, plan.columns)
-    if float(np.prod(shape)) > settings.max_voxels:
-        raise _refuse(label, f"volume {shape} exceeds ingest.max_voxels", "crop or downsample the series")
-    array = np.empty(shape, dtype=np.float32)
-    present = np.array([s is not None for s in plan.slots])
-    by_file: dict[Path, list[tuple[int, FrameHeader]]] = defaultdict(list)
-    for k, s in enumerate(plan.slots):
-        if s is not None:
-            by_file[s.path].append((k, s))
-    warn = list(plan.warnings)
-    n_sitk = 0
-    for path, items in by_file.items():
-        data, is_hu = _decode(path, label, settings, fallback=items[0][1].frame is None)
-        for k, fh in items:
-            fi = fh.frame or 0
-            if fi >= data.shape[0] or data.shape[1:] != (plan.rows, plan.columns):
-                raise _refuse(label, f"{path.name}: decoded pixel data {data.shape} does not match the header "
-                                     f"({plan.rows} x {plan.columns}, frame {fi})", "the file is corrupt; re-export it")
-            if is_hu:
-                array[k] = data[fi]
-            else:
-                array[k] = data[fi].astype(np.float64) * fh.slope + fh.intercept
-        n_sitk += is_hu
-    if n_sitk:
-        warn.append(f"{n_sitk} file(s) decoded with SimpleITK/GDCM (pydicom had no working decoder)")
-    if not present.all():
-        _fill_gaps(array, present)
-    if h0.contrast_agent:
-        warn.append(f"contrast-enhanced scan (ContrastBolusAgent {h0.contrast_agent!r}): iodine raises the HU of "
-                    "bone marrow and muscle, so vBMD reads higher than on a non-contrast QCT and is not comparable "
-                    "with one; measure bone density on the non-contrast series")
-    lo, hi = float(array.min()), float(array.max())
-    if lo > -500.0 or hi < 100.0:
-        warn.append(f"HU range {lo:.0f}..{hi:.0f} is unusual for CT (no air below -500 or no tissue above 100 HU); "
-                    f"check that the series holds HU")
+    array, decode_warnings = _read_slices(plan, label, settings)
     meta = SeriesMeta(
-        series_uid=label,
-        study_id=study_id,
-        source=source or str(paths[0].parent),
-        n_files=len(paths),
-        modality=h0.modality,
-        description=h0.description,
-        manufacturer=h0.manufacturer,
-        kernel=h0.kernel,
-        kvp=h0.kvp,
-        slice_thickness_mm=h0.slice_thickness_mm,
-        study_date=h0.study_date,
+        series_uid=label, study_id=study_id, source=source or str(paths[0].parent), n_files=len(paths),
+        modality=h0.modality, description=h0.description, manufacturer=h0.manufacturer, kernel=h0.kernel,
+        kvp=h0.kvp, slice_thickness_mm=h0.slice_thickness_mm, study_date=h0.study_date,
         contrast_agent=h0.contrast_agent,
-        warnings=tuple(warn),
+        warnings=tuple(list(plan.warnings) + decode_warnings + _content_warnings(array, h0)),
     )
     return Volume(array=array, spacing=plan.spacing, origin=plan.origin, direction=plan.direction, meta=meta)
 

@@ -96,10 +96,31 @@ def load_nifti(
     SeriesError
         If the file cannot be read, or is not a single 3-D volume.
     """
-    import nibabel as nib
-
     path = Path(path)
     uid = series_uid or nifti_series_uid(path)
+    data, affine, warns = _read_nifti(path, uid, settings)
+    a_lps = ras_to_lps_affine(affine)
+    spacing_ijk = np.linalg.norm(a_lps[:3, :3], axis=0)
+    if np.any(spacing_ijk <= 0):
+        raise SeriesError(f"series {uid}: NIfTI {path} has a singular affine; fix its header")
+    direction = a_lps[:3, :3] / spacing_ijk
+    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-3:
+        warns.append("NIfTI affine has sheared (non-orthogonal) axes; direction kept as is")
+    array = np.ascontiguousarray(np.transpose(data, (2, 1, 0)), dtype=np.float32)
+    warns += _value_warnings(array)
+    if study_id is None:
+        study_id = study_id_for_name(_stem(path), pseudonym or PseudonymSettings())
+    meta = SeriesMeta(series_uid=uid, study_id=study_id, source=str(path), n_files=1, modality="CT", description="",
+                      warnings=("NIfTI input: values taken as HU, modality assumed CT", *warns))
+    spacing = (float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0]))
+    return Volume(array=array, spacing=spacing, origin=tuple(a_lps[:3, 3]), direction=direction, meta=meta)
+
+
+def _read_nifti(path: Path, uid: str, settings: IngestSettings | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The voxels (i, j, k) and the RAS affine of a 3-D NIfTI, with the header's oddities as warnings;
+    the size limits are checked on the header before the voxels are read."""
+    import nibabel as nib
+
     try:
         img = nib.load(str(path))
         affine, warns = _header_affine(img)
@@ -120,35 +141,19 @@ def load_nifti(
                           f"(split 4-D series first)")
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise SeriesError(f"series {uid}: NIfTI {path} holds {data.dtype} values, not CT numbers")
-    a_lps = ras_to_lps_affine(affine)
-    m = a_lps[:3, :3]
-    spacing_ijk = np.linalg.norm(m, axis=0)
-    if np.any(spacing_ijk <= 0):
-        raise SeriesError(f"series {uid}: NIfTI {path} has a singular affine; fix its header")
-    direction = m / spacing_ijk
-    gram = direction.T @ direction
-    if np.abs(gram - np.eye(3)).max() > 1e-3:
-        warns.append("NIfTI affine has sheared (non-orthogonal) axes; direction kept as is")
-    array = np.ascontiguousarray(np.transpose(data, (2, 1, 0)), dtype=np.float32)
+    return data, affine, warns
+
+
+def _value_warnings(array: np.ndarray) -> list[str]:
+    """NaN/inf voxels (set to -1024 HU in place) and a value range unlike CT in HU."""
+    warns = []
     if not np.isfinite(array).all():
         warns.append("NaN/inf voxels set to -1024 HU")
         array[~np.isfinite(array)] = -1024.0
     lo, hi = float(array.min()), float(array.max())
     if lo > -500.0 or hi < 100.0:
         warns.append(f"HU range {lo:.0f}..{hi:.0f} is unusual for CT; check that the NIfTI holds HU")
-    if study_id is None:
-        study_id = study_id_for_name(_stem(path), pseudonym or PseudonymSettings())
-    meta = SeriesMeta(
-        series_uid=uid,
-        study_id=study_id,
-        source=str(path),
-        n_files=1,
-        modality="CT",
-        description="",
-        warnings=("NIfTI input: values taken as HU, modality assumed CT", *warns),
-    )
-    spacing = (float(spacing_ijk[2]), float(spacing_ijk[1]), float(spacing_ijk[0]))
-    return Volume(array=array, spacing=spacing, origin=tuple(a_lps[:3, 3]), direction=direction, meta=meta)
+    return warns
 
 
 def _size_problem(shape: tuple[int, ...], settings: IngestSettings) -> str:

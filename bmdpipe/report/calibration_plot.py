@@ -157,8 +157,9 @@ def _show_tissue_outlines(ax, volume: Volume, cal: Calibration) -> None:
 
 
 def save_calibration_qc(cal: Calibration, volume: Volume | None, path: str | Path) -> Path:
-    """Write the calibration QC plot to ``path`` (PNG); returns the path."""
+    """Write the calibration QC plot to ``path`` (PNG, its folder created); returns the path."""
     fig = plot_calibration(cal, volume)
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=100)
     return p

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import MaskingSettings, RoiSettings, Settings
+from ..errors import RoiError
 from ..results import PedicleAxis, Region, Roi, Screw, Side, Vertebra
 from ..volume import Volume
 from ._box import VertebraBox, make_roi, segment_distance_mm
@@ -56,12 +57,18 @@ def trajectory_roi_along_screw(volume: Volume, vertebra: Vertebra, screw: Screw,
     Roi
         Region C, the screw's side, bone within ``diameter / 2 + postop_shell_mm`` of the
         screw axis with metal, blooming, cortex and sclerosis removed.
+
+    Raises
+    ------
+    RoiError
+        When the screw is not on the patient's left or right (not assigned to a pedicle).
     """
+    if screw.side not in (Side.left, Side.right):
+        raise RoiError(f"{vertebra.name}: the screw from LPS {tuple(round(c) for c in screw.entry_lps)} mm has side "
+                       f"{Side(screw.side).value!r}; a trajectory ROI C needs the pedicle it is in (left or right)")
     settings = settings or Settings()
     box = box or VertebraBox.of(volume, vertebra)
     r = 0.5 * (screw.diameter_mm or settings.roi.screw_diameter_mm) + settings.roi.postop_shell_mm
     cand = trajectory_candidates(box, screw.entry_lps, screw.tip_lps, r)
     kept, n_exc = mask_roi(box.hu, cand, box.mask, box.spacing, settings.masking, reference_cap_hu=reference_cap_hu)
-    side = screw.side if screw.side in (Side.left, Side.right) else Side.left
-    roi = make_roi(box, kept, int(cand.sum()), n_exc, Region.C, side)
-    return roi
+    return make_roi(box, kept, int(cand.sum()), n_exc, Region.C, Side(screw.side))

@@ -115,6 +115,99 @@ def _longest_run(t: np.ndarray, gap_mm: float) -> tuple[float, float]:
     return float(ts[starts[k]]), float(ts[ends[k]])
 
 
+#: RANSAC hypotheses scored together (memory: chunk x points x 3 doubles)
+_HYPOTHESIS_CHUNK = 64
+#: principal-axis refits of a line's inliers before its run is cut
+LINE_REFITS = 3
+#: a run's members reach this far beyond its first run of inliers along the axis, mm
+RUN_END_SLACK_MM = 1.0
+#: the bulk test compares shell and run voxels in slabs of this length along the run: a screw's
+#: tulip head (~10-13 mm, science.md) at one end does not make a screw bulky, mm
+BULK_SLAB_MM = 2.0
+
+
+def _best_line(p: np.ndarray, settings: ScrewSettings, rng: np.random.Generator):
+    """Of ``ransac_hypotheses`` random lines through two points at least half a run apart, the one with
+    the most points within ``inlier_radius_mm``, refitted to its inliers: (centre, unit axis), or None."""
+    r2 = settings.inlier_radius_mm * settings.inlier_radius_mm
+    n_h = settings.ransac_hypotheses
+    i1 = rng.integers(0, len(p), n_h)
+    i2 = rng.integers(0, len(p), n_h)
+    d = p[i2] - p[i1]
+    norm = np.linalg.norm(d, axis=1)
+    ok = norm > settings.min_run_length_mm / 2
+    if not np.any(ok):
+        return None
+    c = p[i1[ok]]
+    a = d[ok] / norm[ok, None]
+    best_count, best = -1, None
+    for s in range(0, len(c), _HYPOTHESIS_CHUNK):  # (H, N) squared distances of every point to every line
+        cc, aa = c[s:s + _HYPOTHESIS_CHUNK], a[s:s + _HYPOTHESIS_CHUNK]
+        diff = p[None, :, :] - cc[:, None, :]
+        t = np.einsum("hnk,hk->hn", diff, aa)
+        d2 = np.einsum("hnk,hnk->hn", diff, diff) - t * t
+        cnt = np.count_nonzero(d2 < r2, axis=1)
+        k = int(np.argmax(cnt))
+        if cnt[k] > best_count:
+            best_count, best = int(cnt[k]), (cc[k], aa[k])
+    c0, a0 = best
+    for _refine in range(LINE_REFITS):
+        inl = _line_dist2(p, c0, a0) < r2
+        if np.count_nonzero(inl) < 3:
+            break
+        c0, a0 = _pca_axis(p[inl])
+    return c0, a0
+
+
+def _run_members(p: np.ndarray, c0: np.ndarray, a0: np.ndarray, settings: ScrewSettings):
+    """The line's longest run of inliers without a gap of ``max_gap_mm``, its axis refitted: members,
+    axis (centre, unit vector), their positions along it, their squared distances and its ends (mm)."""
+    r2 = settings.inlier_radius_mm * settings.inlier_radius_mm
+    inl = _line_dist2(p, c0, a0) < r2
+    t = (p - c0) @ a0
+    t0, t1 = _longest_run(t[inl], settings.max_gap_mm)
+    member = inl & (t >= t0) & (t <= t1)
+    if np.count_nonzero(member) >= 3:
+        c0, a0 = _pca_axis(p[member])
+        t = (p - c0) @ a0
+        d2 = _line_dist2(p, c0, a0)
+        tm = t[member]
+        member = (d2 < r2) & (t >= tm.min() - RUN_END_SLACK_MM) & (t <= tm.max() + RUN_END_SLACK_MM)
+        t0, t1 = float(t[member].min()), float(t[member].max())
+    else:
+        d2 = _line_dist2(p, c0, a0)
+    return member, c0, a0, t, d2, t0, t1
+
+
+def _bulk_fraction(pts: np.ndarray, c0, a0, t_member: np.ndarray, t0: float, t1: float,
+                   settings: ScrewSettings) -> float:
+    """Median over slabs along the run of (metal voxels in a shell around the run) / (run voxels).
+
+    The shell counts ALL the component's voxels (also those already assigned to other runs), so
+    that the remnants of a block, a cage or cement are not mistaken for screws.
+    """
+    r_in = settings.inlier_radius_mm
+    t_all = (pts - c0) @ a0
+    d2_all = _line_dist2(pts, c0, a0)
+    shell = (d2_all >= r_in * r_in) & (d2_all < (r_in + settings.bulk_shell_mm) ** 2) & (t_all >= t0) & (t_all <= t1)
+    slab_edges = np.arange(t0, t1 + BULK_SLAB_MM, BULK_SLAB_MM)
+    n_sh = np.histogram(t_all[shell], slab_edges)[0]
+    n_in = np.histogram(t_member, slab_edges)[0]
+    return float(np.median(n_sh / np.maximum(n_in, 1))) if n_in.size else 0.0
+
+
+def _run_kind(length: float, n_member: int, bulk: float, tilt_deg: float, min_pts: int,
+              settings: ScrewSettings) -> str:
+    """``short``, ``bulky`` (cage, cement, block), ``rod`` (too long or cranio-caudal) or ``screw``."""
+    if length < settings.min_run_length_mm or n_member < min_pts:
+        return "short"
+    if bulk > settings.max_bulk_fraction:
+        return "bulky"
+    if tilt_deg > settings.max_axis_tilt_deg or length > settings.max_length_mm:
+        return "rod"
+    return "screw"
+
+
 def find_metal_runs(points_lps: np.ndarray, settings: ScrewSettings, *, rng: np.random.Generator) -> list[MetalRun]:
     """Split one metal component into straight runs by sequential RANSAC line fitting.
 
@@ -135,84 +228,28 @@ def find_metal_runs(points_lps: np.ndarray, settings: ScrewSettings, *, rng: np.
     pts = np.asarray(points_lps, dtype=float)
     remaining = np.ones(len(pts), dtype=bool)
     runs: list[MetalRun] = []
-    r_in = settings.inlier_radius_mm
     min_pts = max(10, int(settings.min_run_voxels))
     for _ in range(settings.max_runs_per_component):
         idx = np.flatnonzero(remaining)
         if idx.size < min_pts:
             break
         p = pts[idx]
-        n_h = settings.ransac_hypotheses
-        i1 = rng.integers(0, len(p), n_h)
-        i2 = rng.integers(0, len(p), n_h)
-        d = p[i2] - p[i1]
-        norm = np.linalg.norm(d, axis=1)
-        ok = norm > settings.min_run_length_mm / 2
-        if not np.any(ok):
+        line = _best_line(p, settings, rng)
+        if line is None:
             break
-        c = p[i1[ok]]
-        a = d[ok] / norm[ok, None]
-        # (H, N) squared distances of every point to every hypothesis line, in chunks
-        best_count, best = -1, None
-        for s in range(0, len(c), 64):
-            cc, aa = c[s:s + 64], a[s:s + 64]
-            diff = p[None, :, :] - cc[:, None, :]
-            t = np.einsum("hnk,hk->hn", diff, aa)
-            d2 = np.einsum("hnk,hnk->hn", diff, diff) - t * t
-            cnt = np.count_nonzero(d2 < r_in * r_in, axis=1)
-            k = int(np.argmax(cnt))
-            if cnt[k] > best_count:
-                best_count, best = int(cnt[k]), (cc[k], aa[k])
-        c0, a0 = best
-        for _refine in range(3):
-            inl = _line_dist2(p, c0, a0) < r_in * r_in
-            if np.count_nonzero(inl) < 3:
-                break
-            c0, a0 = _pca_axis(p[inl])
-        inl = _line_dist2(p, c0, a0) < r_in * r_in
-        t = (p - c0) @ a0
-        t0, t1 = _longest_run(t[inl], settings.max_gap_mm)
-        member = inl & (t >= t0) & (t <= t1)
-        if np.count_nonzero(member) >= 3:
-            c0, a0 = _pca_axis(p[member])
-            t = (p - c0) @ a0
-            d2 = _line_dist2(p, c0, a0)
-            tm = t[member]
-            member = (d2 < r_in * r_in) & (t >= tm.min() - 1.0) & (t <= tm.max() + 1.0)
-            t0, t1 = float(t[member].min()), float(t[member].max())
-        else:
-            d2 = _line_dist2(p, c0, a0)
+        member, c0, a0, t, d2, t0, t1 = _run_members(p, *line, settings)
         n_member = int(np.count_nonzero(member))
-        # shell around the run among ALL the component's voxels (also those already assigned to
-        # other runs), so that the remnants of a block are not mistaken for screws
-        t_all = (pts - c0) @ a0
-        d2_all = _line_dist2(pts, c0, a0)
-        shell = (d2_all >= r_in * r_in) & (d2_all < (r_in + settings.bulk_shell_mm) ** 2) \
-            & (t_all >= t0) & (t_all <= t1)
-        # median over 2-mm slabs: a screw head (tulip) at one end does not make a screw bulky
-        slab_edges = np.arange(t0, t1 + 2.0, 2.0)
-        n_sh = np.histogram(t_all[shell], slab_edges)[0]
-        n_in = np.histogram(t[member], slab_edges)[0]
-        bulk = float(np.median(n_sh / np.maximum(n_in, 1))) if n_in.size else 0.0
+        bulk = _bulk_fraction(pts, c0, a0, t[member], t0, t1, settings)
         radius = float(np.sqrt(2.0 * d2[member].mean())) if n_member else 0.0
-        length = t1 - t0
         tilt = float(np.degrees(np.arcsin(min(1.0, abs(a0[2])))))  # angle to the axial plane
-        if length < settings.min_run_length_mm or n_member < min_pts:
-            kind = "short"
-        elif bulk > settings.max_bulk_fraction:
-            kind = "bulky"
-        elif tilt > settings.max_axis_tilt_deg or length > settings.max_length_mm:
-            kind = "rod"
-        else:
-            kind = "screw"
+        kind = _run_kind(t1 - t0, n_member, bulk, tilt, min_pts, settings)
         runs.append(MetalRun(start_lps=c0 + t0 * a0, end_lps=c0 + t1 * a0, axis=a0.copy(),
                              n_points=n_member, radius_mm=radius, bulk_fraction=bulk, kind=kind))
         if n_member == 0:
             break
         remaining[idx[member]] = False
         if kind == "short" and n_member < min_pts:
-            # nothing straight left worth a line: stop searching this component
-            break
+            break  # nothing straight left worth a line: stop searching this component
     return runs
 
 

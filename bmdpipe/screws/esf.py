@@ -236,6 +236,75 @@ def voxels_near_axis(volume, entry_lps, tip_lps, *, t_range_mm: tuple[float, flo
     return t[keep], r[keep], perp[keep], np.asarray(box, dtype=float).ravel()[keep]
 
 
+#: the background (the tissue around the metal) is the median of the outermost mm of the samples
+BACKGROUND_RING_MM = 2.0
+#: the metal radius the fit starts from when no sample stands half-way above the background, mm
+#: (pedicle screws: 5.5-7.5 mm thread diameter, science.md)
+START_RADIUS_MM = 3.0
+#: the fit starts with these blurs (SD of the Gaussian PSF: sharp and standard body kernels), mm
+SIGMA_STARTS_MM = (0.4, 0.9)
+#: the blur is searched in this range, mm (PSF FWHM 0.25-6 mm: any clinical kernel)
+SIGMA_BOUNDS_MM = (0.1, 2.5)
+#: the metal's excess over its background is searched in this range, HU (titanium ~6500 HU, cobalt-chrome more)
+AMPLITUDE_BOUNDS_HU = (100.0, 30000.0)
+#: a sample at the clip level says only "at least the clip": it weighs this share of a free one
+CLIPPED_SAMPLE_WEIGHT = 0.3
+#: least-squares parameter scales: radius, blur (mm), amplitude, background (HU)
+_X_SCALE = (0.5, 0.3, 1000.0, 100.0)
+
+
+def _binned(r: np.ndarray, y: np.ndarray, bin_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean distance and HU, and the sample count, of the non-empty bins of ``bin_mm`` in ``r``."""
+    edges = np.arange(r.min(), r.max() + bin_mm, bin_mm)
+    which = np.clip(np.digitize(r, edges) - 1, 0, max(len(edges) - 2, 0))
+    cnt = np.bincount(which, minlength=len(edges))
+    sm = np.bincount(which, weights=y, minlength=len(edges))
+    sr = np.bincount(which, weights=r, minlength=len(edges))
+    ok = cnt > 0
+    return sr[ok] / cnt[ok], sm[ok] / cnt[ok], cnt[ok]
+
+
+def _start_radius(rb: np.ndarray, yb: np.ndarray, bg: float, amp_guess: float,
+                  radius_bounds_mm: tuple[float, float]) -> float:
+    """Where the binned profile last stands half-way above the background: a first metal radius, mm."""
+    top = float(yb.max())
+    above = np.flatnonzero(yb >= bg + 0.5 * min(amp_guess, top - bg))
+    r0 = float(rb[above].max()) if above.size else START_RADIUS_MM
+    return float(np.clip(r0, *radius_bounds_mm))
+
+
+def _bounds(radius_bounds_mm, r0: float, fixed_radius_mm: float | None, fixed_sigma_mm: float | None,
+            background_bounds_hu: tuple[float, float] | None):
+    """Lower and upper bounds of (radius, blur, amplitude[, background]), the start radius and the
+    start blurs; a fixed radius or blur is held within 1e-4 mm."""
+    fit_bg = background_bounds_hu is not None
+    lo = [radius_bounds_mm[0], SIGMA_BOUNDS_MM[0], AMPLITUDE_BOUNDS_HU[0]] + ([background_bounds_hu[0]] if fit_bg else [])
+    hi = [radius_bounds_mm[1], SIGMA_BOUNDS_MM[1], AMPLITUDE_BOUNDS_HU[1]] + (
+        [background_bounds_hu[1] + 1e-3] if fit_bg else [])
+    if fixed_radius_mm is not None:
+        r0 = float(fixed_radius_mm)
+        lo[0], hi[0] = r0 - 1e-4, r0 + 1e-4
+    starts = SIGMA_STARTS_MM
+    if fixed_sigma_mm is not None:
+        starts = (float(fixed_sigma_mm),)
+        lo[1], hi[1] = starts[0] - 1e-4, starts[0] + 1e-4
+    return lo, hi, r0, starts
+
+
+def _metal_samples(rb: np.ndarray, yb: np.ndarray, nb: np.ndarray, bg: float, min_excess_hu: float,
+                   clip: float | None):
+    """The bins dominated by metal (a halo, a rim or nearby cortex change the profile by a few hundred
+    HU, small against the metal's thousands where the excess is large) and their fit weights."""
+    use = (yb - bg) >= min_excess_hu
+    if np.count_nonzero(use) < 4:
+        use = yb >= np.percentile(yb, 50)
+    rb, yb, nb = rb[use], yb[use], nb[use]
+    weight = np.sqrt(nb)
+    if clip is not None:
+        weight = np.where(yb >= clip - 1.0, CLIPPED_SAMPLE_WEIGHT * weight, weight)
+    return rb, yb, nb, weight
+
+
 def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float | None = None,
                     metal_hu_prior: float = 6500.0, radius_bounds_mm: tuple[float, float] = (1.0, 6.0),
                     fixed_radius_mm: float | None = None, fixed_sigma_mm: float | None = None,
@@ -280,32 +349,13 @@ def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float 
     """
     r = np.asarray(r_mm, dtype=float)
     y = np.asarray(profile_hu, dtype=float)
-    edges = np.arange(r.min(), r.max() + bin_mm, bin_mm)
-    which = np.clip(np.digitize(r, edges) - 1, 0, max(len(edges) - 2, 0))
-    cnt = np.bincount(which, minlength=len(edges))
-    sm = np.bincount(which, weights=y, minlength=len(edges))
-    sr = np.bincount(which, weights=r, minlength=len(edges))
-    ok = cnt > 0
-    rb, yb, nb = sr[ok] / cnt[ok], sm[ok] / cnt[ok], cnt[ok]
-    bg = float(np.median(y[r > r.max() - 2.0]))
+    rb, yb, nb = _binned(r, y, bin_mm)
+    bg = float(np.median(y[r > r.max() - BACKGROUND_RING_MM]))
     clipped = clip_hu is not None and float(y.max()) >= clip_hu - 1.0
     clip = float(clip_hu) if clipped else None
-    top = float(yb.max())
-    amp_guess = (metal_hu_prior - bg) if clipped else max(top - bg, 100.0)
-    half = bg + 0.5 * min(amp_guess, top - bg)
-    above = np.flatnonzero(yb >= half)
-    r0 = float(rb[above].max()) if above.size else 3.0
-    r0 = float(np.clip(r0, *radius_bounds_mm))
-    # only metal-dominated samples: a halo, a rim or nearby cortex change the profile by a few
-    # hundred HU, which is small against the metal's thousands where the excess is large
-    use = (yb - bg) >= min_excess_hu
-    if np.count_nonzero(use) < 4:
-        use = yb >= np.percentile(yb, 50)
-    rb, yb, nb = rb[use], yb[use], nb[use]
-    weight = np.sqrt(nb)
-    if clip is not None:
-        weight = np.where(yb >= clip - 1.0, 0.3 * weight, weight)  # clipped: "at least the clip"
-
+    amp_guess = (metal_hu_prior - bg) if clipped else max(float(yb.max()) - bg, AMPLITUDE_BOUNDS_HU[0])
+    r0 = _start_radius(rb, yb, bg, amp_guess, radius_bounds_mm)
+    rb, yb, nb, weight = _metal_samples(rb, yb, nb, bg, min_excess_hu, clip)
     # the background may be fitted too (within bounds): the tissue touching the metal, into which
     # its blur spreads, may be a halo's rather than the bone's further out
     fit_bg = background_bounds_hu is not None
@@ -319,33 +369,22 @@ def fit_edge_spread(r_mm: np.ndarray, profile_hu: np.ndarray, *, clip_hu: float 
         return np.array([radius, sigma, amp, b, 0.0, 0.0])
 
     model = _ShaftModel(rb, clip, thread_depth_mm, thread_pitch_mm)
-
-    def resid(p):
-        return (model(full(p)) - yb) * weight
-
-    lo = [radius_bounds_mm[0], 0.1, 100.0] + ([b_lo] if fit_bg else [])
-    hi = [radius_bounds_mm[1], 2.5, 30000.0] + ([b_hi + 1e-3] if fit_bg else [])
-    if fixed_radius_mm is not None:
-        r0 = float(fixed_radius_mm)
-        lo[0], hi[0] = r0 - 1e-4, r0 + 1e-4
-    starts = (0.4, 0.9)
-    if fixed_sigma_mm is not None:
-        starts = (float(fixed_sigma_mm),)
-        lo[1], hi[1] = starts[0] - 1e-4, starts[0] + 1e-4
+    lo, hi, r0, starts = _bounds(radius_bounds_mm, r0, fixed_radius_mm, fixed_sigma_mm, (b_lo, b_hi) if fit_bg else None)
     best = None
     for s0 in starts:
         p0 = np.array([r0, s0, amp_guess] + ([min(max(bg, b_lo), b_hi)] if fit_bg else []))
         p0 = np.minimum(np.maximum(p0, np.array(lo) + 1e-6), np.array(hi) - 1e-6)
-        sol = least_squares(resid, p0, bounds=(lo, hi), x_scale=[0.5, 0.3, 1000] + ([100] if fit_bg else []))
+        sol = least_squares(lambda p: (model(full(p)) - yb) * weight, p0, bounds=(lo, hi),
+                            x_scale=list(_X_SCALE[:len(p0)]))
         if best is None or sol.cost < best.cost:
             best = sol
     p = full(best.x)
     valid = (yb < clip - 1.0) if clip is not None else np.ones_like(yb, dtype=bool)
-    rms = float(np.sqrt(np.average((model(p) - yb)[valid] ** 2, weights=nb[valid]))) \
-        if valid.any() else 0.0
+    rms = float(np.sqrt(np.average((model(p) - yb)[valid] ** 2, weights=nb[valid]))) if valid.any() else 0.0
     return EdgeFit(radius_mm=float(p[0]), sigma_mm=float(p[1]), amplitude_hu=float(p[2]),
                    background_hu=float(p[3]), rms_hu=rms, clip_hu=clip, thread_depth_mm=float(thread_depth_mm),
                    thread_pitch_mm=float(thread_pitch_mm))
+
 
 
 def refine_axis(t_mm: np.ndarray, offset_lps: np.ndarray, values_hu: np.ndarray, edge: EdgeFit, *,

@@ -63,5 +63,5 @@ def test_qc_plot_written(tmp_path):
     from bmdpipe.report.calibration_plot import save_calibration_qc
 
     vol = Volume(np.zeros((3, 40, 40), np.float32), (1.0, 1.0, 1.0))
-    p = save_calibration_qc(_cal(), vol, tmp_path / "qc.png")
+    p = save_calibration_qc(_cal(), vol, tmp_path / "qc" / "new" / "cal.png")  # the folder is created
     assert p.exists() and p.stat().st_size > 5000

@@ -149,3 +149,9 @@ def test_postop_c_follows_the_screw_and_excludes_metal():
         assert r.mask.sum() > 30
     single = trajectory_roi_along_screw(c.volume, l4, screws[0], s)
     assert single.region is Region.C and single.side is screws[0].side
+    from dataclasses import replace
+
+    from bmdpipe.errors import RoiError
+
+    with pytest.raises(RoiError, match="side 'center'"):
+        trajectory_roi_along_screw(c.volume, l4, replace(screws[0], side=Side.center), s)
