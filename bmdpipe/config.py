@@ -179,8 +179,8 @@ class AnatomySettings(_Section):
     smoothing_sigma_mm: float = Field(ge=0)
     body_opening_radius_mm: float = Field(gt=0)
     cortex_thickness_mm: float = Field(ge=0)
-    default_canal_depth_mm: float = Field(17.0, gt=0)
-    default_canal_width_mm: float = Field(22.0, gt=0)
+    default_canal_depth_mm: float = Field(gt=0)
+    default_canal_width_mm: float = Field(gt=0)
     max_pedicle_convergence_deg: float = Field(gt=0)
     max_pedicle_sagittal_deg: float = Field(gt=0)
     pedicle_transverse_angle_deg: dict[str, float]

@@ -45,6 +45,11 @@ __all__ = [
     "vertebrae_from_masks",
 ]
 
+#: a whole lumbar vertebra reaches this far posterior of its centroid (spinous process; a body is
+#: ~30-35 mm deep, the whole vertebra ~70 mm), mm: a label's box is widened by it for the posterior
+#: elements, and a label that does not reach it holds the body only
+POSTERIOR_REACH_MM = 30.0
+
 #: The lumbar levels: the ones measured when no ``levels`` are named. Other levels (T12 of a
 #: thoracolumbar QCT, T11 when T12 is fractured) are measured when named in ``levels``.
 LUMBAR = ("L1", "L2", "L3", "L4", "L5", "L6")
@@ -403,11 +408,10 @@ def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings:
     lum = {lvl: masks[lvl] for lvl in wanted}
     frame = CanonicalFrame.of(volume)
     hu_c_full = frame.to_canonical(volume.array)
-    bone_pad_mm = 30.0
     out = []
     for lvl, m in lum.items():
         m_c = frame.to_canonical(m)
-        pad = [int(np.ceil(bone_pad_mm / s)) for s in frame.spacing]
+        pad = [int(np.ceil(POSTERIOR_REACH_MM / s)) for s in frame.spacing]
         idx = np.argwhere(m_c)
         lo = np.maximum(idx.min(0) - [2, 2, 2], 0)
         hi = np.minimum(idx.max(0) + 3, m_c.shape)
@@ -427,12 +431,12 @@ def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings:
 def _complete_posterior(mask: np.ndarray, hu: np.ndarray, spacing, settings: AnatomySettings) -> np.ndarray:
     """Add the posterior elements from the CT when a label holds the body only.
 
-    A whole lumbar vertebra reaches > 30 mm posterior of its centroid (spinous process);
-    a body-only label (TotalSegmentator ``vertebrae_body`` / ``_pp``) does not.
+    A whole lumbar vertebra reaches more than ``POSTERIOR_REACH_MM`` posterior of its centroid
+    (spinous process); a body-only label (TotalSegmentator ``vertebrae_body`` / ``_pp``) does not.
     """
     cy = np.argwhere(mask)[:, 1].mean()
     ymax = np.flatnonzero(mask.any(axis=(0, 2))).max()
-    if (ymax - cy) * spacing[1] > 30.0:
+    if (ymax - cy) * spacing[1] > POSTERIOR_REACH_MM:
         return mask
     sig = [settings.smoothing_sigma_mm / s for s in spacing]
     bone = ndi.gaussian_filter(hu, sig) > settings.bone_threshold_hu

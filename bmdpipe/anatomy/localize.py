@@ -41,6 +41,16 @@ from .vertebra import vertebra_geometry
 
 __all__ = ["localize_vertebrae", "find_canal", "body_runs", "tall_bodies"]
 
+#: a canal candidate needs at least MIN_BONE_BEFORE_CANAL_MM of filled bone (the body) within 3 x this
+#: in front of it, mm (a lumbar body is ~30-35 mm deep)
+CANAL_BONE_PROBE_MM = 12.0
+MIN_BONE_BEFORE_CANAL_MM = 10.0
+#: of several candidates in a slice, the one with the most bone in front wins, less this per mm off the
+#: patient's midline (a tie-break; bone counts in voxels)
+MIDLINE_PENALTY_PER_MM = 0.1
+#: a detection this far from the median track (mm, in-plane) is something else (bowel, a cyst)
+MAX_CANAL_OFF_TRACK_MM = 25.0
+
 
 def _fill_slices(mask: np.ndarray, spacing=None, close_mm: float = 0.0) -> np.ndarray:
     """Fill the holes of each axial slice, after closing gaps up to ``close_mm`` (2-D disk)."""
@@ -78,7 +88,7 @@ def find_canal(hu: np.ndarray, bone: np.ndarray, filled: np.ndarray, spacing, x_
     nz = bone.shape[0]
     px_area = spacing[1] * spacing[2]
     det = np.full((nz, 2), np.nan)
-    ant_vox = int(round(12.0 / spacing[1]))
+    ant_vox = int(round(CANAL_BONE_PROBE_MM / spacing[1]))
     for k in range(nz):
         holes = filled[k] & ~bone[k]
         lab, n = ndi.label(holes)
@@ -99,9 +109,9 @@ def find_canal(hu: np.ndarray, bone: np.ndarray, filled: np.ndarray, spacing, x_
             # bone (the body) must lie just anterior to the canal
             yi, xi = int(round(y)), int(round(x))
             col = filled[k, max(0, yi - 3 * ant_vox):yi, xi]
-            if col.sum() * spacing[1] < 10.0:
+            if col.sum() * spacing[1] < MIN_BONE_BEFORE_CANAL_MM:
                 continue
-            score = col.sum() - abs(x - x_mid) * spacing[2] * 0.1
+            score = col.sum() - abs(x - x_mid) * spacing[2] * MIDLINE_PENALTY_PER_MM
             if score > best_score:
                 best, best_score = (y, x), score
         if best is not None:
@@ -112,7 +122,7 @@ def find_canal(hu: np.ndarray, bone: np.ndarray, filled: np.ndarray, spacing, x_
                            f"{settings.canal_min_area_mm2:.0f}-{settings.canal_max_area_mm2:.0f} mm2 near the midline); "
                            "is the lumbar spine in the field of view? Otherwise pass --labels")
     med = np.nanmedian(det, axis=0)
-    far = np.hypot((det[:, 0] - med[0]) * spacing[1], (det[:, 1] - med[1]) * spacing[2]) > 25.0
+    far = np.hypot((det[:, 0] - med[0]) * spacing[1], (det[:, 1] - med[1]) * spacing[2]) > MAX_CANAL_OFF_TRACK_MM
     found &= ~far
     ks = np.flatnonzero(found)
     if ks.size < 2:

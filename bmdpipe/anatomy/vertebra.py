@@ -44,6 +44,12 @@ from .frame import CanonicalFrame
 __all__ = ["vertebra_geometry", "ball", "largest_component", "scan_edge_cut", "typical_transverse_angle",
            "combined_angle", "body_sagittal_tilt"]
 
+#: a pedicle lies within this distance lateral of the canal's wall, mm (lumbar pedicle width 7-18 mm,
+#: Zindrick 1987; farther out: transverse processes)
+PEDICLE_REACH_MM = 25.0
+#: the entry point is searched along the axis up to this far behind the isthmus, mm (pedicle + lamina)
+ENTRY_SEARCH_MM = 60.0
+
 
 def ball(radius_mm: float, spacing) -> np.ndarray:
     """Ellipsoidal structuring element of physical radius ``radius_mm`` on an anisotropic grid."""
@@ -184,13 +190,13 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
         mask
         & ~ndi.binary_dilation(body, iterations=1)
         & (yy >= y_bp) & (yy <= max(y_lam, y_bp + 2))
-        & (lateral > 0.5 * canal_half_w) & (lateral < canal_half_w + 25.0)
+        & (lateral > 0.5 * canal_half_w) & (lateral < canal_half_w + PEDICLE_REACH_MM)
         & (zz >= zc_rng[0]) & (zz <= zc_rng[1])
     )
     if sel.sum() < 2:
         # thin/low-resolution data: allow overlap with the body's dilation
         sel = mask & ~body & (yy >= y_bp - 1) & (yy <= max(y_lam, y_bp + 2)) & (lateral > 0.4 * canal_half_w) \
-            & (lateral < canal_half_w + 25.0) & (zz >= zc_rng[0]) & (zz <= zc_rng[1])
+            & (lateral < canal_half_w + PEDICLE_REACH_MM) & (zz >= zc_rng[0]) & (zz <= zc_rng[1])
         if sel.sum() < 2:
             return None
     ped = largest_component(sel)
@@ -237,7 +243,7 @@ def _pedicle(mask, body, side_sign, zc_rng, y_bp, y_lam, xc, canal_half_w, spaci
     d = np.array([-np.tan(np.radians(tilt_deg)), -1.0, -side_sign * np.tan(np.radians(conv))])
     d /= np.linalg.norm(d)
     # entry: leave the bone posteriorly (mask filled), from the isthmus
-    t_b, in_b = _ray(mask, isth, -d, spacing, 60.0)
+    t_b, in_b = _ray(mask, isth, -d, spacing, ENTRY_SEARCH_MM)
     t_entry = _last_run_end(t_b, in_b)
     entry = isth - t_entry * d / np.asarray(spacing)
     # target: on the axis, at trajectory_depth_fraction of the body depth (AP) from the posterior wall

@@ -93,6 +93,12 @@ from .attenuation import effective_energy_of_slope, hu_of, mineral_slope_hu_per_
 __all__ = ["measure_reference_tissues", "point_inside", "EnergyFit", "fit_effective_energy", "slope_uncertainty",
            "energy_prior", "fit_tissues", "precalibration_kev", "calibrate_internal"]
 
+#: a tissue sample (or a vessel search region) of fewer voxels on the sampling grid is not used: its
+#: mean would carry ~2 HU of noise at 15 HU per voxel (15 / sqrt(50))
+MIN_TISSUE_VOXELS = 50
+#: the 12-bit CT scale: values beyond (padding, metal) are clipped before smoothing, HU
+CT_RANGE_HU = (-1024, 3071)
+
 
 def _ball(radius_vox: np.ndarray) -> np.ndarray:
     r = np.maximum(np.asarray(radius_vox, dtype=float), 0.5)
@@ -247,12 +253,12 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
     empty = np.zeros_like(spine)
     lateral, behind = axis.lateral_mm(), axis.behind_anterior_edge_mm()
     box = (np.abs(lateral) <= s.internal_blood_lateral_mm) & (behind < 0) & (behind >= -s.internal_blood_anterior_mm)
-    heavy = ndi.gaussian_filter(np.clip(sub, -1024, 3071).astype(np.float32), sigma=s.internal_blood_smooth_mm / ssp)
+    heavy = ndi.gaussian_filter(np.clip(sub, *CT_RANGE_HU).astype(np.float32), sigma=s.internal_blood_smooth_mm / ssp)
     region = box & body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
     # away from bone, whose blur on the smoothed image would look like a vessel
     keep_off = 2.0 * s.internal_blood_smooth_mm + s.internal_erosion_mm
     region &= ~ndi.binary_dilation(smooth > s.internal_bone_hu, structure=_ball(np.full(3, keep_off) / ssp))
-    if region.sum() < 50:
+    if region.sum() < MIN_TISSUE_VOXELS:
         return empty
     m0 = float(np.median(heavy[region]))
     min_vox = s.internal_blood_min_mm3 / float(np.prod(ssp))
@@ -320,7 +326,7 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     step = np.maximum(1, np.round(s.internal_grid_mm / sp)).astype(int)
     sub = arr[:: step[0], :: step[1], :: step[2]]
     ssp = sp * step
-    smooth = ndi.gaussian_filter(np.clip(sub, -1024, 3071), sigma=s.internal_smooth_mm / ssp)
+    smooth = ndi.gaussian_filter(np.clip(sub, *CT_RANGE_HU), sigma=s.internal_smooth_mm / ssp)
     fov = sub > s.rod_padding_hu
     objects = smooth > s.internal_object_hu
     # body: largest object after an opening that detaches the table and the phantom
@@ -357,12 +363,12 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
             masks["blood"] = _find_blood(sub, smooth, spine, body, axis, ssp, s)
         masks["muscle"] = _find_psoas(soft, near_spine, masks.get("blood", np.zeros_like(soft)), axis, ssp, s)
     region = "psoas"
-    if spine.any() and masks.get("muscle", np.zeros(0)).sum() < 50:
+    if spine.any() and masks.get("muscle", np.zeros(0)).sum() < MIN_TISSUE_VOXELS:
         y_lps = axis.y if axis is not None else _plane_lps(volume, step)[1]
         masks["muscle"], region = _find_paraspinal(soft, spine, near_spine, y_lps, s), "paraspinal"
-    if masks.get("muscle") is None or masks["muscle"].sum() < 50:
+    if masks.get("muscle") is None or masks["muscle"].sum() < MIN_TISSUE_VOXELS:
         masks["muscle"], region = soft, "soft tissue"  # no spine found: any soft tissue
-    return sub, {k: m for k, m in masks.items() if m.sum() >= 50}, step, region
+    return sub, {k: m for k, m in masks.items() if m.sum() >= MIN_TISSUE_VOXELS}, step, region
 
 
 def _measure(volume: Volume, sub: np.ndarray, masks: dict[str, np.ndarray], step: np.ndarray) -> dict[str, ReferenceMeasurement]:

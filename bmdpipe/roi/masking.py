@@ -30,6 +30,10 @@ from ..robust import MAD_TO_SD, robust_sd
 
 __all__ = ["dense_mask", "mask_roi", "robust_reference"]
 
+#: the cancellous reference comes from the candidates deep inside the bone when at least this many
+#: are (the mode of fewer is noise)
+MIN_DEEP_VOXELS = 20
+
 
 def robust_reference(values: np.ndarray, bin_hu: float = 5.0) -> tuple[float, float]:
     """Cancellous reference (HU) and spread of ROI values that may hold cortex.
@@ -140,7 +144,7 @@ def mask_roi(hu: np.ndarray, candidates: np.ndarray, support: np.ndarray, spacin
     cand, sup, h = candidates[sl], support[sl], hu[sl]
     inner = ndi.distance_transform_edt(sup, sampling=spacing)
     deep = cand & (inner > 2.0 * margin)
-    dense, _, _ = dense_mask(h, cand, spacing, settings, reference=deep if deep.sum() >= 20 else None,
+    dense, _, _ = dense_mask(h, cand, spacing, settings, reference=deep if deep.sum() >= MIN_DEEP_VOXELS else None,
                              reference_cap_hu=reference_cap_hu)
     ok = cand & (inner > margin)
     if dense.any():

@@ -17,6 +17,9 @@ from .masking import mask_roi
 
 __all__ = ["pedicle_roi_candidates", "roi_b"]
 
+#: a lumbar pedicle's isthmus, width x height, when not measured, mm (L3-L4: ~10 x 14, Zindrick 1987)
+TYPICAL_ISTHMUS_MM = (10.0, 14.0)
+
 
 def pedicle_roi_candidates(box: VertebraBox, axis: PedicleAxis, settings: RoiSettings) -> np.ndarray:
     """Geometric ROI B (before masking) in ``box``, boolean array."""
@@ -26,8 +29,8 @@ def pedicle_roi_candidates(box: VertebraBox, axis: PedicleAxis, settings: RoiSet
     p_t = box.lps_to_box(axis.target_lps) * sp
     u = p_t - p_e
     u /= np.linalg.norm(u)
-    w = axis.isthmus_width_mm or 10.0
-    h = axis.isthmus_height_mm or 14.0
+    w = axis.isthmus_width_mm or TYPICAL_ISTHMUS_MM[0]
+    h = axis.isthmus_height_mm or TYPICAL_ISTHMUS_MM[1]
     r = 0.5 * max(w, h) + 1.0
     z, y, x = box.grid_mm()
     rz, ry, rx = z - p_i[0], y - p_i[1], x - p_i[2]

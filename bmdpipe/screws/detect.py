@@ -115,6 +115,24 @@ def _longest_run(t: np.ndarray, gap_mm: float) -> tuple[float, float]:
     return float(ts[starts[k]]), float(ts[ends[k]])
 
 
+#: the metal's edge is fitted on the shaft's middle (shares of the run from head to tip): away from
+#: the tulip head (~10-13 mm, science.md) and the tapered tip
+SHAFT_FIT_RANGE = (0.45, 0.8)
+#: ends are searched up to this far beyond the run's thresholded ends (bloom, partial volume), mm
+END_SEARCH_MM = 4.0
+#: the tip is searched beyond this share of the run, an entry without a head before ENTRY_SEARCH_TO
+TIP_SEARCH_FROM = 0.7
+ENTRY_SEARCH_TO = 0.3
+#: a tulip head is searched in the run's first share (heads sit at the posterior end)
+HEAD_SEARCH_TO = 0.6
+#: a head is metal in a ring this far outside the shaft's radius, mm (tulip ~10-13 mm wide vs a
+#: 5.5-7.5 mm shaft), searched in slabs of HEAD_SLAB_MM
+HEAD_RING_MM = (1.0, 2.5)
+HEAD_SLAB_MM = 1.0
+#: the axis is refined from voxels up to this far beyond the fitted metal radius, mm
+AXIS_RING_MM = 1.5
+#: the grid step of the end search, mm
+END_STEP_MM = 0.05
 #: RANSAC hypotheses scored together (memory: chunk x points x 3 doubles)
 _HYPOTHESIS_CHUNK = 64
 #: principal-axis refits of a line's inliers before its run is cut
@@ -273,7 +291,7 @@ def _fit_end(t: np.ndarray, vals: np.ndarray, edge, lo: float, hi: float, sign: 
     """
     from .esf import step_1d as step
 
-    cand = np.arange(lo, hi + 1e-9, 0.05)
+    cand = np.arange(lo, hi + 1e-9, END_STEP_MM)
     if cand.size == 0 or t.size == 0:
         return float("nan")
     model = edge.background_hu + edge.amplitude_hu * step(sign * (t[None, :] - cand[:, None]), 0.0, edge.sigma_mm)
@@ -290,8 +308,8 @@ def _head_end(t: np.ndarray, r: np.ndarray, vals: np.ndarray, radius: float, set
     Scans 1-mm slabs from the head end (``from_low``: from ``lo`` upwards) and returns the
     axis position where the ring stops being mostly metal, or None when there is no head.
     """
-    ring = (r > radius + 1.0) & (r < radius + 2.5)
-    edges = np.arange(lo, hi + 1.0, 1.0)
+    ring = (r > radius + HEAD_RING_MM[0]) & (r < radius + HEAD_RING_MM[1])
+    edges = np.arange(lo, hi + HEAD_SLAB_MM, HEAD_SLAB_MM)
     if edges.size < 3 or not ring.any():
         return None
     which = np.digitize(t[ring], edges) - 1
@@ -331,40 +349,40 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
         start, end = end, start
     length = float(np.linalg.norm(end - start))
     a = (end - start) / length
-    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.45 * length, 0.8 * length),
-                                     r_max_mm=settings.esf_max_radius_mm)
+    shaft = (SHAFT_FIT_RANGE[0] * length, SHAFT_FIT_RANGE[1] * length)
+    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=shaft, r_max_mm=settings.esf_max_radius_mm)
     fixed = settings.nominal_diameter_mm / 2.0 if settings.nominal_diameter_mm is not None else None
     edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
                            thread_depth_mm=settings.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm)
     # the line through the thresholded mask can be a few tenths of a mm off the metal's axis
     t0, t1 = settings.axis_fit_range[0] * length, settings.axis_fit_range[1] * length
-    ta, _, pa, va = voxels_near_axis(volume, start, end, t_range_mm=(t0, t1), r_max_mm=edge.radius_mm + 1.5)
+    ta, _, pa, va = voxels_near_axis(volume, start, end, t_range_mm=(t0, t1), r_max_mm=edge.radius_mm + AXIS_RING_MM)
     o0, o1, _ = refine_axis(ta, pa, va, edge, t_ref_mm=(0.0, length), fit_radius=False)
     start, end = start + o0, end + o1
     length = float(np.linalg.norm(end - start))
     a = (end - start) / length
     # radius about the refined axis (binned metal-dominated profile, robust to a halo next to the metal)
-    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.45 * length, 0.8 * length),
-                                     r_max_mm=settings.esf_max_radius_mm)
+    shaft = (SHAFT_FIT_RANGE[0] * length, SHAFT_FIT_RANGE[1] * length)
+    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=shaft, r_max_mm=settings.esf_max_radius_mm)
     edge = fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
                            thread_depth_mm=settings.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm)
     radius = edge.radius_mm
-    ext = 4.0
+    ext = END_SEARCH_MM
     t, r, _, vals = voxels_near_axis(volume, start - ext * a, end + ext * a,
-                                     t_range_mm=(0.0, length + 2 * ext), r_max_mm=max(0.5 * radius, 0.6))
+                                     t_range_mm=(0.0, length + 2 * ext), r_max_mm=max(0.5 * radius, 0.6))  # the core
     t = t - ext
-    far = t > 0.7 * length
-    end_pos = _fit_end(t[far], vals[far], edge, 0.7 * length, length + ext, 1.0)
+    far = t > TIP_SEARCH_FROM * length
+    end_pos = _fit_end(t[far], vals[far], edge, TIP_SEARCH_FROM * length, length + ext, 1.0)
     if not np.isfinite(end_pos):
         end_pos = length
-    t2, r2, _, v2 = voxels_near_axis(volume, start, end, t_range_mm=(0.0, 0.6 * length),
-                                     r_max_mm=radius + 3.0)
-    head = _head_end(t2, r2, v2, radius, settings, 0.0, 0.6 * length, True)
+    t2, r2, _, v2 = voxels_near_axis(volume, start, end, t_range_mm=(0.0, HEAD_SEARCH_TO * length),
+                                     r_max_mm=radius + 3.0)  # the head ring and a margin
+    head = _head_end(t2, r2, v2, radius, settings, 0.0, HEAD_SEARCH_TO * length, True)
     if head is not None:
         start_pos = head
     else:
-        near = t < 0.3 * length
-        start_pos = _fit_end(t[near], vals[near], edge, -ext, 0.3 * length, -1.0)
+        near = t < ENTRY_SEARCH_TO * length
+        start_pos = _fit_end(t[near], vals[near], edge, -ext, ENTRY_SEARCH_TO * length, -1.0)
         if not np.isfinite(start_pos):
             start_pos = 0.0
     return start + start_pos * a, start + end_pos * a, 2.0 * radius

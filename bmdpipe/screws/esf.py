@@ -28,6 +28,32 @@ _SQRT2 = np.sqrt(2.0)
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(48)
 
+#: the Gaussian blur of a disk is computed within this many SDs of its edge (beyond: 0 or 1 to 1e-11)
+KERNEL_REACH_SD = 7.0
+#: an axis refinement needs at least this many voxels around the metal's edge
+MIN_AXIS_VOXELS = 50
+#: the model is tabulated on a radial grid of this step, mm (interpolated between: < 0.01 HU error)
+MODEL_GRID_MM = 0.01
+#: an axis refinement moves each end by at most this, and the radius by at most MAX_RADIUS_CHANGE_MM:
+#: the thresholded metal's line is a few tenths of a mm off, mm
+MAX_AXIS_SHIFT_MM = 1.5
+MAX_RADIUS_CHANGE_MM = 1.0
+#: the background (the tissue around the metal) is the median of the outermost mm of the samples
+BACKGROUND_RING_MM = 2.0
+#: the metal radius the fit starts from when no sample stands half-way above the background, mm
+#: (pedicle screws: 5.5-7.5 mm thread diameter, science.md)
+START_RADIUS_MM = 3.0
+#: the fit starts with these blurs (SD of the Gaussian PSF: sharp and standard body kernels), mm
+SIGMA_STARTS_MM = (0.4, 0.9)
+#: the blur is searched in this range, mm (PSF FWHM 0.25-6 mm: any clinical kernel)
+SIGMA_BOUNDS_MM = (0.1, 2.5)
+#: the metal's excess over its background is searched in this range, HU (titanium ~6500 HU, cobalt-chrome more)
+AMPLITUDE_BOUNDS_HU = (100.0, 30000.0)
+#: a sample at the clip level says only "at least the clip": it weighs this share of a free one
+CLIPPED_SAMPLE_WEIGHT = 0.3
+#: least-squares parameter scales: radius, blur (mm), amplitude, background (HU)
+_X_SCALE = (0.5, 0.3, 1000.0, 100.0)
+
 
 def step(r: np.ndarray, edge_mm, sigma_mm) -> np.ndarray:
     """Blurred inside-indicator of a disk of radius ``edge_mm`` at distance ``r`` from its centre.
@@ -42,11 +68,11 @@ def step(r: np.ndarray, edge_mm, sigma_mm) -> np.ndarray:
     out = (r < R).astype(float)
     if R <= 0:
         return np.zeros_like(r)
-    near = np.abs(r - R) < 7.0 * s
+    near = np.abs(r - R) < KERNEL_REACH_SD * s
     if not near.any():
         return out
     rn = r[near]
-    lo = max(0.0, rn.min() - 7.0 * s)  # the kernel is negligible further in
+    lo = max(0.0, rn.min() - KERNEL_REACH_SD * s)  # the kernel is negligible further in
     rho = lo + 0.5 * (R - lo) * (_GL_X + 1.0)
     wts = 0.5 * (R - lo) * _GL_W
     rr = rn[:, None]
@@ -236,23 +262,6 @@ def voxels_near_axis(volume, entry_lps, tip_lps, *, t_range_mm: tuple[float, flo
     return t[keep], r[keep], perp[keep], np.asarray(box, dtype=float).ravel()[keep]
 
 
-#: the background (the tissue around the metal) is the median of the outermost mm of the samples
-BACKGROUND_RING_MM = 2.0
-#: the metal radius the fit starts from when no sample stands half-way above the background, mm
-#: (pedicle screws: 5.5-7.5 mm thread diameter, science.md)
-START_RADIUS_MM = 3.0
-#: the fit starts with these blurs (SD of the Gaussian PSF: sharp and standard body kernels), mm
-SIGMA_STARTS_MM = (0.4, 0.9)
-#: the blur is searched in this range, mm (PSF FWHM 0.25-6 mm: any clinical kernel)
-SIGMA_BOUNDS_MM = (0.1, 2.5)
-#: the metal's excess over its background is searched in this range, HU (titanium ~6500 HU, cobalt-chrome more)
-AMPLITUDE_BOUNDS_HU = (100.0, 30000.0)
-#: a sample at the clip level says only "at least the clip": it weighs this share of a free one
-CLIPPED_SAMPLE_WEIGHT = 0.3
-#: least-squares parameter scales: radius, blur (mm), amplitude, background (HU)
-_X_SCALE = (0.5, 0.3, 1000.0, 100.0)
-
-
 def _binned(r: np.ndarray, y: np.ndarray, bin_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean distance and HU, and the sample count, of the non-empty bins of ``bin_mm`` in ``r``."""
     edges = np.arange(r.min(), r.max() + bin_mm, bin_mm)
@@ -428,7 +437,7 @@ def refine_axis(t_mm: np.ndarray, offset_lps: np.ndarray, values_hu: np.ndarray,
     r0 = np.linalg.norm(p, axis=1)
     R = edge.radius_mm
     sel = (r0 >= R - inner_mm) & (r0 <= R + outer_mm)
-    if np.count_nonzero(sel) < 50:
+    if np.count_nonzero(sel) < MIN_AXIS_VOXELS:
         return np.zeros(3), np.zeros(3), edge
     t, p, y = t[sel], p[sel], y[sel]
     # perpendicular frame of the axis (the offsets lie in the plane of p)
@@ -438,8 +447,8 @@ def refine_axis(t_mm: np.ndarray, offset_lps: np.ndarray, values_hu: np.ndarray,
     t0, t1 = t_ref_mm
     f = np.clip((t - t0) / (t1 - t0), -0.5, 1.5)
     clip = edge.clip_hu
-    weight = np.where(y >= clip - 1.0, 0.3, 1.0) if clip is not None else np.ones_like(y)
-    r_grid = np.arange(0.0, R + outer_mm + 2.0, 0.01)
+    weight = np.where(y >= clip - 1.0, CLIPPED_SAMPLE_WEIGHT, 1.0) if clip is not None else np.ones_like(y)
+    r_grid = np.arange(0.0, R + outer_mm + 2.0, MODEL_GRID_MM)
     model = _ShaftModel(r_grid, clip, edge.thread_depth_mm, edge.thread_pitch_mm)
 
     def unpack(q):
@@ -456,9 +465,10 @@ def refine_axis(t_mm: np.ndarray, offset_lps: np.ndarray, values_hu: np.ndarray,
         return (m - y) * weight
 
     q0 = np.array([0.0, 0.0, 0.0, 0.0, R, edge.sigma_mm])
-    lo = [-1.5, -1.5, -1.5, -1.5, R - 1.0 if fit_radius else R - 1e-4, 0.1]
-    hi = [1.5, 1.5, 1.5, 1.5, R + 1.0 if fit_radius else R + 1e-4, 2.5]
-    sol = least_squares(resid, q0, bounds=(lo, hi), x_scale=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    m, dr = MAX_AXIS_SHIFT_MM, MAX_RADIUS_CHANGE_MM
+    lo = [-m, -m, -m, -m, R - dr if fit_radius else R - 1e-4, SIGMA_BOUNDS_MM[0]]
+    hi = [m, m, m, m, R + dr if fit_radius else R + 1e-4, SIGMA_BOUNDS_MM[1]]
+    sol = least_squares(resid, q0, bounds=(lo, hi), x_scale=[0.1] * 6)
     (a0, b0, a1, b1), radius, sigma = unpack(sol.x)
     refined = EdgeFit(radius_mm=float(radius), sigma_mm=float(sigma), amplitude_hu=edge.amplitude_hu,
                       background_hu=edge.background_hu, rms_hu=float(np.sqrt(np.mean(sol.fun ** 2))),

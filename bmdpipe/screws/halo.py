@@ -36,10 +36,19 @@ from ..errors import ScrewError
 from ..results import HaloMeasurement, Screw
 from ..volume import Volume
 from .detect import saturation_level
-from .esf import EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
+from .esf import MODEL_GRID_MM, EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
 __all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
            "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail"]
+
+#: a ray plane is in bone when the median of its rays' outermost mm is at least ``min_bone_hu``
+OUTER_RING_MM = 2.0
+#: fewer ray planes in bone than this: all are used (a screw in soft tissue still gets a reading)
+MIN_PLANES_IN_BONE = 3
+#: a screw too short for the entry and tip margins is sampled over this share of its length
+SHORT_SCREW_RANGE = (0.2, 0.9)
+#: a cell of the width map needs more than this share of its rays usable (in bone, off streaks)
+MIN_USABLE_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -348,14 +357,14 @@ def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings, hardware:
                          f"{screw.diameter_mm:.1f} mm; both must be positive (re-run detection)")
     p0, p1 = settings.skip_entry_mm, length - settings.skip_tip_mm
     if p1 - p0 < 3 * settings.position_step_mm:
-        p0, p1 = 0.2 * length, 0.9 * length
+        p0, p1 = SHORT_SCREW_RANGE[0] * length, SHORT_SCREW_RANGE[1] * length
     positions = np.arange(p0, p1 + 1e-9, settings.position_step_mm)
     radii = np.arange(0.0, R + settings.search_mm + 1e-9, settings.radial_step_mm)
     rays = sample_rays(volume, e, t, positions_mm=positions, radii_mm=radii, n_angles=settings.n_angles)
-    far = radii > radii[-1] - 2.0
+    far = radii > radii[-1] - OUTER_RING_MM
     far_ray = np.median(rays.values[:, :, far], axis=2)  # (P, A)
     in_bone = np.median(far_ray, axis=1) >= settings.min_bone_hu
-    if np.count_nonzero(in_bone) < 3:
+    if np.count_nonzero(in_bone) < MIN_PLANES_IN_BONE:
         in_bone = np.ones(len(positions), dtype=bool)
     bone = float(np.median(far_ray[in_bone]))
     streak = far_ray < bone - settings.streak_drop_fraction * max(bone - settings.lucent_hu, settings.min_contrast_hu)
@@ -415,7 +424,7 @@ def binned_tissue(samples: ScrewSamples, edge: EdgeFit, settings: HaloSettings) 
     """
     s = samples
     radii = s.rays.radii_mm
-    r_fine = np.arange(0.0, radii[-1] + settings.radial_step_mm + 0.01, 0.01)
+    r_fine = np.arange(0.0, radii[-1] + settings.radial_step_mm + MODEL_GRID_MM, MODEL_GRID_MM)
     tissue = s.hu - np.interp(s.r_mm, r_fine, metal_excess(r_fine, edge))
     weight = s.usable * (s.r_mm >= s.crest_radius_mm + settings.edge_start_mm - settings.profile_smoothing_mm)
     shape = (len(s.rays.positions_mm), settings.n_angles, radii.size)
@@ -453,7 +462,7 @@ def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings
                       crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu, sigma_mm=edge.sigma_mm,
                       settings=settings)
     usable_share = pooled(samples.usable_rays.astype(float))
-    cell = (usable_share > 0.3) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
+    cell = (usable_share > MIN_USABLE_SHARE) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
     wmap = np.where(cell, fit.width_mm, np.nan)
     # per angle: median over the positions along the screw (the vertebral body's many positions
     # outvote the few in a narrow pedicle, where cortex and canal lie within the rays)
