@@ -33,12 +33,27 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-    from matplotlib.patches import Circle
 
     fig = Figure(figsize=(14, 4.6), dpi=100)
     ax1, ax2, ax3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 0.8, 1.3]})
+    _plot_fit_and_residuals(ax1, ax2, cal)
     refs = cal.references
-    unit = f"mg {cal.material.value}/cm3"
+    if volume is not None and cal.outlines is not None:
+        _show_tissue_outlines(ax3, volume, cal)
+    elif volume is not None and refs and all(r.center_lps is not None for r in refs):
+        _show_rod_outlines(ax3, volume, cal)
+    ax3.set_axis_off()
+    lines = _warning_lines(cal.warnings)
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=7, color="darkred")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.035 * len(lines)))
+    return fig
+
+
+def _plot_fit_and_residuals(ax1, ax2, cal: Calibration) -> None:
+    """Panel 1: reference HU against nominal density (rods) or table HU (tissues) with the fit;
+    panel 2: the residual of each reference, HU."""
+    refs = cal.references
     nominal = np.array([np.nan if r.nominal_mg_cm3 is None else r.nominal_mg_cm3 for r in refs], dtype=float)
     hu = np.array([r.hu_mean for r in refs], dtype=float)
     res = np.array([np.nan if r.residual_hu is None else r.residual_hu for r in refs], dtype=float)
@@ -46,67 +61,83 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
     water = cal.details.get("rod_water_mg_cm3")
     two_comp = cal.details.get("model") == "two-component" and water is not None and None not in water
     if np.isfinite(nominal).any():
-        y = hu - np.asarray(water, float) if two_comp else hu
-        ax1.plot(nominal, y, "o", label="rods (measured)")
-        for x, yy, n in zip(nominal, y, names):
-            ax1.annotate(n, (x, yy), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        xs = np.linspace(np.nanmin(nominal), np.nanmax(nominal), 50)
-        if two_comp:
-            sr, br = cal.details["sigma_ref"], cal.details["beta_ref"]
-            ax1.plot(xs, br + sr * xs, "-", label=f"HU - water = {br:.1f} + {sr:.4f} x (sigma_CT {cal.slope_hu_per_mg_cm3:.4f}, beta_CT {cal.intercept_hu:.1f})")
-        else:
-            ax1.plot(xs, cal.hu(xs), "-", label=f"HU = {cal.intercept_hu:.1f} + {cal.slope_hu_per_mg_cm3:.4f} x")
-        ax1.set_xlabel(f"nominal density ({unit})")
-        ax2.bar(names, res)
+        _plot_rod_fit(ax1, cal, nominal, hu, names, water if two_comp else None)
     else:  # internal calibration: measured tissue HU vs the tables' HU at the fitted effective energy
         _plot_tissue_fit(ax1, cal, names, hu)
-        ax2.bar(names, res)
+    ax2.bar(names, res)
     ax1.set_ylabel("rod HU - water (HU - mg/cm3)" if two_comp else "measured HU")
-    if cal.method == "internal":
-        kev, prior, sd = cal.details.get("kev"), cal.details.get("kev_prior"), cal.details.get("kev_prior_sd")
-        source = "phantom scan" if cal.details.get("precalibrated_kev") is not None else "prior"
-        energy = "" if kev is None else f"\neffective energy {kev:.1f} keV" + (
-            "" if prior is None else f" ({source} {prior:.1f}" + ("" if sd is None else f" +- {sd:.1f}") + ")")
-        unc = cal.details.get("density_uncertainty_fraction")
-        unc = "" if unc is None else f", densities +-{100 * unc:.1f} % (1 SD)"
-        ax1.set_title(f"phantomless (internal) calibration{energy}{unc}", fontsize=9)
-    else:
-        r2 = "" if cal.r2 is None else f", R^2 = {cal.r2:.5f}"
-        ax1.set_title(f"{cal.method}: {cal.phantom}{r2}", fontsize=9)
+    ax1.set_title(_fit_title(cal), fontsize=9)
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend(fontsize=7, loc="upper left" if cal.method != "internal" else "lower right")
     ax2.axhline(0, color="k", lw=0.8)
     ax2.set_ylabel("residual (HU)")
     ax2.set_title("residual per reference", fontsize=9)
-    if volume is not None and cal.outlines is not None:
-        _show_tissue_outlines(ax3, volume, cal)
-    elif volume is not None and refs and all(r.center_lps is not None for r in refs):
-        idx = volume.lps_to_index(np.array([r.center_lps for r in refs]))
-        k = int(np.clip(np.round(np.median(idx[:, 0])), 0, volume.shape[0] - 1))
-        ax3.imshow(volume.array[k], cmap="gray", vmin=-300, vmax=1200, interpolation="nearest")
-        px = float(np.mean(volume.spacing[1:]))
-        cores = cal.details.get("rod_core_radius_mm") or [None] * len(refs)
-        for r, (kk, j, i), core in zip(refs, idx, cores):
-            rad = 3.0 if r.radius_mm is None else r.radius_mm / px
-            ax3.add_patch(Circle((i, j), rad, fill=False, color="red", lw=0.8))
-            if core:  # the measured core
-                ax3.add_patch(Circle((i, j), core / px, fill=False, color="orange", lw=0.6, ls="--"))
-            ax3.text(i, j - rad - 3, r.name, color="yellow", fontsize=7, ha="center")
-        # zoom on the rods with a margin that keeps the phantom and its surroundings in view
-        rmax = max((r.radius_mm or 3.0) / px for r in refs)
-        pad = 4 * rmax + 15.0 / px
-        ax3.set_xlim(max(idx[:, 2].min() - pad, -0.5), min(idx[:, 2].max() + pad, volume.shape[2] - 0.5))
-        ax3.set_ylim(min(idx[:, 1].max() + pad, volume.shape[1] - 0.5), max(idx[:, 1].min() - pad, -0.5))
-        radiological_axial(ax3, volume)
-        ax3.set_title(f"slice {k}: rods (red) and measured cores (dashed)\n{RADIOLOGICAL}", fontsize=9)
-    ax3.set_axis_off()
-    lines = [textwrap.shorten(w, 230) for w in cal.warnings[:_MAX_WARNING_LINES]]
-    if len(cal.warnings) > _MAX_WARNING_LINES:
-        lines.append(f"... and {len(cal.warnings) - _MAX_WARNING_LINES} more (calibration.csv, warnings)")
-    if lines:
-        fig.suptitle("\n".join(lines), fontsize=7, color="darkred")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.035 * len(lines)))
-    return fig
+
+
+def _plot_rod_fit(ax, cal: Calibration, nominal: np.ndarray, hu: np.ndarray, names: list[str], water) -> None:
+    """Rod HU (minus the rods' water, mg/cm3, for a two-component phantom: ``water`` not None)
+    against nominal density, and the fit line."""
+    two_comp = water is not None
+    y = hu - np.asarray(water, float) if two_comp else hu
+    ax.plot(nominal, y, "o", label="rods (measured)")
+    for x, yy, n in zip(nominal, y, names):
+        ax.annotate(n, (x, yy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    xs = np.linspace(np.nanmin(nominal), np.nanmax(nominal), 50)
+    if two_comp:
+        sr, br = cal.details["sigma_ref"], cal.details["beta_ref"]
+        ax.plot(xs, br + sr * xs, "-", label=f"HU - water = {br:.1f} + {sr:.4f} x (sigma_CT {cal.slope_hu_per_mg_cm3:.4f}, beta_CT {cal.intercept_hu:.1f})")
+    else:
+        ax.plot(xs, cal.hu(xs), "-", label=f"HU = {cal.intercept_hu:.1f} + {cal.slope_hu_per_mg_cm3:.4f} x")
+    ax.set_xlabel(f"nominal density (mg {cal.material.value}/cm3)")
+
+
+def _fit_title(cal: Calibration) -> str:
+    """Panel 1 title: the phantomless fit's effective energy (keV) and density uncertainty, or the
+    phantom and R^2."""
+    if cal.method != "internal":
+        r2 = "" if cal.r2 is None else f", R^2 = {cal.r2:.5f}"
+        return f"{cal.method}: {cal.phantom}{r2}"
+    kev, prior, sd = cal.details.get("kev"), cal.details.get("kev_prior"), cal.details.get("kev_prior_sd")
+    source = "phantom scan" if cal.details.get("precalibrated_kev") is not None else "prior"
+    energy = "" if kev is None else f"\neffective energy {kev:.1f} keV" + (
+        "" if prior is None else f" ({source} {prior:.1f}" + ("" if sd is None else f" +- {sd:.1f}") + ")")
+    unc = cal.details.get("density_uncertainty_fraction")
+    unc = "" if unc is None else f", densities +-{100 * unc:.1f} % (1 SD)"
+    return f"phantomless (internal) calibration{energy}{unc}"
+
+
+def _show_rod_outlines(ax, volume: Volume, cal: Calibration) -> None:
+    """The slice through the rods' median centre with each rod (red) and its measured core
+    (dashed) outlined and named, zoomed on the rods."""
+    from matplotlib.patches import Circle
+
+    refs = cal.references
+    idx = volume.lps_to_index(np.array([r.center_lps for r in refs]))
+    k = int(np.clip(np.round(np.median(idx[:, 0])), 0, volume.shape[0] - 1))
+    ax.imshow(volume.array[k], cmap="gray", vmin=-300, vmax=1200, interpolation="nearest")
+    px = float(np.mean(volume.spacing[1:]))
+    cores = cal.details.get("rod_core_radius_mm") or [None] * len(refs)
+    for r, (kk, j, i), core in zip(refs, idx, cores):
+        rad = 3.0 if r.radius_mm is None else r.radius_mm / px
+        ax.add_patch(Circle((i, j), rad, fill=False, color="red", lw=0.8))
+        if core:  # the measured core
+            ax.add_patch(Circle((i, j), core / px, fill=False, color="orange", lw=0.6, ls="--"))
+        ax.text(i, j - rad - 3, r.name, color="yellow", fontsize=7, ha="center")
+    # zoom on the rods with a margin that keeps the phantom and its surroundings in view
+    rmax = max((r.radius_mm or 3.0) / px for r in refs)
+    pad = 4 * rmax + 15.0 / px
+    ax.set_xlim(max(idx[:, 2].min() - pad, -0.5), min(idx[:, 2].max() + pad, volume.shape[2] - 0.5))
+    ax.set_ylim(min(idx[:, 1].max() + pad, volume.shape[1] - 0.5), max(idx[:, 1].min() - pad, -0.5))
+    radiological_axial(ax, volume)
+    ax.set_title(f"slice {k}: rods (red) and measured cores (dashed)\n{RADIOLOGICAL}", fontsize=9)
+
+
+def _warning_lines(warnings: tuple[str, ...]) -> list[str]:
+    """The first warnings, shortened, for the figure title (and a count of the rest)."""
+    lines = [textwrap.shorten(w, 230) for w in warnings[:_MAX_WARNING_LINES]]
+    if len(warnings) > _MAX_WARNING_LINES:
+        lines.append(f"... and {len(warnings) - _MAX_WARNING_LINES} more (calibration.csv, warnings)")
+    return lines
 
 
 _MAX_WARNING_LINES = 5

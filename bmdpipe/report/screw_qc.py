@@ -43,7 +43,6 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
         screw's midpoint with the crest radius and the widest halo drawn.
     """
     from matplotlib.figure import Figure
-    from matplotlib.patches import Circle
 
     from ..screws.halo import measure_halo_detail
 
@@ -51,32 +50,49 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
     d = measure_halo_detail(volume, screw, settings, hardware,
                             blur_sigma_mm=screw.halo.blur_sigma_mm if screw.halo else None)
     h = d.halo
-    rays = d.rays
     R = screw.diameter_mm / 2.0
-    r = rays.radii_mm
-    shell = (r >= R) & (r <= R + settings.min_width_mm)
-    unrolled = rays.values[:, :, shell].mean(axis=2)  # (P, A)
-    ang = np.degrees(rays.angles_rad)
-    pos = rays.positions_mm
+    ang = np.degrees(d.rays.angles_rad)
+    pos = d.rays.positions_mm
     fig = Figure(figsize=(13, 4.2))
     ax0, ax1, ax2 = fig.subplots(1, 3)
     ext = (ang[0], ang[-1], pos[-1], pos[0])
-    ax0.imshow(unrolled, cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect="auto", extent=ext)
-    if h.width_map_mm is not None and np.isfinite(h.width_map_mm).any():
-        ax0.contour(ang, pos, np.nan_to_num(h.width_map_mm, nan=0.0), levels=[settings.min_width_mm],
-                    colors="r", linewidths=1.0)
-    if d.streak.any():
-        ax0.contourf(ang, pos, d.streak.astype(float), levels=[0.5, 1.5], colors="none", hatches=["//"])
-    ax0.set_xlabel("angle around the screw (deg)")
-    ax0.set_ylabel("position from entry (mm)")
-    ax0.set_title(f"HU within {settings.min_width_mm:g} mm of the crests (red: halo >= {settings.min_width_mm:g} mm)",
-                  fontsize=8)
+    _show_unrolled_shell(ax0, d, R, settings, window_hu, ang, pos, ext)
     im = ax1.imshow(h.width_map_mm, cmap="magma", vmin=0, vmax=settings.max_width_mm, aspect="auto", extent=ext)
     fig.colorbar(im, ax=ax1, label="halo width (mm)")
     ax1.set_xlabel("angle (deg)")
     ax1.set_title(f"max {h.max_width_mm:.1f} mm, mean {h.mean_width_mm:.1f} mm, "
                   f"{100 * h.circumference_fraction:.0f} % circ., loosened={h.loosened}", fontsize=8)
-    # axial slice through the midpoint
+    _show_axial_slice(ax2, volume, screw, R, R + h.max_width_mm, window_hu)
+    fig.tight_layout()
+    return fig
+
+
+def _show_unrolled_shell(ax, d, crest_radius_mm: float, settings: HaloSettings, window_hu, ang: np.ndarray,
+                         pos: np.ndarray, ext) -> None:
+    """Mean HU in the first ``min_width_mm`` beyond the crests, unrolled (angle in deg vs position
+    in mm, image ``ext``), with the halo contour and the streak rays hatched."""
+    h = d.halo
+    r = d.rays.radii_mm
+    shell = (r >= crest_radius_mm) & (r <= crest_radius_mm + settings.min_width_mm)
+    unrolled = d.rays.values[:, :, shell].mean(axis=2)  # (P, A)
+    ax.imshow(unrolled, cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect="auto", extent=ext)
+    if h.width_map_mm is not None and np.isfinite(h.width_map_mm).any():
+        ax.contour(ang, pos, np.nan_to_num(h.width_map_mm, nan=0.0), levels=[settings.min_width_mm],
+                   colors="r", linewidths=1.0)
+    if d.streak.any():
+        ax.contourf(ang, pos, d.streak.astype(float), levels=[0.5, 1.5], colors="none", hatches=["//"])
+    ax.set_xlabel("angle around the screw (deg)")
+    ax.set_ylabel("position from entry (mm)")
+    ax.set_title(f"HU within {settings.min_width_mm:g} mm of the crests (red: halo >= {settings.min_width_mm:g} mm)",
+                 fontsize=8)
+
+
+def _show_axial_slice(ax, volume: Volume, screw: Screw, crest_radius_mm: float, halo_radius_mm: float,
+                      window_hu) -> None:
+    """The axial slice through the screw's midpoint (70 mm square) with its axis, the crest radius
+    (cyan) and the widest halo's outer radius (red), mm."""
+    from matplotlib.patches import Circle
+
     e = np.asarray(screw.entry_lps)
     t = np.asarray(screw.tip_lps)
     mid = 0.5 * (e + t)
@@ -87,19 +103,17 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
     j0, i0 = int(round(kji[1])), int(round(kji[2]))
     jl, jh = max(j0 - half_j, 0), min(j0 + half_j, volume.shape[1])
     il, ih = max(i0 - half_i, 0), min(i0 + half_i, volume.shape[2])
-    ax2.imshow(volume.array[k, jl:jh, il:ih], cmap="gray", vmin=window_hu[0], vmax=window_hu[1],
-               extent=(il - 0.5, ih - 0.5, jh - 0.5, jl - 0.5))
+    ax.imshow(volume.array[k, jl:jh, il:ih], cmap="gray", vmin=window_hu[0], vmax=window_hu[1],
+              extent=(il - 0.5, ih - 0.5, jh - 0.5, jl - 0.5))
     ends = volume.lps_to_index(np.array([e, t]))
-    ax2.plot(ends[:, 2], ends[:, 1], "c-", lw=0.8)
-    for rad, col in ((R, "c"), (R + h.max_width_mm, "r")):
-        ax2.add_patch(Circle((kji[2], kji[1]), rad / volume.spacing[2], fill=False, ec=col, lw=0.8))
-    radiological_axial(ax2, volume)
-    ax2.set_title(f"{screw.vertebra or '?'} {screw.side.value}: d {screw.diameter_mm:.1f} mm, "
-                  f"L {screw.length_mm:.0f} mm (slice {k})\n{RADIOLOGICAL}", fontsize=8)
-    ax2.set_xticks([])
-    ax2.set_yticks([])
-    fig.tight_layout()
-    return fig
+    ax.plot(ends[:, 2], ends[:, 1], "c-", lw=0.8)
+    for rad, col in ((crest_radius_mm, "c"), (halo_radius_mm, "r")):
+        ax.add_patch(Circle((kji[2], kji[1]), rad / volume.spacing[2], fill=False, ec=col, lw=0.8))
+    radiological_axial(ax, volume)
+    ax.set_title(f"{screw.vertebra or '?'} {screw.side.value}: d {screw.diameter_mm:.1f} mm, "
+                 f"L {screw.length_mm:.0f} mm (slice {k})\n{RADIOLOGICAL}", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def save_screw_qc(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, path: str | Path, *,

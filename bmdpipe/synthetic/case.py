@@ -11,7 +11,8 @@ from bmdpipe.volume import SeriesMeta, Volume
 from .grid import Grid
 from .phantom import draw_body, paint_abdomen, paint_body, paint_phantom_and_table, paint_vessels
 from .scanner import ScannerResponse, apply_psf, draw_scanner, make_noise
-from .screws import add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal, screw_metal_mask
+from .screws import (ScrewTruth, add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal,
+                     screw_metal_mask)
 from .spec import ORIENTATIONS, CaseSpec
 from .spine import VertebraGeom, draw_spine, paint_discs_and_canal, paint_sclerosis, paint_vertebra
 from .tissue import BONE_CODES, TISSUE
@@ -107,10 +108,7 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     scanner = draw_scanner(spec, r_scan)
     body = draw_body(spec, r_body)
     verts = draw_spine(spec.levels, spec, r_spine, y0=body.back_y - 100.0)  # spine 100 mm anterior to the back
-    z_hi = max(g.centre[2] + g.h / 2 + 7.0 for g in verts) + spec.margin_z_mm
-    z_lo = min(g.centre[2] - g.h / 2 - g.disc_below for g in verts) - spec.margin_z_mm
-    grid = Grid.centred((spec.fov_mm[0], spec.fov_mm[1], z_hi - z_lo), (0.0, 0.0, (z_hi + z_lo) / 2.0),
-                        spec.spacing_mm)
+    grid = _case_grid(spec, verts)
     shape = grid.shape
     tissue = np.zeros(shape, dtype=np.uint8)
     mineral = np.zeros(shape, dtype=np.float32)
@@ -129,57 +127,15 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     blobs = paint_sclerosis(grid, verts, tissue, mineral, labels, r_scl, scl_on)
 
     vtruth = tuple(_vertebra_truth(g) for g in verts)
-    by_name = {v.name: v for v in vtruth}
-    screws = []
-    for sp in spec.screws:
-        if sp.vertebra not in by_name:
-            raise ValueError(f"screw in {sp.vertebra!r} but the case levels are {spec.levels}")
-        st = place_screw(sp, by_name[sp.vertebra].pedicle(sp.side), r_screw)
-        screws.append(st)
+    screws = _place_screws(spec, vtruth, r_screw)
     centroids = [paint_screw(grid, st, tissue, mineral, hu_fixed, scanner.tissue_hu["fibrous"]) for st in screws]
     fusion = paint_fusion_rods(grid, screws, tissue, mineral, hu_fixed, scanner.metal_hu) if spec.fusion_rods else []
+    hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
+    del hu_fixed
 
-    # clean HU: look-up table for soft tissues, calibration line for bone, fixed values for the rest
-    lut = np.zeros(256, dtype=np.float32)
-    th = scanner.tissue_hu
-    for name, key in (("air", "air"), ("fat", "fat"), ("soft_tissue", "muscle"), ("blood", "blood"),
-                      ("disc", "disc"), ("canal", "csf")):
-        lut[TISSUE[name]] = th[key]
-    hu = lut[tissue]
-    bone = np.isin(tissue, BONE_CODES)
-    hu[bone] = (scanner.intercept_hu + scanner.slope_hu_per_mg_cm3 * mineral[bone]).astype(np.float32)
-    fixed = np.isin(tissue, _FIXED_CODES)
-    hu[fixed] = hu_fixed[fixed]
-    del hu_fixed, fixed, bone
-
-    img = apply_psf(hu, grid.spacing_zyx, scanner.psf_fwhm_mm)
-    # screw metal: rendered finer than the voxels over the tissue it displaces, then marked in the truth
-    for rendered in [render_screw_metal(grid, st, hu, scanner.metal_hu, scanner.psf_fwhm_mm) for st in screws]:
-        if rendered is not None:
-            img[rendered[0]] += rendered[1]
-    for marked in [screw_metal_mask(grid, st) for st in screws]:
-        if marked is not None:
-            sl, m = marked
-            tissue[sl][m] = TISSUE["metal"]
-            mineral[sl][m] = 0.0
-            hu[sl][m] = scanner.metal_hu
-    a = r_art.uniform(size=2)
-    artefacts = {"streak_amplitude_hu": float(150.0 + 200.0 * a[0]), "streak_width_mm": float(1.0 + 1.0 * a[1]),
-                 "n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion}
-    if spec.streaks and len(screws) >= 2:
-        artefacts["n_streaks"] = add_streaks(grid, img, centroids, artefacts["streak_amplitude_hu"],
-                                             artefacts["streak_width_mm"])
-    img += make_noise(shape, grid.spacing_zyx, scanner.noise_sd_hu, scanner.noise_corr_mm, r_noise)
-    np.clip(img, HU_MIN, HU_MAX if spec.metal_saturation else 64511.0, out=img)
-
-    phi = _phi(int(seed), r_phi)
-    d0 = int(r_phi.integers(0, 3 * 365))
-    study_date = spec.study_date or (np.datetime64("2023-01-02") + np.timedelta64(d0, "D")).astype(str).replace("-", "")
-    uid = generate_uid(entropy_srcs=["bmdpipe-synthetic", str(seed), repr(spec)])
-    meta = SeriesMeta(series_uid=uid, study_id=f"synthetic-{seed}", source="bmdpipe.synthetic", n_files=shape[0],
-                      modality="CT", description="synthetic lumbar spine QCT", manufacturer="bmdpipe-synthetic",
-                      kernel="STANDARD", kvp=120.0, slice_thickness_mm=float(spec.spacing_mm[0]),
-                      study_date=study_date)
+    img = _blur_with_screw_metal(grid, scanner, screws, hu, tissue, mineral)
+    artefacts = _add_artefacts_and_noise(grid, spec, scanner, img, centroids, fusion, r_art, r_noise)
+    phi, meta = _phi_and_series_meta(seed, spec, shape[0], r_phi)
     arr, origin, direction = _orient(img, grid, spec.orientation)
     del img
     vol = Volume(array=arr, spacing=grid.spacing_zyx, origin=origin, direction=direction, meta=meta)
@@ -192,3 +148,88 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
               "back_y_mm": body.back_y, "vessels": vessels, "abdomen": abdomen, "table": table},
         seed=int(seed), spec=spec)
     return SyntheticCase(volume=vol, labels=flip(labels), truth=truth)
+
+
+def _case_grid(spec: CaseSpec, verts: list[VertebraGeom]) -> Grid:
+    """The scan grid: ``spec.fov_mm`` in-plane, from below the lowest disc to above the top
+    vertebra plus ``spec.margin_z_mm`` (mm), at ``spec.spacing_mm``."""
+    z_hi = max(g.centre[2] + g.h / 2 + 7.0 for g in verts) + spec.margin_z_mm
+    z_lo = min(g.centre[2] - g.h / 2 - g.disc_below for g in verts) - spec.margin_z_mm
+    return Grid.centred((spec.fov_mm[0], spec.fov_mm[1], z_hi - z_lo), (0.0, 0.0, (z_hi + z_lo) / 2.0),
+                        spec.spacing_mm)
+
+
+def _place_screws(spec: CaseSpec, vtruth: tuple[VertebraTruth, ...], rng: np.random.Generator) -> list[ScrewTruth]:
+    """Each screw of ``spec`` placed along the true pedicle axis of its vertebra."""
+    by_name = {v.name: v for v in vtruth}
+    screws = []
+    for sp in spec.screws:
+        if sp.vertebra not in by_name:
+            raise ValueError(f"screw in {sp.vertebra!r} but the case levels are {spec.levels}")
+        st = place_screw(sp, by_name[sp.vertebra].pedicle(sp.side), rng)
+        screws.append(st)
+    return screws
+
+
+def _clean_hu(scanner: ScannerResponse, tissue: np.ndarray, mineral: np.ndarray, hu_fixed: np.ndarray) -> np.ndarray:
+    """Noise-free HU: look-up table for soft tissues, calibration line for bone (mineral in
+    mg/cm3), ``hu_fixed`` for rods, phantom, table, metal and halos."""
+    lut = np.zeros(256, dtype=np.float32)
+    th = scanner.tissue_hu
+    for name, key in (("air", "air"), ("fat", "fat"), ("soft_tissue", "muscle"), ("blood", "blood"),
+                      ("disc", "disc"), ("canal", "csf")):
+        lut[TISSUE[name]] = th[key]
+    hu = lut[tissue]
+    bone = np.isin(tissue, BONE_CODES)
+    hu[bone] = (scanner.intercept_hu + scanner.slope_hu_per_mg_cm3 * mineral[bone]).astype(np.float32)
+    fixed = np.isin(tissue, _FIXED_CODES)
+    hu[fixed] = hu_fixed[fixed]
+    return hu
+
+
+def _blur_with_screw_metal(grid: Grid, scanner: ScannerResponse, screws: list[ScrewTruth], hu: np.ndarray,
+                           tissue: np.ndarray, mineral: np.ndarray) -> np.ndarray:
+    """The PSF-blurred image of ``hu`` with the screw metal rendered finer than the voxels over the
+    tissue it displaces; then marks the metal in ``tissue``, ``mineral`` and ``hu`` (in place)."""
+    img = apply_psf(hu, grid.spacing_zyx, scanner.psf_fwhm_mm)
+    for rendered in [render_screw_metal(grid, st, hu, scanner.metal_hu, scanner.psf_fwhm_mm) for st in screws]:
+        if rendered is not None:
+            img[rendered[0]] += rendered[1]
+    for marked in [screw_metal_mask(grid, st) for st in screws]:
+        if marked is not None:
+            sl, m = marked
+            tissue[sl][m] = TISSUE["metal"]
+            mineral[sl][m] = 0.0
+            hu[sl][m] = scanner.metal_hu
+    return img
+
+
+def _add_artefacts_and_noise(grid: Grid, spec: CaseSpec, scanner: ScannerResponse, img: np.ndarray,
+                             centroids: list, fusion: list, r_art: np.random.Generator,
+                             r_noise: np.random.Generator) -> dict:
+    """Add streaks between the screws (when asked and at least two) and correlated noise to ``img``,
+    then clip it to the stored HU range (in place); returns the artefacts' truth."""
+    a = r_art.uniform(size=2)
+    artefacts = {"streak_amplitude_hu": float(150.0 + 200.0 * a[0]), "streak_width_mm": float(1.0 + 1.0 * a[1]),
+                 "n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion}
+    if spec.streaks and len(centroids) >= 2:
+        artefacts["n_streaks"] = add_streaks(grid, img, centroids, artefacts["streak_amplitude_hu"],
+                                             artefacts["streak_width_mm"])
+    img += make_noise(grid.shape, grid.spacing_zyx, scanner.noise_sd_hu, scanner.noise_corr_mm, r_noise)
+    np.clip(img, HU_MIN, HU_MAX if spec.metal_saturation else 64511.0, out=img)
+    return artefacts
+
+
+def _phi_and_series_meta(seed: int, spec: CaseSpec, n_slices: int,
+                         r_phi: np.random.Generator) -> tuple[dict, SeriesMeta]:
+    """The planted PHI and the series header: a UID fixed by seed and spec, a study date drawn in
+    2023-2025 unless ``spec.study_date`` is given."""
+    phi = _phi(int(seed), r_phi)
+    d0 = int(r_phi.integers(0, 3 * 365))
+    study_date = spec.study_date or (np.datetime64("2023-01-02") + np.timedelta64(d0, "D")).astype(str).replace("-", "")
+    uid = generate_uid(entropy_srcs=["bmdpipe-synthetic", str(seed), repr(spec)])
+    meta = SeriesMeta(series_uid=uid, study_id=f"synthetic-{seed}", source="bmdpipe.synthetic", n_files=n_slices,
+                      modality="CT", description="synthetic lumbar spine QCT", manufacturer="bmdpipe-synthetic",
+                      kernel="STANDARD", kvp=120.0, slice_thickness_mm=float(spec.spacing_mm[0]),
+                      study_date=study_date)
+    return phi, meta

@@ -132,61 +132,85 @@ def write_dicom_series(case: SyntheticCase, folder, *, compress: str | None = No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vol = case.volume
-    phi = dict(case.truth.phi)
-    if patient_name is not None:
-        phi["PatientName"] = patient_name
-    if patient_id is not None:
-        phi["PatientID"] = patient_id
-    if birth_date is not None:
-        phi["PatientBirthDate"] = birth_date
+    phi = _phi_with_overrides(case.truth.phi, patient_name, patient_id, birth_date)
     seed = case.truth.seed
     rng = np.random.default_rng([seed, 7041])
     series_uid = vol.meta.series_uid
     study_uid = _uid(series_uid, "study")
     frame_uid = _uid(series_uid, "frame")
-    n = vol.shape[0]
-    inst = rng.permutation(n) + 1 if shuffle_names else np.arange(1, n + 1)
-    if shuffle_names:
-        names = []
-        for k in range(n):
-            stem = "".join(rng.choice(list("0123456789ABCDEF"), size=12))
-            names.append(stem + (".dcm" if rng.uniform() < 0.65 else ""))
-    else:
-        names = [f"IM{k + 1:05d}.dcm" for k in range(n)]
-    sz, sy, sx = vol.spacing
-    row_dir = vol.direction[:, 0]
-    col_dir = vol.direction[:, 1]
-    iop = [float(v) for v in (*row_dir, *col_dir)]
+    inst, names = _instance_numbers_and_names(vol.shape[0], shuffle_names, rng)
     paths = []
-    for k in range(n):
-        sop = _uid(series_uid, "slice", k)
-        ds = _base_dataset(case, sop, series_uid, phi, study_uid, frame_uid)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    for k in range(vol.shape[0]):
+        ds = _axial_slice_dataset(case, k, phi, study_uid, frame_uid)
         ds.SeriesDescription = series_description
         ds.SeriesNumber = series_number
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = int(inst[k])
-        pos = vol.index_to_lps(np.array([k, 0, 0], dtype=float))
-        ds.ImagePositionPatient = [round(float(v), 4) for v in pos]
-        ds.ImageOrientationPatient = iop
-        ds.SliceLocation = round(float(pos[2]), 4)
-        ds.PixelSpacing = [round(sy, 6), round(sx, 6)]
-        ds.SliceThickness = round(float(vol.meta.slice_thickness_mm or sz), 4)
-        ds.SpacingBetweenSlices = round(sz, 6)
-        ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
-        ds.PixelData = _stored(vol.array[k]).tobytes()
         path = folder / names[k]
         _save(ds, path, compress)
         paths.append(path)
     if add_localizer:
         paths.append(_write_localizer(case, folder, phi, study_uid, frame_uid, compress))
     if add_stray_files:
-        readme = folder / "README.txt"
-        readme.write_text("Exported by bmdpipe-synthetic. Not a DICOM file.\n")
-        junk = folder / ".DS_Store"
-        junk.write_bytes(b"\x00\x00\x00\x01Bud1" + rng.integers(0, 256, size=2048, dtype=np.uint8).tobytes())
-        paths += [readme, junk]
+        paths += _write_stray_files(folder, rng)
     return paths
+
+
+def _phi_with_overrides(planted: dict, patient_name: str | None, patient_id: str | None,
+                        birth_date: str | None) -> dict:
+    """The planted PHI with each given value in its place."""
+    phi = dict(planted)
+    if patient_name is not None:
+        phi["PatientName"] = patient_name
+    if patient_id is not None:
+        phi["PatientID"] = patient_id
+    if birth_date is not None:
+        phi["PatientBirthDate"] = birth_date
+    return phi
+
+
+def _instance_numbers_and_names(n: int, shuffle: bool, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """InstanceNumber and file name of each slice: a random permutation and random names (about a
+    third without ``.dcm``) when shuffled, else ``1..n`` and ``IM00001.dcm ...``."""
+    inst = rng.permutation(n) + 1 if shuffle else np.arange(1, n + 1)
+    if shuffle:
+        names = []
+        for k in range(n):
+            stem = "".join(rng.choice(list("0123456789ABCDEF"), size=12))
+            names.append(stem + (".dcm" if rng.uniform() < 0.65 else ""))
+    else:
+        names = [f"IM{k + 1:05d}.dcm" for k in range(n)]
+    return inst, names
+
+
+def _axial_slice_dataset(case: SyntheticCase, k: int, phi: dict, study_uid: str, frame_uid: str) -> Dataset:
+    """The CT image of axial slice ``k``: geometry (LPS mm) and stored pixels; the series
+    description and numbers are left to the caller."""
+    vol = case.volume
+    series_uid = vol.meta.series_uid
+    sop = _uid(series_uid, "slice", k)
+    ds = _base_dataset(case, sop, series_uid, phi, study_uid, frame_uid)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    sz, sy, sx = vol.spacing
+    pos = vol.index_to_lps(np.array([k, 0, 0], dtype=float))
+    ds.ImagePositionPatient = [round(float(v), 4) for v in pos]
+    ds.ImageOrientationPatient = [float(v) for v in (*vol.direction[:, 0], *vol.direction[:, 1])]
+    ds.SliceLocation = round(float(pos[2]), 4)
+    ds.PixelSpacing = [round(sy, 6), round(sx, 6)]
+    ds.SliceThickness = round(float(vol.meta.slice_thickness_mm or sz), 4)
+    ds.SpacingBetweenSlices = round(sz, 6)
+    ds.Rows, ds.Columns = vol.shape[1], vol.shape[2]
+    ds.PixelData = _stored(vol.array[k]).tobytes()
+    return ds
+
+
+def _write_stray_files(folder: Path, rng: np.random.Generator) -> list[Path]:
+    """A ``README.txt`` and a binary ``.DS_Store`` beside the series, as exports often hold."""
+    readme = folder / "README.txt"
+    readme.write_text("Exported by bmdpipe-synthetic. Not a DICOM file.\n")
+    junk = folder / ".DS_Store"
+    junk.write_bytes(b"\x00\x00\x00\x01Bud1" + rng.integers(0, 256, size=2048, dtype=np.uint8).tobytes())
+    return [readme, junk]
 
 
 def _write_localizer(case, folder: Path, phi, study_uid, frame_uid, compress) -> Path:

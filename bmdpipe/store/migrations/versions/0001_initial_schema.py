@@ -18,6 +18,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _create_runs()
+    _create_studies()
+    _create_clinical_visits()
+    _create_series()
+    _create_calibrations()
+    _create_roi_edits()
+    _create_screw_measurements()
+    _create_vertebra_measurements()
+
+
+def _create_runs() -> None:
+    """The runs of the pipeline: settings, version, time."""
     op.create_table('runs',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('started', sa.DateTime(timezone=True), nullable=False),
@@ -28,11 +40,19 @@ def upgrade() -> None:
     sa.Column('command', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_runs'))
     )
+
+
+def _create_studies() -> None:
+    """The trial participants, known by pseudonym only."""
     op.create_table('studies',
     sa.Column('study_id', sa.String(length=64), nullable=False),
     sa.Column('created', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('study_id', name=op.f('pk_studies'))
     )
+
+
+def _create_clinical_visits() -> None:
+    """The clinical data of each study per timepoint, indexed by study."""
     op.create_table('clinical_visits',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('study_id', sa.String(length=64), nullable=False),
@@ -64,6 +84,9 @@ def upgrade() -> None:
     with op.batch_alter_table('clinical_visits', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_clinical_visits_study_id'), ['study_id'], unique=False)
 
+
+def _create_series() -> None:
+    """The CT series found in the inputs with their outcome and digests, indexed by run and study."""
     op.create_table('series',
     sa.Column('series_uid', sa.String(length=128), nullable=False),
     sa.Column('study_id', sa.String(length=64), nullable=True),
@@ -90,6 +113,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_series_run_id'), ['run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_series_study_id'), ['study_id'], unique=False)
 
+
+def _create_calibrations() -> None:
+    """The HU <-> mg/cm3 calibration of each series."""
     op.create_table('calibrations',
     sa.Column('series_uid', sa.String(length=128), nullable=False),
     sa.Column('method', sa.String(length=32), nullable=True),
@@ -104,6 +130,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['series_uid'], ['series.series_uid'], name=op.f('fk_calibrations_series_uid_series'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('series_uid', name=op.f('pk_calibrations'))
     )
+
+
+def _create_roi_edits() -> None:
+    """The manual ROI edits (who, when, what), indexed by series."""
     op.create_table('roi_edits',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('series_uid', sa.String(length=128), nullable=False),
@@ -119,6 +149,9 @@ def upgrade() -> None:
     with op.batch_alter_table('roi_edits', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_roi_edits_series_uid'), ['series_uid'], unique=False)
 
+
+def _create_screw_measurements() -> None:
+    """The pedicle screws found in each series, indexed by series."""
     op.create_table('screw_measurements',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('series_uid', sa.String(length=128), nullable=False),
@@ -146,6 +179,9 @@ def upgrade() -> None:
     with op.batch_alter_table('screw_measurements', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_screw_measurements_series_uid'), ['series_uid'], unique=False)
 
+
+def _create_vertebra_measurements() -> None:
+    """The vertebra x region x side measurements, indexed by series."""
     op.create_table('vertebra_measurements',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('series_uid', sa.String(length=128), nullable=False),
@@ -170,7 +206,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('vertebra_measurements', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_vertebra_measurements_series_uid'), ['series_uid'], unique=False)
-
 
 
 def downgrade() -> None:
