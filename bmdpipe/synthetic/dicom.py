@@ -97,7 +97,7 @@ def _save(ds: Dataset, path: Path, compress: str | None) -> None:
     if compress is not None:
         if compress not in _COMPRESS:
             raise ValueError(f"compress={compress!r} unknown; use None, 'jpeg2000-lossless' or 'rle'")
-        ds.compress(_COMPRESS[compress])
+        ds.compress(_COMPRESS[compress], generate_instance_uid=False)  # keep the seeded UIDs: reproducible files
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -118,3 +118,17 @@ def test_write_sample_data(tmp_path):
     t = json.loads(out["postop_screws"]["truth"].read_text())
     assert len(t["screws"]) == 4 and any(s["loosened"] for s in t["screws"])
     assert json.loads(out["preop_ha"]["truth"].read_text())["phantom"]["material"] == "HA"
+
+
+@pytest.mark.parametrize("compress", [None, "rle"])
+def test_written_files_are_reproducible(small_case, tmp_path, compress):
+    """The same case written twice gives byte-identical files, compressed ones included (their
+    SOPInstanceUIDs are the case's seeded ones, not new random UIDs)."""
+    import hashlib
+
+    def digests(folder):
+        write_dicom_series(small_case, folder, compress=compress)
+        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
