@@ -223,11 +223,26 @@ class Roi:
 
 @dataclass(frozen=True)
 class HaloMeasurement:
-    """Radiolucent zone around one screw (mm)."""
+    """Radiolucent zone around one screw (mm).
 
-    max_width_mm: float
+    Attributes
+    ----------
+    widest_arc_mm : float
+        Width of the halo's widest arc: the per-angle widths are median-smoothed over
+        ``halo.max_smoothing`` neighbouring angles (a halo spans ~35 deg or more; shorter spikes are
+        ray exits or streaks), and the widest arc's plateau is the median of the smoothed widths
+        within half of their peak. Not the largest single width. ``screws.csv`` ``halo_max_mm``.
+    mean_width_mm : float
+        Mean width over the valid angles (halo-free angles count 0).
+    circumference_fraction : float
+        Share of the valid angles whose smoothed width reaches ``halo.min_width_mm``.
+    loosened : bool
+        ``widest_arc_mm >= min_width_mm`` and ``circumference_fraction >= min_circumference_fraction``.
+    """
+
+    widest_arc_mm: float
     mean_width_mm: float
-    circumference_fraction: float  # share of angles with halo >= min width
+    circumference_fraction: float
     loosened: bool
     sclerotic_rim: bool = False
     location: str = ""  # e.g. "tip", "mid", "entry"

@@ -244,7 +244,7 @@ class ScrewRow(_Row):
             diameter_mm=round(screw.diameter_mm, cls.POSITION_DECIMALS),
             entry_x_mm=entry[0], entry_y_mm=entry[1], entry_z_mm=entry[2],
             tip_x_mm=tip[0], tip_y_mm=tip[1], tip_z_mm=tip[2],
-            halo_max_mm=None if h is None else h.max_width_mm,
+            halo_max_mm=None if h is None else h.widest_arc_mm,
             halo_mean_mm=None if h is None else h.mean_width_mm,
             halo_circumference_fraction=None if h is None else h.circumference_fraction,
             loosened=None if h is None else bool(h.loosened),

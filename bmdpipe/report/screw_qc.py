@@ -60,9 +60,9 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
     im = ax1.imshow(h.width_map_mm, cmap="magma", vmin=0, vmax=settings.max_width_mm, aspect="auto", extent=ext)
     fig.colorbar(im, ax=ax1, label="halo width (mm)")
     ax1.set_xlabel("angle (deg)")
-    ax1.set_title(f"max {h.max_width_mm:.1f} mm, mean {h.mean_width_mm:.1f} mm, "
+    ax1.set_title(f"widest arc {h.widest_arc_mm:.1f} mm, mean {h.mean_width_mm:.1f} mm, "
                   f"{100 * h.circumference_fraction:.0f} % circ., loosened={h.loosened}", fontsize=8)
-    _show_axial_slice(ax2, volume, screw, R, R + h.max_width_mm, window_hu)
+    _show_axial_slice(ax2, volume, screw, R, R + h.widest_arc_mm, window_hu)
     fig.tight_layout()
     return fig
 

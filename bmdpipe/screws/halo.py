@@ -508,7 +508,7 @@ def _summarise(w_ang: np.ndarray, bone_ang: np.ndarray, rim_ang: np.ndarray, val
     rim = bool(haloed.any() and np.count_nonzero(haloed & (rim_excess >= settings.rim_min_contrast_hu))
                >= settings.rim_min_fraction * np.count_nonzero(haloed))
     loosened = bool(max_w >= thr and frac >= settings.min_circumference_fraction)
-    return HaloMeasurement(max_width_mm=round(max_w, 2), mean_width_mm=round(mean_w, 2),
+    return HaloMeasurement(widest_arc_mm=round(max_w, 2), mean_width_mm=round(mean_w, 2),
                            circumference_fraction=round(frac, 3), loosened=loosened, sclerotic_rim=rim,
                            location=loc, width_map_mm=wmap.astype(np.float32), blur_sigma_mm=blur_sigma_mm)
 
@@ -540,9 +540,11 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, hardware:
     Returns
     -------
     HaloMeasurement
-        ``max_width_mm`` and ``mean_width_mm`` (mean over the valid circumference, halo-free
-        angles counting 0), ``circumference_fraction`` (share of valid angles with a halo of at
-        least ``min_width_mm``), ``loosened`` (``max_width_mm >= min_width_mm`` and that share
+        ``widest_arc_mm`` (the widest arc's width after a circular median over
+        ``max_smoothing`` angles, see :class:`~bmdpipe.results.HaloMeasurement`), ``mean_width_mm``
+        (mean over the valid circumference, halo-free angles counting 0),
+        ``circumference_fraction`` (share of valid angles whose circular-median width is at least
+        ``min_width_mm``), ``loosened`` (``widest_arc_mm >= min_width_mm`` and that share
         ``>= min_circumference_fraction``), ``sclerotic_rim``, ``location`` (entry / mid / tip
         third with the widest halo) and ``width_map_mm`` (positions x angles, NaN outside bone or
         on streaks).

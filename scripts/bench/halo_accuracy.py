@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                        sat=spec.metal_saturation, orient=spec.orientation)
             if fs is not None:
                 row.update(f_vertebra=fs.vertebra, f_side=fs.side.value, f_diameter=fs.diameter_mm,
-                           f_max=fs.halo.max_width_mm, f_mean=fs.halo.mean_width_mm,
+                           f_max=fs.halo.widest_arc_mm, f_mean=fs.halo.mean_width_mm,
                            f_frac=fs.halo.circumference_fraction, f_loose=fs.halo.loosened,
                            f_rim=fs.halo.sclerotic_rim,
                            entry_err=float(np.linalg.norm(np.subtract(fs.entry_lps, ts.entry_lps))),

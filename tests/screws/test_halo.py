@@ -25,9 +25,9 @@ def test_full_arc_width(screw_block, width, clip):
     if width == 0.0:
         # known weakness: residual bloom-model mismatch reads 0.4-0.9 mm where there is no halo;
         # it must stay below the loosening threshold
-        assert h.max_width_mm < 1.0
+        assert h.widest_arc_mm < 1.0
     else:
-        assert h.max_width_mm == pytest.approx(width, abs=0.3)
+        assert h.widest_arc_mm == pytest.approx(width, abs=0.3)
     assert h.loosened is (width >= 1.0)
     if width >= 1.0:
         assert h.circumference_fraction >= 0.8
@@ -38,7 +38,7 @@ def test_partial_arc_is_not_loosening(screw_block):
     """A 2 mm halo over 30 % of the circumference: wide, but not loose by the 50 % rule."""
     vol, tr = screw_block(width_mm=2.0, arc=0.3, seed=12)
     h = measure_halo(vol, _true_screw(tr), HALO, SMOOTH)
-    assert h.max_width_mm == pytest.approx(2.0, abs=0.35)
+    assert h.widest_arc_mm == pytest.approx(2.0, abs=0.35)
     assert h.circumference_fraction == pytest.approx(0.3, abs=0.12)
     assert not h.loosened
     h2 = measure_halo(vol, _true_screw(tr), HaloSettings(min_circumference_fraction=0.2), SMOOTH)
@@ -49,7 +49,7 @@ def test_sclerotic_rim(screw_block):
     vol, tr = screw_block(width_mm=1.5, arc=1.0, rim=True, seed=13)
     h = measure_halo(vol, _true_screw(tr), HALO, SMOOTH)
     assert h.sclerotic_rim
-    assert h.max_width_mm == pytest.approx(1.5, abs=0.3)
+    assert h.widest_arc_mm == pytest.approx(1.5, abs=0.3)
     vol, tr = screw_block(width_mm=1.5, arc=1.0, rim=False, seed=13)
     assert not measure_halo(vol, _true_screw(tr), HALO, SMOOTH).sclerotic_rim
 
@@ -85,9 +85,9 @@ def test_screws_of_a_scan_share_the_blur(screw_block):
     a, b = measure_screws(vol, [first, second], HALO, SMOOTH)
     assert a.halo.blur_sigma_mm == b.halo.blur_sigma_mm == pytest.approx(float(np.median(alone)), abs=1e-9)
     assert a.halo.blur_sigma_mm == pytest.approx(tr["psf_sigma_mm"], abs=0.05)
-    assert a.halo.max_width_mm == pytest.approx(1.5, abs=0.3)
+    assert a.halo.widest_arc_mm == pytest.approx(1.5, abs=0.3)
     assert a.halo.circumference_fraction == pytest.approx(0.4, abs=0.12) and not a.halo.loosened
-    assert b.halo.max_width_mm < 1.0 and not b.halo.loosened
+    assert b.halo.widest_arc_mm < 1.0 and not b.halo.loosened
 
 
 def test_row_quantile_equals_numpy_nanquantile():

@@ -49,6 +49,6 @@ def test_post_operative_case(orientation):
         assert (f.vertebra, f.side.value) == (ts.vertebra, ts.side)
         assert f.diameter_mm == pytest.approx(ts.diameter_mm, abs=0.5)
         assert f.halo.loosened is ts.loosened
-        assert f.halo.max_width_mm == pytest.approx(ts.halo_width_mm, abs=0.8)  # bench MAE 0.39 mm; zero widths read up to ~0.8
+        assert f.halo.widest_arc_mm == pytest.approx(ts.halo_width_mm, abs=0.8)  # bench MAE 0.39 mm; zero widths read up to ~0.8
         row = ScrewRow.of(f, case.volume.meta)
         assert (row.vertebra, row.side.value) == (ts.vertebra, ts.side) and row.loosened is ts.loosened
