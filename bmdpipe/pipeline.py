@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
-from .errors import AnatomyError, BmdpipeError
+from .errors import AnatomyError, BmdpipeError, CalibrationError
 from .results import Calibration, Material, Screw, Side, Vertebra
-from .rows import CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
+from .rows import UNCALIBRATED, CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
 from .volume import Volume
 
 __all__ = ["SeriesJob", "SeriesResult", "process_series", "process_volume"]
@@ -201,7 +201,7 @@ def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict
     from .report.roi_qc import roi_figure
     from .report.screw_qc import screw_qc_figure
 
-    images = {"calibration": _png(plot_calibration(cal, volume))}
+    images = {"calibration": _png(plot_calibration(cal, volume))} if cal is not None else {}
     for vert in vertebrae:
         images[f"roi_{vert.name}"] = _png(roi_figure(volume, vert, rois))
     for screw in screws:
@@ -214,14 +214,21 @@ def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict
 def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     """Run calibration, anatomy, screws, ROIs and measurement on a loaded volume.
 
-    Returns the fields of :class:`SeriesResult` that depend on the image. Raises
+    Returns the fields of :class:`SeriesResult` that depend on the image, and
+    ``calibration_error``: the :class:`~bmdpipe.errors.CalibrationError` of a calibration that
+    failed (else None). A failed calibration loses nothing that does not depend on it: the ROIs
+    are measured in HU (their ``vbmd.csv`` rows have no density and ``calibration`` =
+    ``failed``), screws, halos and QC images are made. Other stages raise
     :class:`~bmdpipe.errors.BmdpipeError` subclasses; ``process_series`` catches them.
     """
     from .measure import imprecise_roi_note, measure_roi, roi_label_map
     from .roi import place_rois
 
     with _stage("calibrate"):
-        cal = _calibrate(volume, job, settings)
+        try:
+            cal, cal_error = _calibrate(volume, job, settings), None
+        except CalibrationError as exc:
+            cal, cal_error = None, exc
     with _stage("anatomy"):
         vertebrae, anatomy_notes = _vertebrae(volume, job, settings)
     with _stage("screws"):
@@ -230,15 +237,18 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         rois = place_rois(volume, vertebrae, settings, screws=screws)
     with _stage("measure"):
         vbmd_rows = tuple(measure_roi(volume, roi, cal) for roi in rois)
+        if cal is None:
+            vbmd_rows = tuple(replace(r, calibration=UNCALIBRATED) for r in vbmd_rows)
         screw_rows = tuple(ScrewRow.of(s, volume.meta) for s in screws)
         roi_note = imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3,
                                       screw_sides={(s.vertebra, Side(s.side).value) for s in screws})
     out = {
-        "calibration_row": CalibrationRow.of(cal, volume.meta),
+        "calibration_row": None if cal is None else CalibrationRow.of(cal, volume.meta),
+        "calibration_error": cal_error,
         "vbmd_rows": vbmd_rows,
         "screw_rows": screw_rows,
-        "warnings": (tuple(volume.meta.warnings) + tuple(cal.warnings) + anatomy_notes + screw_notes
-                     + ((roi_note,) if roi_note else ())),
+        "warnings": (tuple(volume.meta.warnings) + (tuple(cal.warnings) if cal else ()) + anatomy_notes
+                     + screw_notes + ((roi_note,) if roi_note else ())),
         "roi_maps": {},
         "qc_images": {},
     }
@@ -251,6 +261,16 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         with _stage("report"):
             out["qc_images"] = _qc_images(volume, cal, vertebrae, rois, screws, settings)
     return out
+
+
+def _calibration_failure(error: CalibrationError, out: dict) -> str:
+    """series.csv's reason for a series whose calibration failed: why, and what was still written."""
+    kept = [f"{len(out['vbmd_rows'])} ROIs in HU (no vBMD)"]
+    if out["screw_rows"]:
+        kept.append(f"{len(out['screw_rows'])} screws with their halos")
+    if out["qc_images"]:
+        kept.append("QC images")
+    return f"calibration failed: {error} (written all the same: {', '.join(kept)})"
 
 
 def process_series(job: SeriesJob, settings: Settings) -> SeriesResult:
@@ -269,5 +289,10 @@ def process_series(job: SeriesJob, settings: Settings) -> SeriesResult:
         return SeriesResult.failed(job, exc.stage, str(exc))
     except MemoryError:
         return SeriesResult.failed(job, "pipeline", "out of memory while processing; run with fewer --workers")
-    return SeriesResult(series=ref.series_row(SeriesStatus.processed, join_warnings(out["warnings"])),
-                        study_id=study_id, timepoint=job.timepoint, **out)
+    cal_error = out.pop("calibration_error")
+    if cal_error is not None:
+        logger.warning("series %s: calibration failed, the rest is kept: %s", ref.series_uid, cal_error)
+        series = ref.series_row(SeriesStatus.failed, _calibration_failure(cal_error, out), cal_error.stage)
+    else:
+        series = ref.series_row(SeriesStatus.processed, join_warnings(out["warnings"]))
+    return SeriesResult(series=series, study_id=study_id, timepoint=job.timepoint, **out)

@@ -38,6 +38,7 @@ __all__ = [
     "columns",
     "contract_columns",
     "join_warnings",
+    "UNCALIBRATED",
 ]
 
 
@@ -170,7 +171,10 @@ class VbmdRow(_Row):
     """A row of ``vbmd.csv``: one ROI (vertebra x region x side), in HU and mg/cm3.
 
     Built by :func:`bmdpipe.measure.measure_roi`. ``excluded_fraction`` is the share of the
-    ROI's candidate voxels removed as cortex or sclerosis. Added columns: the calibrated
+    ROI's candidate voxels removed as cortex or sclerosis. ``calibration`` is the method
+    (``phantom``, ``internal``), or ``failed`` (:data:`UNCALIBRATED`) when the series'
+    calibration failed: the HU columns are measured, the densities empty, and ``series.csv``
+    says why. Added columns: the calibrated
     median and SD of the voxels and the standard error of the mean (mg/cm3), and the ROI's
     label code in the ROI maps. Values that could not be measured are NaN (empty in CSV).
     """
@@ -250,6 +254,9 @@ class ScrewRow(_Row):
             loosened=None if h is None else bool(h.loosened),
         )
 
+
+#: ``vbmd.csv`` ``calibration`` of a series whose calibration failed: HU statistics, no density
+UNCALIBRATED = "failed"
 
 #: the output tables: file name -> row type
 ROW_TYPES: dict[str, type] = {

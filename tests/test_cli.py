@@ -295,3 +295,33 @@ def test_synth_writes_cases_and_a_manifest_run_can_read(tmp_path):
     post = [r for r in rows if "postop" in str(r.path)]
     assert len(post) == 1 and post[0].timepoint == "month_12"
     assert {r.timepoint for r in rows if r not in post} == {"baseline"}
+
+
+def test_failed_calibration_keeps_screws_rois_and_exits_1(tmp_path):
+    """A follow-up scan without its phantom, run with --phantom: the calibration fails, but the screws
+    (with halos), the ROIs' HU statistics (no vBMD, calibration 'failed') and the QC images are written;
+    series.csv names the failure and what was kept, and the exit status is 1."""
+    from bmdpipe.synthetic import ScrewSpec
+
+    screws = (ScrewSpec("L4", "left", halo_width_mm=2.0, halo_arc_fraction=1.0), ScrewSpec("L4", "right"))
+    case = make_case(13, CaseSpec(levels=("L3", "L4", "L5"), phantom=None, screws=screws, spacing_mm=(2.0, 0.8, 0.8)))
+    write_dicom_series(case, tmp_path / "dicom", add_localizer=False, add_stray_files=False)
+    write_labels_nifti(case, tmp_path / "labels.nii.gz")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(tmp_path / "dicom"), "--out", str(out), "--phantom", "mindways-model3-ct",
+                              "--labels", str(tmp_path / "labels.nii.gz")])
+    assert res.exit_code == 1, res.output
+    (series,) = [r for r in read_csv_rows(out / "series.csv") if r["series_uid"] == case.volume.meta.series_uid]
+    assert series["status"] == "failed" and series["stage"] == "calibrate"
+    assert "no calibration phantom found" in series["reason"] and "15 ROIs in HU (no vBMD)" in series["reason"]
+    assert "2 screws" in series["reason"]
+    assert read_csv_rows(out / "calibration.csv") == []
+    vbmd = read_csv_rows(out / "vbmd.csv")
+    assert len(vbmd) == 15 and all(r["vbmd_mg_cm3"] == "" and r["calibration"] == "failed" for r in vbmd)
+    a = [r for r in vbmd if r["region"] == "A"]
+    assert all(60.0 < float(r["hu_mean"]) < 400.0 for r in a)  # cancellous bone in HU
+    rows = {r["side"]: r for r in read_csv_rows(out / "screws.csv")}
+    assert sorted(rows) == ["left", "right"] and rows["left"]["loosened"] == "true"
+    qc = sorted(p.name for p in (out / "qc").iterdir())
+    assert any("roi_L4" in n for n in qc) and any("screw_L4" in n for n in qc)
+    assert not any(n.endswith("_calibration.png") for n in qc)
