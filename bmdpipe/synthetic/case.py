@@ -9,6 +9,7 @@ from pydicom.uid import generate_uid
 from bmdpipe.results import PedicleAxis, Side
 from bmdpipe.volume import SeriesMeta, Volume
 from .grid import Grid
+from .pad import draw_pad, paint_pad_and_table
 from .phantom import draw_body, paint_abdomen, paint_body, paint_phantom_and_table, paint_vessels
 from .scanner import ScannerResponse, apply_psf, draw_scanner, make_noise
 from .screws import (ScrewTruth, add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal,
@@ -119,7 +120,11 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     paint_body(grid, body, tissue)
     abdomen = paint_abdomen(grid, body, verts, tissue, r_body)
     vessels = paint_vessels(grid, verts, tissue)
-    phantom_truth, table = paint_phantom_and_table(grid, body, spec.phantom, scanner, tissue, hu_fixed, r_phant)
+    if spec.pad is not None:
+        layout = draw_pad(spec.pad, scanner, scanner.noise_sd_hu, spec.fov_mm[0] / 2.0, r_phant)
+        phantom_truth, table = paint_pad_and_table(grid, body, layout, tissue, hu_fixed)
+    else:
+        phantom_truth, table = paint_phantom_and_table(grid, body, spec.phantom, scanner, tissue, hu_fixed, r_phant)
     paint_discs_and_canal(grid, verts, tissue)
     for g in verts:
         paint_vertebra(grid, g, tissue, mineral, labels, part)

@@ -38,6 +38,7 @@ class PhantomTruth:
     body_hu: float
     y_range_mm: tuple[float, float]
     x_range_mm: tuple[float, float]
+    pad: dict | None = None  # a pad drawn by synthetic.pad: its drawn parameters
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ScrewSpec", "CaseSpec", "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule"]
+__all__ = ["ScrewSpec", "PadSpec", "CaseSpec", "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule",
+           "pad_definition"]
 
 #: Certificate values (K2HPO4 mg/cm3, water mg/cm3) of one Mindways Model 3 CT phantom (science.md).
 MINDWAYS_RODS: tuple[tuple[str, float, float], ...] = (
@@ -82,6 +83,77 @@ class ScrewSpec:
 
 
 @dataclass(frozen=True)
+class PadSpec:
+    """A calibration pad drawn from the range of real pads; ``None`` = drawn from the case seed.
+
+    The pad is a block of one water-like resin under the patient, holding a row of z-parallel
+    rods whose certificate is a shipped phantom definition (``phantoms/<definition>.yaml``). Real
+    pads are not much taller than their rods (the Calgary pad in ``shared/data/real``: ~27 mm
+    around ~19 mm rods, curved, pitch ~35 mm; science.md).
+
+    Attributes
+    ----------
+    definition : str
+        Shipped phantom definition whose rods (certificate values) the pad holds.
+    rod_diameter_mm : float or None
+        Rod diameter, mm (10-30).
+    pitch_ratio : float or None
+        Centre distance of neighbouring rods / rod diameter (1.3-2.2; Calgary ~1.8).
+    height_mm : float or None
+        Pad height, mm (20-60, at least the rods' diameter + 4 mm).
+    end_margin_mm : float or None
+        Pad beyond the first and last rod's edge, mm (5-25).
+    sagitta_mm : float or None
+        How far the pad's ends curve up towards the patient, mm: 0 = flat (half the pads), else
+        up to 15 % of the half-length.
+    offset_mm : float or None
+        Lateral offset of the pad's centre from the patient's midline, mm (the midline stays
+        over the pad).
+    order : str or None
+        Rod order along the row: ``file`` (the definition's), ``reversed`` or ``shuffled``.
+    pad_hu_above_water : float or None
+        The resin's HU above water, HU (0-30), unless a rod is hidden or faint.
+    hidden_rod : str or None
+        Rod made water-equivalent to the pad (the pad takes its HU: no edge); ``""`` = none.
+        Drawn among the rods within 150 HU of water (a 0 mg/cm3 rod, Mindways A or B).
+    faint_rod : str or None
+        Rod whose contrast to the pad is below the image noise (0.3-1 noise SD); ``""`` = none.
+    cupping_hu : float or None
+        Beam-hardening cupping of the pad: its HU rise by ``cupping_hu * (x / 150 mm)^2`` with
+        the lateral distance x from the patient's midline (0-6 HU).
+    streak : bool or None
+        A streak (+-60-200 HU, 1.5-3 mm wide) across one rod in a third of the slices.
+    fov_cut_mm : float or None
+        How far the pad's lateral end lies outside the field of view (its rods stay inside), mm;
+        0 = none.
+    """
+
+    definition: str = "mindways-model3-ct"
+    rod_diameter_mm: float | None = None
+    pitch_ratio: float | None = None
+    height_mm: float | None = None
+    end_margin_mm: float | None = None
+    sagitta_mm: float | None = None
+    offset_mm: float | None = None
+    order: str | None = None
+    pad_hu_above_water: float | None = None
+    hidden_rod: str | None = None
+    faint_rod: str | None = None
+    cupping_hu: float | None = None
+    streak: bool | None = None
+    fov_cut_mm: float | None = None
+
+
+def pad_definition(name: str) -> dict:
+    """The shipped phantom definition ``name`` (the YAML as a dict: model, material, rods)."""
+    import yaml
+
+    from ..config import PHANTOM_DIR
+
+    return yaml.safe_load((PHANTOM_DIR / f"{name}.yaml").read_text())
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     """What to generate. ``None`` = drawn from the seed.
 
@@ -96,7 +168,10 @@ class CaseSpec:
     margin_z_mm : float
         Extra scan length above the top and below the bottom disc, mm.
     phantom : 'mindways', 'ha' or None
-        Calibration phantom under the patient's back.
+        Calibration phantom under the patient's back (a tall flat pad with a wide margin around
+        its rods). Ignored when ``pad`` is given.
+    pad : PadSpec or None
+        A calibration pad drawn from the range of real pads instead (see :class:`PadSpec`).
     material : 'K2HPO4', 'HA' or None
         Mineral units of the truth; None = K2HPO4 unless phantom == 'ha'.
     noise_sd_hu : float or None
@@ -153,6 +228,7 @@ class CaseSpec:
     fov_mm: tuple[float, float] = (360.0, 260.0)
     margin_z_mm: float = 6.0
     phantom: str | None = "mindways"
+    pad: PadSpec | None = None
     material: str | None = None
     noise_sd_hu: float | None = None
     noise_corr_mm: float = 0.3
@@ -181,4 +257,6 @@ class CaseSpec:
     def resolved_material(self) -> str:
         if self.material is not None:
             return self.material
+        if self.pad is not None:
+            return pad_definition(self.pad.definition)["material"]
         return "HA" if self.phantom == "ha" else "K2HPO4"
