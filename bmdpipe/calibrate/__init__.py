@@ -18,7 +18,8 @@ from .ha_conversion import ha_factor, to_ha_equivalent
 from .internal import calibrate_internal, precalibration_kev
 from .models import FitResult, fit_linear, fit_two_component
 from .persist import check_compatible, load_calibration, save_calibration
-from .phantom import RodMeasurement, calibrate_with_phantom, find_rods, phantom_hint
+from .phantom import calibrate_with_phantom, find_rods, phantom_hint
+from .rods import RodMeasurement
 
 __all__ = [
     "hu_of", "mineral_solution_hu", "PhantomDefinition", "RodDefinition", "list_phantoms", "load_phantom",

@@ -46,8 +46,14 @@ class PhantomDefinition(BaseModel):
     rods : list of RodDefinition
         Certificate values; their order in the file is not their order in the image.
     rod_diameter_mm : float, optional
-        Nominal rod diameter, used as a hint by rod finding (a range from the settings is
-        used when absent).
+        Nominal rod diameter, mm: the size of a rod that shows no edge (measured from the rods
+        found when absent).
+    rod_pitch_mm : float, optional
+        Centre distance of neighbouring rods, mm: where a rod that shows no edge sits (from the
+        gaps between the rods found when absent: :func:`~bmdpipe.calibrate.pad.predicted_positions`).
+    pad_height_mm : float, optional
+        Height of the pad around the rods, mm (documentation; the pad's extent is measured in
+        the scan).
     example_values : bool
         True when the certificate values are an example and must be replaced by the
         user's own certificate.
@@ -61,6 +67,8 @@ class PhantomDefinition(BaseModel):
     material: Material
     rods: tuple[RodDefinition, ...] = Field(min_length=2)
     rod_diameter_mm: float | None = Field(None, gt=0)
+    rod_pitch_mm: float | None = Field(None, gt=0)
+    pad_height_mm: float | None = Field(None, gt=0)
     example_values: bool = False
     description: str = ""
 

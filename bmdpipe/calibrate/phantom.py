@@ -1,550 +1,52 @@
-"""Find the rods of an in-scan calibration phantom and calibrate with them.
+"""Calibrate with an in-scan phantom: choose its row of rods, pair them with the certificate, fit.
 
-No hints about where the phantom lies: rods are found as round, uniform, z-parallel
-cylinders of similar size lying in one row (straight or gently curved, below or beside the
-patient). Circles come from a Hough transform on edges of slab-averaged axial images;
-circles are linked across slabs into 3-D rods; the largest group of rods of one size on a
-smooth row is the phantom (vertebrae, bowel gas and the table do not form such a row of
-uniform discs). The pixel-quantised Hough circle is refined from the rod's edge
-(:func:`refine_rod_edge`: sub-pixel centre and radius, not pulled by shading). Each rod is
-measured in an eroded core, slice by slice, over every slice where it is visible; slices hit
-by streaks are dropped by a robust outlier test; a core whose HU change across it
-(:func:`core_gradient_hu`) exceeds ``rod_max_core_gradient_hu`` is named in a warning (beam
-hardening or scatter shading). Rods are assigned to the definition by density order and
-count, never by left-right position.
+The rods come from :mod:`~bmdpipe.calibrate.rods`. When the row holds every rod of the
+definition, rods and certificate are paired by density order (HU ascending; never by left-right
+position). When k of its n rods are found, every pairing that keeps the certificate's order is
+tried (:func:`assign_by_fit`): for each choice of missing rods the fit predicts their HU, and a
+missing rod is measured where the row's geometry puts it (:mod:`~bmdpipe.calibrate.pad`)
+when it reads what the fit predicts. The pairing whose fit is physically plausible, uses the most
+rods and is clearly better than the runner-up is taken, with a warning naming the rods inferred
+or missing; when two pairings fit alike but calibrate differently the choice is ambiguous and the
+calibration is refused, naming both. A core whose HU change across it (:func:`core_gradient_hu`)
+exceeds ``rod_max_core_gradient_hu`` is named in a warning (beam hardening or scatter shading).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
 from ..results import Calibration, ReferenceMeasurement
-from ..robust import robust_sd
 from ..volume import Volume
 from .attenuation import effective_energy_of_slope
-from .definitions import PhantomDefinition
-from .models import fit_linear, fit_quality_warnings, fit_two_component
+from .definitions import PhantomDefinition, RodDefinition
+from .pad import measure_missing_rod, pad_level_hu, predicted_positions, shading_along_row
+from .models import FitResult, fit_linear, fit_quality_warnings, fit_two_component
+from .rods import AIR_HU, RodMeasurement, core_gradient_hu, find_rows, refine_rod_edge
 
-__all__ = ["RodMeasurement", "find_rods", "assign_rods", "refine_rod_edge", "core_gradient_hu",
-           "calibrate_with_phantom", "phantom_hint"]
-
-# Geometry of a row of rods, in rod radii (r) or in the row's pitch (the median gap between rods).
-# The shipped phantoms' rods are 10-30 mm wide at a pitch of 1.5-2.5 diameters (science.md).
-SURROUND_RING_R = (1.25, 1.6)  # a circle's surround: clear of its edge blur, short of the next rod
-MIN_ROD_GAP_R = 1.8  # rods of a phantom never overlap (touching rods: 2 r); closer circles are one rod
-LINK_CENTRE_R = 0.5  # circles of two slabs with centres closer than this (+1 px) are one rod ...
-LINK_RADIUS_FRACTION = 0.25  # ... and radii within this share (+1 px)
-ROW_MAX_SAGITTA = 0.25  # a row bends by at most this share of its half-length (a curved pad, not a ring)
-ROW_TOLERANCE_SLOPE = 0.1  # a row's tolerance across grows by this share of the distance from its seeds
-MAX_END_GAP_PITCHES = 2.6  # an end rod further out than this is not of the row (a phantom corner, a bowel loop)
-MISSING_ROD_GAP_PITCHES = (1.6, 2.4)  # a gap of about two pitches holds one missing rod
-VISIBLE_DISC_R = 1.05  # a slice counts only when the disc just past the rod's edge is in the field of view
-VISIBLE_RELATIVE_TOLERANCE = 0.25  # ... and its core median is within this share of the rod's HU (or rod_visible_tolerance_hu)
-CORE_OUTLIER_SDS = 4.0  # core voxels beyond this many robust SD of the slice's median: a speck or a streak
-MIN_RING_VOXELS = 5  # fewer core or surround voxels: a circle too small to judge
-HOUGH_RADII = 30  # about this many radii tried between rod_min and rod_max_diameter_mm
-AIR_HU = -1000.0  # padding below air (-2000, -3024 outside the field of view) is set to air before slab means
-# refine_rod_edge: rays from the centre, the inside and surround levels, and the largest correction
-EDGE_RAY_R = (0.4, 1.6)
-EDGE_RAY_SAMPLES = 49  # 0.025 r apart
-EDGE_INSIDE_R = 0.6  # inside level: median up to here (the measured core)
-EDGE_SURROUND_R = 1.3  # surround level: median beyond here (past the blurred edge)
-EDGE_RAY_OUTLIER_PX = 1.0  # a ray's edge further than this from the fitted circle is another structure
-EDGE_MAX_CHANGE_R = 0.3  # a refined centre or radius further than this from the detected one is refused
-CIRCLE_REFITS = 3  # circle fits with the outlying rays dropped
-ROW_REFITS = 3  # quadratic refits of a row's members
-
-
-@dataclass(frozen=True)
-class RodMeasurement:
-    """One rod found in the image.
-
-    Attributes
-    ----------
-    center_kji : (3,) tuple of float
-        Rod centre (voxel index) at the middle of its visible z range.
-    axis_ji_per_k : (2,) tuple of float
-        Drift of the centre (rows, columns) per slice (tilted rods).
-    radius_mm : float
-        Outer radius of the rod.
-    core_radius_mm : float
-        Radius of the eroded core that was measured.
-    hu_mean, hu_sd : float
-        Mean and SD (over voxels) of the core HU over the slices used.
-    n_voxels, n_slices : int
-        Voxels and slices used.
-    k_range : (2,) tuple of int
-        First and last slice index where the rod is visible.
-    slice_means : (S,) ndarray
-        Core mean per used slice (QC).
-    score : float
-        Detection strength (normalised Hough accumulator, 0-1).
-    core_gradient_hu : float
-        HU change across the core's diameter along its steepest in-plane direction (a plane fitted
-        to the core voxels of all slices used), HU. A uniform rod shows noise only (a few HU);
-        beam hardening or scatter shading makes it tens of HU.
-    n_outlier_slices : int
-        Slices where the rod was visible but left out: their core mean was an outlier among the
-        rod's slices (a streak across the rod, ``rod_streak_k``).
-    warnings : tuple of str
-    """
-
-    center_kji: tuple[float, float, float]
-    axis_ji_per_k: tuple[float, float]
-    radius_mm: float
-    core_radius_mm: float
-    hu_mean: float
-    hu_sd: float
-    n_voxels: int
-    n_slices: int
-    k_range: tuple[int, int]
-    slice_means: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
-    score: float = 0.0
-    core_gradient_hu: float = 0.0
-    n_outlier_slices: int = 0
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass
-class _Circle:
-    slab: int
-    k_center: float
-    y: float  # row, px
-    x: float  # column, px
-    r_px: float
-    score: float
-
-
-def _slab_bounds(nk: int, dz: float, slab_mm: float) -> list[tuple[int, int]]:
-    per = max(1, int(round(slab_mm / dz)))
-    n = max(1, int(round(nk / per)))
-    edges = np.linspace(0, nk, n + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-def _circles_in_image(img: np.ndarray, px_mm: float, s: CalibrationSettings, k_center: float, slab: int) -> list[_Circle]:
-    from skimage import feature, transform
-
-    rmin = max(2, int(np.floor(s.rod_min_diameter_mm / 2 / px_mm)))
-    rmax = max(rmin + 1, int(np.ceil(s.rod_max_diameter_mm / 2 / px_mm)))
-    step = max(1, (rmax - rmin) // HOUGH_RADII)
-    radii = np.arange(rmin, rmax + 1, step)
-    sigma_px = max(1.0, s.rod_edge_sigma_mm / px_mm)
-    edges = feature.canny(img, sigma=sigma_px, low_threshold=s.rod_edge_low_hu, high_threshold=s.rod_edge_high_hu)
-    if not edges.any():
-        return []
-    acc = transform.hough_circle(edges, radii)
-    peaks = transform.hough_circle_peaks(
-        acc, radii, min_xdistance=rmin, min_ydistance=rmin, threshold=s.rod_hough_threshold,
-        total_num_peaks=s.rod_max_candidates,
-    )
-    out: list[_Circle] = []
-    seen: set[tuple[int, int, int]] = set()
-    for _, cx, cy, _ in zip(*peaks):
-        # every radius that is a local maximum of the votes at this centre is a candidate
-        # (a rod's inner shading can out-vote its true edge; the group step picks the size)
-        y0, x0 = max(0, cy - 1), max(0, cx - 1)
-        prof = acc[:, y0:cy + 2, x0:cx + 2].reshape(len(radii), -1).max(1)
-        for i in range(len(radii)):
-            lo = prof[i - 1] if i > 0 else -1.0
-            hi = prof[i + 1] if i + 1 < len(radii) else -1.0
-            if prof[i] >= s.rod_hough_threshold and prof[i] >= lo and prof[i] >= hi:
-                key = (int(cy), int(cx), int(radii[i]))
-                if key not in seen:
-                    seen.add(key)
-                    out.append(_Circle(slab, k_center, float(cy), float(cx), float(radii[i]), float(prof[i])))
-    return out
-
-
-def _disc_stats(img: np.ndarray, y: float, x: float, r_in: float, r_out: float | None = None,
-                offsets: bool = False):
-    """Values of ``img`` inside a disc (or annulus r_in..r_out) around (y, x), px; with
-    ``offsets`` also each value's (row, column) offset from (y, x), px."""
-    rr = int(np.ceil(r_out if r_out is not None else r_in)) + 1
-    y0, y1 = max(0, int(y) - rr), min(img.shape[0], int(y) + rr + 2)
-    x0, x1 = max(0, int(x) - rr), min(img.shape[1], int(x) + rr + 2)
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    d = np.hypot(yy - y, xx - x)
-    m = d <= r_in if r_out is None else (d >= r_in) & (d <= r_out)
-    if offsets:
-        return img[y0:y1, x0:x1][m], yy[m] - y, xx[m] - x
-    return img[y0:y1, x0:x1][m]
-
-
-def core_gradient_hu(values: np.ndarray, dy_px: np.ndarray, dx_px: np.ndarray, core_radius_px: float) -> float:
-    """HU change across a rod core's diameter from a least-squares plane ``HU = c + gy*dy + gx*dx``
-    over its voxels (offsets from the centre in px): ``2 * core_radius_px * |(gy, gx)|``, HU."""
-    a = np.column_stack([np.ones(values.size), dy_px, dx_px])
-    (_, gy, gx), *_ = np.linalg.lstsq(a, values.astype(float), rcond=None)
-    return float(2.0 * core_radius_px * np.hypot(gy, gx))
-
-
-def _candidate_ok(img: np.ndarray, c: _Circle, s: CalibrationSettings) -> bool:
-    """A circle is a rod candidate when its core is uniform, in range and differs from its surround."""
-    core_r = c.r_px * s.rod_core_fraction
-    core = _disc_stats(img, c.y, c.x, core_r)
-    ring = _disc_stats(img, c.y, c.x, c.r_px * SURROUND_RING_R[0], c.r_px * SURROUND_RING_R[1])
-    if core.size < MIN_RING_VOXELS or ring.size < MIN_RING_VOXELS:
-        return False
-    m = float(np.median(core))
-    if not (s.rod_min_hu <= m <= s.rod_max_hu):
-        return False
-    contrast = abs(m - float(np.median(ring)))
-    spread = float(np.percentile(core, 90) - np.percentile(core, 10))
-    return contrast >= s.rod_min_contrast_hu and spread <= max(s.rod_max_core_spread_hu, 0.5 * contrast)
-
-
-def _link(circles: list[_Circle]) -> list[list[_Circle]]:
-    """Group circles of different slabs that describe the same rod (centre within half a radius)."""
-    tracks: list[list[_Circle]] = []
-    for c in sorted(circles, key=lambda c: -c.score):
-        for t in tracks:
-            ref = t[0]
-            if (c.slab not in {q.slab for q in t}
-                    and np.hypot(c.y - ref.y, c.x - ref.x) <= LINK_CENTRE_R * ref.r_px + 1
-                    and abs(c.r_px - ref.r_px) <= LINK_RADIUS_FRACTION * ref.r_px + 1):
-                t.append(c)
-                break
-        else:
-            tracks.append([c])
-    return tracks
-
-
-def _row_coordinates(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Position of points along (t) and across (n) their principal axis through the centroid."""
-    p = pts - pts.mean(0)
-    _, _, vt = np.linalg.svd(p)
-    return p @ vt[0], p @ vt[1]
-
-
-def _on_row(pts_mm: np.ndarray, tol_mm: float) -> bool:
-    """True when points lie on a straight or gently curved row (quadratic through >= 4 points)."""
-    if len(pts_mm) <= 2:
-        return True
-    t, n = _row_coordinates(pts_mm)
-    deg = 2 if len(pts_mm) >= 4 else 1
-    coef = np.polyfit(t, n, deg)
-    res = n - np.polyval(coef, t)
-    if deg == 2 and abs(coef[0]) * (np.ptp(t) / 2) ** 2 > ROW_MAX_SAGITTA * np.ptp(t):
-        return False  # too curved to be a row of rods
-    return bool(np.max(np.abs(res)) <= tol_mm)
-
-
-def _row_members(pts: np.ndarray, cand: list[int], i: int, j: int, tol: float) -> list[int]:
-    """Candidates on the row through seeds i and j: a line first, then a quadratic refit."""
-    u = pts[j] - pts[i]
-    u = u / np.linalg.norm(u)
-    nrm = np.array([-u[1], u[0]])
-    mid = 0.5 * (pts[i] + pts[j])
-    c = np.array(cand)
-    t = (pts[c] - mid) @ u
-    n = (pts[c] - mid) @ nrm
-    # allow a gentle curve: tolerance grows with the distance from the seeds' midpoint
-    keep = np.abs(n) <= tol + ROW_TOLERANCE_SLOPE * np.abs(t)
-    for _ in range(ROW_REFITS):
-        if keep.sum() < 4:
-            break
-        coef = np.polyfit(t[keep], n[keep], 2)
-        new = np.abs(n - np.polyval(coef, t)) <= tol
-        new[list(c).index(i)] = new[list(c).index(j)] = True
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    return [int(m) for m in c[keep]]
-
-
-def _drop_stray_ends(pts: np.ndarray, group: list[int], tol: float) -> list[int]:
-    """Drop end members of a row of >= 5 that the quadratic through the others misses by more than
-    ``tol`` (mm): a quadratic through all of them bends to absorb one stray point at an end (a
-    phantom's corner taken for a rod), a truly curved row is predicted by its other rods."""
-    g = list(group)
-    while len(g) >= 5:
-        t, n = _row_coordinates(pts[g])
-        stray = [e for e in (int(np.argmin(t)), int(np.argmax(t)))
-                 if abs(n[e] - np.polyval(np.polyfit(np.delete(t, e), np.delete(n, e), 2), t[e])) > tol]
-        if not stray:
-            break
-        del g[stray[0]]
-    return g
-
-
-def _trim_far_ends(pts: np.ndarray, group: list[int]) -> list[int]:
-    """Drop rods at the ends of a row that sit much further out than the row's pitch."""
-    g = list(group)
-    while len(g) >= 4:
-        order = np.argsort(_row_coordinates(pts[g])[0])
-        g = [g[o] for o in order]
-        gaps = np.linalg.norm(np.diff(pts[g], axis=0), axis=1)
-        med = float(np.median(gaps))
-        if gaps[0] > MAX_END_GAP_PITCHES * med:
-            g = g[1:]
-        elif gaps[-1] > MAX_END_GAP_PITCHES * med:
-            g = g[:-1]
-        else:
-            break
-    return g
-
-
-def _candidate_groups(tracks: list[dict], s: CalibrationSettings, px_mm: float) -> list[list[int]]:
-    """Sets of similar-size rods on a row (indices into ``tracks``), best first: more rods, then
-    higher detection score."""
-    if not tracks:
-        return []
-    found: dict[tuple[int, ...], tuple] = {}
-    pts = np.array([[t["y"] * px_mm, t["x"] * px_mm] for t in tracks])
-    for i, j in combinations(range(len(tracks)), 2):
-        ri, rj = tracks[i]["r_mm"], tracks[j]["r_mm"]
-        if abs(ri - rj) > s.rod_radius_tolerance * max(ri, rj):
-            continue
-        r = 0.5 * (ri + rj)
-        d = np.linalg.norm(pts[i] - pts[j])
-        if d < 2 * r:
-            continue
-        members = [m for m in range(len(tracks)) if abs(tracks[m]["r_mm"] - r) <= s.rod_radius_tolerance * r]
-        # keep candidates not overlapping a stronger one
-        members.sort(key=lambda m: -tracks[m]["score"])
-        chosen: list[int] = []
-        for m in members:
-            if all(np.linalg.norm(pts[m] - pts[q]) >= MIN_ROD_GAP_R * r for q in chosen):
-                chosen.append(m)
-        if i not in chosen or j not in chosen:
-            continue
-        tol = s.rod_row_tolerance_fraction * r + 1.0
-        group = _drop_stray_ends(pts, _row_members(pts, chosen, i, j, tol), tol)
-        if len(group) < 2 or not _on_row(pts[group], tol):
-            continue
-        group = _trim_far_ends(pts, group)
-        key = tuple(sorted(group))
-        if key not in found:
-            found[key] = (len(group), float(sum(tracks[g]["score"] for g in group)))
-    if not found:
-        best = int(np.argmax([t["score"] for t in tracks]))
-        return [[best]]
-    return [list(g) for g, _ in sorted(found.items(), key=lambda kv: kv[1], reverse=True)]
+__all__ = ["RodMeasurement", "find_rods", "assign_rods", "assign_by_fit", "Assignment", "refine_rod_edge",
+           "core_gradient_hu", "calibrate_with_phantom", "phantom_hint"]
 
 
 def _plausible_fit(rods: list[RodMeasurement], definition: PhantomDefinition, s: CalibrationSettings):
-    """Fit of a rod set to the definition, or None when it cannot be this phantom."""
+    """Fit of a row holding all the definition's rods, paired by order, or None when it cannot be this
+    phantom (:func:`_pairing_plausible`, residuals up to ``rod_residual_refuse_hu``; R^2 at least
+    ``r2_refuse``)."""
     try:
         fit = _fit(assign_rods(rods, definition), definition, s)
     except (CalibrationError, ValueError):
         return None
-    if not (s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3):
-        return None
-    return fit
+    plausible = fit.r2 >= s.r2_refuse and _pairing_plausible(fit, definition, s, s.rod_residual_refuse_hu)
+    return fit if plausible else None
 
 
-def _core_samples(arr: np.ndarray, axis: tuple[float, float, float, float], r_px: float, core_px: float,
-                  ref: float, pad_hu: float, s: CalibrationSettings) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Core voxels of a rod on every slice where it is visible: (k, HU, row offset, column offset).
-
-    ``axis`` = (ay, by, ax, bx): the centre on slice k is (ay * k + by, ax * k + bx) px. A slice
-    counts when the disc reaching just past the edge is inside the reconstructed field of view and
-    its core median is within ``rod_visible_tolerance_hu`` (or 25 %) of ``ref``; voxels beyond
-    ``CORE_OUTLIER_SDS`` robust SD of the slice's core median (a streak, a speck) are left out.
-    """
-    ay, by, ax, bx = axis
-    out = []
-    for k in range(arr.shape[0]):
-        y, x = ay * k + by, ax * k + bx
-        if not (r_px <= y < arr.shape[1] - r_px and r_px <= x < arr.shape[2] - r_px):
-            continue
-        vals, dy, dx = _disc_stats(arr[k], y, x, core_px, offsets=True)
-        outside = _disc_stats(arr[k], y, x, r_px * VISIBLE_DISC_R)
-        if vals.size < 3 or np.any(outside <= pad_hu):
-            continue
-        med = float(np.median(vals))
-        if abs(med - ref) > max(s.rod_visible_tolerance_hu, VISIBLE_RELATIVE_TOLERANCE * abs(ref)):
-            continue  # rod not visible in this slice (ends, cut off)
-        sd = robust_sd(vals, med) + 1e-6
-        keep = np.abs(vals - med) <= CORE_OUTLIER_SDS * sd
-        out.append((k, vals[keep], dy[keep], dx[keep]))
-    return out
-
-
-def _fit_circle(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares circle through points (algebraic fit, Kasa): centre (y, x) and radius."""
-    a = np.column_stack([2.0 * y, 2.0 * x, np.ones(y.size)])
-    (cy, cx, c), *_ = np.linalg.lstsq(a, y * y + x * x, rcond=None)
-    return float(cy), float(cx), float(np.sqrt(max(c + cy * cy + cx * cx, 0.0)))
-
-
-def refine_rod_edge(arr: np.ndarray, ks, axis: tuple[float, float, float, float], r_px: float,
-                    min_contrast_hu: float, n_rays: int = 64) -> tuple[tuple[float, float, float, float], float]:
-    """Sub-pixel centre and radius of a rod from its edge.
-
-    Ray profiles from the centre (0.4-1.6 radii) are sampled on each slice ``ks`` around that
-    slice's centre and averaged over the slices; on each ray the edge is where the profile
-    crosses half-way between the ray's own inside level (median up to 0.6 radius) and its
-    surround (median beyond 1.3 radii), so shading across the rod does not move it. A circle is
-    fitted to the edges; rays more than 1 px off it (a neighbouring structure, the phantom's own
-    edge) are dropped and the circle refitted.
-
-    Parameters
-    ----------
-    arr : (K, J, I) ndarray
-        HU.
-    ks : sequence of int
-        Slices where the rod is visible.
-    axis : (ay, by, ax, bx)
-        Rod centre on slice k: (ay * k + by, ax * k + bx), px.
-    r_px : float
-        Radius estimate, px.
-    min_contrast_hu : float
-        Rays whose inside and surround differ by less are not used, HU.
-
-    Returns
-    -------
-    axis, r_px
-        Refined (the centre shifted, the tilt kept); the input unchanged when fewer than half
-        the rays give an edge or the shift or radius change exceeds 30 % of the radius.
-    """
-    ay, by, ax, bx = axis
-    ang = np.linspace(0.0, 2.0 * np.pi, n_rays, endpoint=False)
-    rho = np.linspace(*EDGE_RAY_R, EDGE_RAY_SAMPLES) * r_px
-    dy, dx = np.sin(ang)[:, None] * rho[None], np.cos(ang)[:, None] * rho[None]
-    prof = np.mean([ndi.map_coordinates(arr[k], [ay * k + by + dy, ax * k + bx + dx], order=1, mode="nearest")
-                    for k in ks], axis=0)
-    inner = np.median(prof[:, rho <= EDGE_INSIDE_R * r_px], axis=1)
-    outer = np.median(prof[:, rho >= EDGE_SURROUND_R * r_px], axis=1)
-    half = 0.5 * (inner + outer)
-    inside = np.sign(inner - outer)[:, None] * (prof - half[:, None]) > 0
-    i = np.argmax(~inside, axis=1)  # first sample outside, going outwards
-    ok = (np.abs(inner - outer) >= min_contrast_hu) & (i > 0) & (~inside).any(axis=1)
-    rows = np.arange(n_rays)
-    i = np.clip(i, 1, rho.size - 1)
-    p0, p1 = prof[rows, i - 1], prof[rows, i]
-    edge = rho[i - 1] + (p0 - half) / np.where(p0 == p1, 1.0, p0 - p1) * (rho[i] - rho[i - 1])
-    ey, ex = edge * np.sin(ang), edge * np.cos(ang)
-    for _ in range(CIRCLE_REFITS):
-        if ok.sum() < n_rays // 2:
-            return axis, r_px
-        cy, cx, r = _fit_circle(ey[ok], ex[ok])
-        ok &= np.abs(np.hypot(ey - cy, ex - cx) - r) <= EDGE_RAY_OUTLIER_PX
-    if (ok.sum() < n_rays // 2 or np.hypot(cy, cx) > EDGE_MAX_CHANGE_R * r_px
-            or abs(r - r_px) > EDGE_MAX_CHANGE_R * r_px):
-        return axis, r_px
-    return (ay, by + cy, ax, bx + cx), r
-
-
-def _measure_rod(arr: np.ndarray, t: dict, px_mm: float, s: CalibrationSettings, pad_hu: float) -> RodMeasurement | None:
-    ks = np.array([c.k_center for c in t["circles"]])
-    ys = np.array([c.y for c in t["circles"]])
-    xs = np.array([c.x for c in t["circles"]])
-    if len(ks) >= 2 and np.ptp(ks) > 0:
-        ay, by = np.polyfit(ks, ys, 1)
-        ax, bx = np.polyfit(ks, xs, 1)
-    else:
-        ay, by, ax, bx = 0.0, float(ys.mean()), 0.0, float(xs.mean())
-    axis, r_px = (float(ay), float(by), float(ax), float(bx)), t["r_mm"] / px_mm
-    margin_px = s.rod_edge_margin_mm / px_mm
-    ref = t["hu_ref"]
-
-    def core_radius(r: float) -> float:
-        return max(1.0, min(s.rod_core_fraction * r, r - margin_px))
-
-    samples = _core_samples(arr, axis, r_px, core_radius(r_px), ref, pad_hu, s)
-    if samples:  # the detected circle is pixel-quantised: take centre and radius from the edge
-        axis2, r2 = refine_rod_edge(arr, [k for k, *_ in samples], axis, r_px, s.rod_min_contrast_hu)
-        refined = _core_samples(arr, axis2, r2, core_radius(r2), ref, pad_hu, s)
-        if refined:
-            axis, r_px, samples = axis2, r2, refined
-    core_px = core_radius(r_px)
-    ay, by, ax, bx = axis
-    used_k = [k for k, *_ in samples]
-    cores = [(v, dy, dx) for _, v, dy, dx in samples]
-    means = [float(v.mean()) for v, _, _ in cores]
-    sds = [float(v.std()) for v, _, _ in cores]
-    counts = [int(v.size) for v, _, _ in cores]
-    if not means:
-        return None  # seen in slab averages but in no single slice: not a rod
-    means_a = np.array(means)
-    med = np.median(means_a)
-    ok = np.abs(means_a - med) <= max(s.rod_streak_k * robust_sd(means_a, med), s.rod_streak_min_hu)
-    w = np.array(counts)[ok]
-    mean = float(np.average(means_a[ok], weights=w))
-    sd = float(np.sqrt(np.average(np.array(sds)[ok] ** 2, weights=w)))
-    kk = np.array(used_k)[ok]
-    kc = 0.5 * (kk.min() + kk.max())
-    v, dy, dx = (np.concatenate(c) for c in zip(*(c for c, use in zip(cores, ok) if use)))  # slices used
-    return RodMeasurement(
-        center_kji=(float(kc), float(ay * kc + by), float(ax * kc + bx)),
-        axis_ji_per_k=(float(ay), float(ax)),
-        radius_mm=float(r_px * px_mm),
-        core_radius_mm=float(core_px * px_mm),
-        hu_mean=mean,
-        hu_sd=sd,
-        n_voxels=int(w.sum()),
-        n_slices=int(ok.sum()),
-        k_range=(int(kk.min()), int(kk.max())),
-        slice_means=means_a[ok],
-        score=float(t["score"]),
-        core_gradient_hu=core_gradient_hu(v, dy, dx, core_px),
-        n_outlier_slices=int((~ok).sum()),
-    )
-
-
-def _rod_tracks(arr: np.ndarray, dz: float, px: float, s: CalibrationSettings) -> list[dict]:
-    """Round uniform objects seen in enough slabs: their circles linked across slabs, mean position
-    (px), radius (mm), detection score and core HU in the first slab's mean image."""
-    slabs = _slab_bounds(arr.shape[0], dz, s.rod_slab_mm)
-    slab_imgs = [np.clip(arr[a:b], AIR_HU, None).mean(0) for a, b in slabs]
-    circles = [c for si, (a, b) in enumerate(slabs)
-               for c in _circles_in_image(slab_imgs[si], px, s, 0.5 * (a + b - 1), si)
-               if _candidate_ok(slab_imgs[si], c, s)]
-    tracks = []
-    for t in _link(circles):
-        if len(t) < max(1, int(np.ceil(s.rod_min_slab_fraction * len(slabs)))) and len(slabs) > 2:
-            continue
-        ref = float(np.median(_disc_stats(slab_imgs[t[0].slab], t[0].y, t[0].x, t[0].r_px * s.rod_core_fraction)))
-        tracks.append({
-            "circles": t,
-            "y": float(np.mean([c.y for c in t])),
-            "x": float(np.mean([c.x for c in t])),
-            "r_mm": float(np.median([c.r_px for c in t])) * px,
-            "score": float(np.mean([c.score for c in t])),
-            "hu_ref": ref,
-        })
-    return tracks
-
-
-def _measured_tracks(arr: np.ndarray, tracks: list[dict], px: float, s: CalibrationSettings) -> list[dict]:
-    """The tracks whose rod is measured in enough slices (a rod runs through the scan), each with
-    its ``rod`` and a score weighted by the share of slices it is seen in."""
-    kept = []
-    min_slices = max(1, min(s.rod_min_slices, arr.shape[0]), int(np.ceil(s.rod_min_z_fraction * arr.shape[0])))
-    for t in tracks:
-        m = _measure_rod(arr, t, px, s, s.rod_padding_hu)
-        if m is None or m.n_slices < min_slices:
-            continue
-        kept.append({**t, "rod": m, "score": t["score"] * m.n_slices / arr.shape[0]})
-    return kept
-
-
-def _row_of_definition(volume: Volume, rows: list[list[RodMeasurement]], definition: PhantomDefinition,
-                       s: CalibrationSettings) -> list[RodMeasurement] | None:
-    """Of several rows of round things (e.g. in soft tissue), the one that is this phantom: its rod
-    count and a physically plausible fit (best R^2); else a row one rod short whose missing rod (no
-    contrast) is measured where the pitch predicts it. None when no row fits."""
-    n = len(definition.rods)
-    best = None
-    for cand in (r for r in rows if len(r) == n):
-        fit = _plausible_fit(cand, definition, s)
-        if fit is not None and (best is None or fit.r2 > best[0]):
-            best = (fit.r2, cand)
-    if best is None and n >= 3:
-        for short in (r for r in rows if len(r) == n - 1):
-            cand, added = _add_invisible_rod(volume, short, definition, s)
-            fit = _plausible_fit(cand, definition, s) if added else None
-            if fit is not None and (best is None or fit.r2 > best[0]):
-                best = (fit.r2, cand)
-    return None if best is None else best[1]
+def _physical(fit: FitResult, s: CalibrationSettings) -> bool:
+    return s.slope_min_hu_per_mg_cm3 <= fit.slope_hu_per_mg_cm3 <= s.slope_max_hu_per_mg_cm3
 
 
 def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
@@ -559,27 +61,25 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
         Rod-finding thresholds (``rod_*``).
     definition : PhantomDefinition, optional
         When given and several rows of round objects qualify, the row with the definition's rod
-        count and the best plausible fit is taken (not its left-right order).
+        count and the best plausible fit (R^2) is taken (not its left-right order).
 
     Returns
     -------
     list of RodMeasurement
-        Rods of the phantom, sorted by column index (display order only). Empty when no
-        row of at least two similar rods exists.
+        Rods of the phantom, sorted by column index (display order only): the chosen row, else
+        the strongest row (most rods, so that an error names the count actually seen). Empty when
+        no row of at least two similar rods in one pad exists.
     """
     s = settings or CalibrationSettings()
-    arr = np.asarray(volume.array, dtype=np.float32)
-    dz, dy, dx = volume.spacing
-    px = 0.5 * (dy + dx)
-    kept = _measured_tracks(arr, _rod_tracks(arr, dz, px, s), px, s)
-    groups = _candidate_groups(kept, s, px)
-    if not groups or len(groups[0]) < 2:
+    rows = find_rows(volume, s)
+    if not rows:
         return []
-    rows = [[kept[i]["rod"] for i in g] for g in groups[: s.rod_max_groups]]
-    chosen = _row_of_definition(volume, rows, definition, s) if definition is not None else None
-    # no definition, or no row fits it: the strongest row (most rods), so that an error names the
-    # count actually seen (e.g. 6 rods in the scan for a 5-rod definition)
-    return sorted(chosen or rows[0], key=lambda r: r.center_kji[2])
+    if definition is not None:
+        n = len(definition.rods)
+        fits = [(f.r2, row) for row in rows if len(row) == n and (f := _plausible_fit(row, definition, s))]
+        if fits:
+            return max(fits, key=lambda fr: fr[0])[1]
+    return rows[0]
 
 
 def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> list[tuple[RodMeasurement, object]]:
@@ -606,44 +106,153 @@ def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> li
     return list(zip(by_hu, expected))
 
 
-def _predicted_rod_positions(rods: list[RodMeasurement]) -> list[tuple[float, float, float]]:
-    """Centres (k, j, i) where one more rod of a regular row would sit: a double gap, or either end."""
-    c = np.array([r.center_kji for r in rods])
-    p = c[:, 1:]
-    ctr = p.mean(0)
-    _, _, vt = np.linalg.svd(p - ctr)
-    order = np.argsort((p - ctr) @ vt[0])
-    c = c[order]
-    gaps = np.linalg.norm(np.diff(c[:, 1:], axis=0), axis=1)
-    pitch = float(np.median(gaps))
-    out = []
-    for g, a, b in zip(gaps, c[:-1], c[1:]):
-        if MISSING_ROD_GAP_PITCHES[0] * pitch <= g <= MISSING_ROD_GAP_PITCHES[1] * pitch:
-            out.append(tuple(0.5 * (a + b)))
-    if not out:
-        out.append(tuple(c[0] - (c[1] - c[0]) * pitch / gaps[0]))
-        out.append(tuple(c[-1] + (c[-1] - c[-2]) * pitch / gaps[-1]))
-    return out
+def _expected_hu(fit: FitResult, rod: RodDefinition) -> float:
+    """The HU the fit predicts for a certificate rod (two-component: its water and K2HPO4)."""
+    if fit.model == "two-component":
+        return float(rod.water_mg_cm3 + fit.details["sigma_ref"] * rod.mineral_mg_cm3 + fit.details["beta_ref"])
+    return float(fit.intercept_hu + fit.slope_hu_per_mg_cm3 * rod.mineral_mg_cm3)
 
 
-def _measure_at(volume: Volume, centre_kji, radius_mm: float, s: CalibrationSettings) -> RodMeasurement | None:
-    """Measure a rod of known position and size that shows no edge (e.g. a water-like rod)."""
+def _rms(fit: FitResult) -> float:
+    return float(np.sqrt(np.mean(np.square(fit.residuals_hu))))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One way to pair the found rods with the certificate when some are missing.
+
+    Attributes
+    ----------
+    pairs : list of (RodMeasurement, RodDefinition)
+        The rods used, found and inferred.
+    fit : FitResult
+    inferred, missing : tuple of str
+        Certificate rods measured where the row's geometry puts them, and rods left out.
+    """
+
+    pairs: list
+    fit: FitResult
+    inferred: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def rank(self) -> tuple[int, float]:
+        """Fewer rods left out first, then the smaller RMS residual (HU)."""
+        return len(self.missing), _rms(self.fit)
+
+
+def _completed(pairs: list, fit: FitResult, absent: list[RodDefinition], candidates: list[RodMeasurement],
+               definition: PhantomDefinition, s: CalibrationSettings) -> Assignment:
+    """``pairs`` with each absent rod that a candidate measures within ``rod_infer_max_residual_hu`` of
+    the fit's prediction; kept only when the completed fit leaves every residual below that too."""
+    used, added = set(), []
+    for rod in absent:
+        want = _expected_hu(fit, rod)
+        free = [(abs(c.hu_mean - want), i) for i, c in enumerate(candidates) if i not in used]
+        if free and min(free)[0] <= s.rod_infer_max_residual_hu:
+            i = min(free)[1]
+            used.add(i)
+            note = (f"rod {rod.name} shows no edge: measured at {candidates[i].hu_mean:.0f} HU where the row's "
+                    "geometry puts it, as the fit of the other rods predicts; check the QC plot")
+            added.append((replace(candidates[i], warnings=candidates[i].warnings + (note,)), rod))
+    if added:
+        try:
+            full = _fit(pairs + added, definition, s)
+        except CalibrationError:
+            full = None
+        if full is not None and np.max(np.abs(full.residuals_hu)) <= s.rod_infer_max_residual_hu:
+            inferred = tuple(d.name for _, d in added)
+            return Assignment(pairs + added, full, inferred, tuple(r.name for r in absent if r.name not in inferred))
+    return Assignment(pairs, fit, (), tuple(r.name for r in absent))
+
+
+def _equivalent(a: Assignment, b: Assignment, s: CalibrationSettings) -> bool:
+    """Two pairings that give nearly the same density over the clinical range (0-300 mg/cm3, within
+    ``rod_assignment_equivalent_percent`` at 150 mg/cm3) are not a real choice."""
+    def density(fit, hu):
+        return (hu - fit.intercept_hu) / fit.slope_hu_per_mg_cm3
+    hu = a.fit.intercept_hu + a.fit.slope_hu_per_mg_cm3 * np.array([0.0, 150.0, 300.0])
+    return bool(np.max(np.abs(density(b.fit, hu) - density(a.fit, hu))) <= s.rod_assignment_equivalent_percent * 1.5)
+
+
+def _pairing_plausible(fit: FitResult, definition: PhantomDefinition, s: CalibrationSettings,
+                       max_residual_hu: float) -> bool:
+    """Whether a pairing of rods and certificate can be this phantom: every residual within
+    ``max_residual_hu``, the slope one an effective energy within ``rod_assignment_kev_range`` gives
+    (attenuation tables, gain 1), the intercept (HU of no mineral in a water-like base) within
+    ``rod_assignment_max_intercept_hu`` of 0. A wrong pairing, a wrong definition or a row of anatomy
+    breaks one."""
+    if not _physical(fit, s) or np.max(np.abs(fit.residuals_hu)) > max_residual_hu:
+        return False
+    if abs(fit.intercept_hu) > s.rod_assignment_max_intercept_hu:
+        return False
+    try:
+        kev = effective_energy_of_slope(definition.material.value, fit.slope_hu_per_mg_cm3)
+    except ValueError:
+        return False
+    return s.rod_assignment_kev_range[0] <= kev <= s.rod_assignment_kev_range[1]
+
+
+def assign_by_fit(rods: list[RodMeasurement], candidates: list[RodMeasurement], definition: PhantomDefinition,
+                  s: CalibrationSettings) -> tuple[Assignment, list[Assignment]]:
+    """Pair k found rods with the n of the certificate (k < n) by the fit, not by count.
+
+    Every choice of the n - k missing certificate rods is tried (the found rods keep the
+    certificate's order of HU); each missing rod is completed by a ``candidate`` (a rod measured
+    where the row's geometry puts one) that reads what the fit predicts. A pairing is kept when its
+    fit is plausible (:func:`_pairing_plausible` with residuals up to ``rod_residual_warn_hu``: a
+    pairing told by its fit must fit as well as a whole phantom without warnings).
+
+    Returns
+    -------
+    best : Assignment
+        The one that leaves out the fewest rods, then has the smallest RMS residual.
+    rivals : list of Assignment
+        Other pairings that leave out as few rods, fit within ``rod_assignment_margin_hu`` of the best
+        (RMS) and calibrate differently (:func:`_equivalent`): the choice is ambiguous when any.
+
+    Raises
+    ------
+    CalibrationError
+        When no pairing is plausible.
+    """
+    expected = list(definition.sorted_rods())
+    by_hu = sorted(rods, key=lambda r: r.hu_mean)
+    options = []
+    for missing in combinations(range(len(expected)), len(expected) - len(rods)):
+        kept = [d for i, d in enumerate(expected) if i not in missing]
+        pairs = list(zip(by_hu, kept))
+        try:
+            fit = _fit(pairs, definition, s)
+        except CalibrationError:
+            continue
+        if _pairing_plausible(fit, definition, s, s.rod_residual_warn_hu):  # a fit must tell it: stricter
+            options.append(_completed(pairs, fit, [expected[i] for i in missing], candidates, definition, s))
+    if not options:
+        raise CalibrationError(f"none of the ways to pair the {len(rods)} rods found with the {len(expected)} of "
+                               f"{definition.name!r} gives a physical fit")
+    options.sort(key=lambda o: o.rank)
+    best = options[0]
+    rivals = [o for o in options[1:] if len(o.missing) == len(best.missing)
+              and _rms(o.fit) < _rms(best.fit) + s.rod_assignment_margin_hu and not _equivalent(best, o, s)]
+    return best, rivals
+
+
+def _inferred_candidates(volume: Volume, rods: list[RodMeasurement], n_missing: int,
+                         definition: PhantomDefinition, s: CalibrationSettings) -> list[RodMeasurement]:
+    """Rods measured where the row's geometry puts the missing ones, inside the pad."""
     arr = np.asarray(volume.array, dtype=np.float32)
-    _, dy, dx = volume.spacing
-    px = 0.5 * (dy + dx)
-    k, y, x = centre_kji
-    r_px = radius_mm / px
-    reach = r_px * SURROUND_RING_R[1]
-    if not (reach <= y < arr.shape[1] - reach and reach <= x < arr.shape[2] - reach):
-        return None
     img = np.clip(arr, AIR_HU, None).mean(0)
-    around = _disc_stats(img, y, x, reach)
-    core = _disc_stats(img, y, x, r_px * s.rod_core_fraction)
-    if around.min() < s.rod_min_hu or np.percentile(core, 90) - np.percentile(core, 10) > s.rod_max_core_spread_hu:
-        return None  # not inside uniform phantom material
-    circ = _Circle(0, float(k), float(y), float(x), float(r_px), 0.0)
-    t = {"circles": [circ], "r_mm": radius_mm, "score": 0.0, "hu_ref": float(np.median(core))}
-    return _measure_rod(arr, t, px, s, s.rod_padding_hu)
+    px = 0.5 * (volume.spacing[1] + volume.spacing[2])
+    level = pad_level_hu(img, rods, px, s)
+    radius = definition.rod_diameter_mm / 2.0 if definition.rod_diameter_mm else float(
+        np.median([r.radius_mm for r in rods]))
+    out = []
+    for pos in predicted_positions(rods, n_missing, px, definition.rod_pitch_mm):
+        m = measure_missing_rod(arr, img, pos, radius, level, px, s)
+        if m is not None:
+            out.append(m)
+    return out
 
 
 def _row_reaches_edge(rods: list[RodMeasurement], volume: Volume, padding_hu: float) -> bool:
@@ -677,34 +286,6 @@ def _fit(pairs, definition: PhantomDefinition, s: CalibrationSettings):
     return fit_linear(hu, mineral)
 
 
-def _add_invisible_rod(volume: Volume, rods: list[RodMeasurement], definition: PhantomDefinition,
-                       s: CalibrationSettings) -> tuple[list[RodMeasurement], bool]:
-    """One rod short: measure where the row's pitch predicts the last rod (a rod with no contrast to
-    the phantom body shows no edge). Accepted only when the completed set fits the model with every
-    residual below ``rod_infer_max_residual_hu``. Returns the rods and whether one was added;
-    otherwise they are returned unchanged (and the caller reports the missing rod)."""
-    radius = float(np.median([r.radius_mm for r in rods]))
-    best = None
-    for pos in _predicted_rod_positions(rods):
-        m = _measure_at(volume, pos, radius, s)
-        if m is None:
-            continue
-        trial = rods + [m]
-        try:
-            fit = _fit(assign_rods(trial, definition), definition, s)
-        except CalibrationError:
-            continue
-        if np.max(np.abs(fit.residuals_hu)) <= s.rod_infer_max_residual_hu and (best is None or fit.r2 > best[0]):
-            best = (fit.r2, trial, m)
-    if best is None:
-        return rods, False
-    m = best[2]
-    note = (f"one rod was not detected by its edge (HU {m.hu_mean:.0f}); it was measured at the position "
-            "the row's pitch predicts and the fit accepted it: check the QC plot")
-    m2 = replace(m, warnings=m.warnings + (note,))
-    return [m2 if r is m else r for r in best[1]], True
-
-
 def phantom_hint(volume: Volume, settings: CalibrationSettings | None = None) -> str:
     """A warning when a scan calibrated without a phantom seems to hold one, else ``''``.
 
@@ -720,29 +301,138 @@ def phantom_hint(volume: Volume, settings: CalibrationSettings | None = None) ->
             "phantomless calibration was used: give --phantom NAME (bmdpipe phantoms) to calibrate with it")
 
 
-def _assigned_rods(volume: Volume, definition: PhantomDefinition, s: CalibrationSettings, sid: str) -> list:
-    """The phantom's rods found in the scan, paired with the certificate's; a CalibrationError
-    names what is missing (no phantom, too few rods, a row cut off by the field of view)."""
-    rods = find_rods(volume, s, definition)
+def _partial_row(volume: Volume, rods: list[RodMeasurement], definition: PhantomDefinition, s: CalibrationSettings,
+                 sid: str) -> tuple[list, list[str], list[str]]:
+    """A row of k < n rods paired by its fit (:func:`assign_by_fit`), the missing rods measured where
+    the row's geometry puts them; a warning for each rod still missing. CalibrationError when no
+    pairing is plausible, the choice is ambiguous (naming the candidates) or fewer than
+    ``phantom_min_rods`` rods remain. Returns the pairs, the warnings and the names of the rods
+    left out."""
     n_expected = len(definition.rods)
-    if not rods:
+    candidates = _inferred_candidates(volume, rods, n_expected - len(rods), definition, s)
+    found = (f"found {len(rods)} of the {n_expected} rods of phantom {definition.name!r} (rod HU: "
+             f"{', '.join(f'{r.hu_mean:.0f}' for r in sorted(rods, key=lambda r: r.hu_mean))})")
+    cut = (" The row of rods reaches the edge of the field of view: the phantom is probably cut off."
+           if _row_reaches_edge(rods, volume, s.rod_padding_hu) else "")
+    try:
+        best, rivals = assign_by_fit(rods, candidates, definition, s)
+    except CalibrationError as exc:
+        raise CalibrationError(f"{sid}: {found} and {exc}: a rod is hidden by metal or streaks, outside the field "
+                               f"of view, or the definition is wrong (--phantom).{cut}") from None
+    if rivals:
+        names = "; ".join(f"{', '.join(o.missing + o.inferred) or 'none'} missing or inferred (RMS "
+                          f"{_rms(o.fit):.1f} HU)" for o in [best] + rivals)
+        raise CalibrationError(f"{sid}: {found} and cannot tell which are missing: {names}. Check the QC plot and "
+                               f"the definition, or give the phantom's geometry (rod_pitch_mm) in it.{cut}")
+    if len(best.pairs) < s.phantom_min_rods:
+        raise CalibrationError(f"{sid}: {found}; {', '.join(best.missing)} not found, and {len(best.pairs)} rods leave "
+                               f"no residual to check the fit (phantom_min_rods {s.phantom_min_rods}): a rod is hidden "
+                               f"by metal or streaks or outside the field of view; check the QC plot.{cut}")
+    notes = [f"rod {name} not found: calibrated without it (found {len(rods)} of {n_expected} rods).{cut}"
+             for name in best.missing]
+    return best.pairs, notes, list(best.missing)
+
+
+def _spans_scan(row: list[RodMeasurement], n_slices: int, s: CalibrationSettings) -> bool:
+    """Whether every rod of a row is seen (measured or left out as a streak) in at least
+    ``rod_row_span_fraction`` of the slices: a phantom's rods run through the scan, round structures
+    of the anatomy (vessels, bowel, bone) come and go."""
+    return all(r.n_slices + r.n_outlier_slices >= s.rod_row_span_fraction * n_slices for r in row)
+
+
+def _assigned_rods(volume: Volume, definition: PhantomDefinition, s: CalibrationSettings,
+                   sid: str) -> tuple[list, list[str], list[str]]:
+    """The phantom's rods paired with the certificate, a warning for each rod missing, and their names.
+
+    Of the rows of rods in the scan (best first) the phantom's is a row of all its rods with a
+    plausible fit (the best R^2), else, of the rows of fewer rods that pair by their fit, the one
+    that leaves out the fewest rods once those without an edge are inferred; rows whose
+    rods run through the scan (:func:`_spans_scan`) are tried first (a row of three round structures
+    in the abdomen once fitted a 3-rod certificate better than the pad whose middle rod was faint:
+    +61 % at 150 mg/cm3). When none
+    does, a CalibrationError names what the strongest row shows (no phantom, too few rods, more rods
+    than the definition, a row cut off by the field of view, an ambiguous pairing, a poor fit).
+    """
+    rows = find_rows(volume, s)
+    n_expected = len(definition.rods)
+    if not rows:
         raise CalibrationError(
-            f"no calibration phantom found in {sid}: no row of round uniform rods. Is the phantom in the "
-            f"scan (field of view, scan range)? Use --phantom none for phantomless calibration"
+            f"no calibration phantom found in {sid}: no row of round uniform rods in one pad. Is the phantom in "
+            f"the scan (field of view, scan range)? Use --phantom none for phantomless calibration"
         )
-    if len(rods) < max(2, (n_expected + 1) // 2):
+    smallest = max(2, (n_expected + 1) // 2)
+    errors = []
+    spanning = [_spans_scan(row, volume.shape[0], s) for row in rows]
+    for tier in ([r for r, ok in zip(rows, spanning) if ok], [r for r, ok in zip(rows, spanning) if not ok]):
+        full = [(fit.r2, row) for row in tier if len(row) == n_expected and (fit := _plausible_fit(row, definition, s))]
+        if full:
+            return assign_rods(max(full, key=lambda fr: fr[0])[1], definition), [], []
+        partial = []
+        for row in (r for r in tier if smallest <= len(r) < n_expected):
+            try:
+                partial.append(_partial_row(volume, row, definition, s, sid))
+            except CalibrationError as exc:
+                errors.append(exc)
+        if partial:  # the row that accounts for the most certificate rods (found or inferred), then the strongest
+            return min(partial, key=lambda result: len(result[2]))
+    strongest = rows[0]  # the most rods: a partial row's error is then the strongest row's
+    if errors and len(strongest) < n_expected:
+        raise errors[0]
+    if len(strongest) < smallest:
         raise CalibrationError(
             f"no calibration phantom found in {sid}: expected {n_expected} rods of {definition.name!r}, found at "
-            f"most {len(rods)} round uniform objects in a row. Is the phantom in the scan (field of view, scan "
+            f"most {len(strongest)} round uniform objects in a row. Is the phantom in the scan (field of view, scan "
             "range)? Use --phantom none for phantomless calibration"
         )
-    try:
-        return assign_rods(rods, definition)
+    try:  # as many rods as the definition or more: pair by order; the fit's checks say what is wrong
+        return assign_rods(strongest, definition), [], []
     except CalibrationError as exc:
-        extra = ""
-        if len(rods) < n_expected and _row_reaches_edge(rods, volume, s.rod_padding_hu):
-            extra = " The row of rods reaches the edge of the field of view: the phantom is probably cut off."
-        raise CalibrationError(f"{sid}: {exc}.{extra}") from None
+        raise CalibrationError(f"{sid}: {exc}.") from None
+
+
+def _lateral_mm(volume: Volume):
+    """``(row, column) -> mm`` lateral (LPS x) from the scanner's isocentre (the field of view's centre)."""
+    nk, nj, ni = volume.shape
+    kc = 0.5 * (nk - 1)
+    x_iso = float(volume.index_to_lps(np.array([kc, 0.5 * (nj - 1), 0.5 * (ni - 1)]))[0])
+
+    def lateral(rows, cols):
+        rows = np.atleast_1d(np.asarray(rows, dtype=float))
+        idx = np.stack([np.full(rows.shape, kc), rows, np.asarray(cols, dtype=float) * np.ones(rows.shape)], axis=1)
+        return volume.index_to_lps(idx)[:, 0] - x_iso
+    return lateral
+
+
+def _shading_corrected(volume: Volume, pairs: list, s: CalibrationSettings) -> tuple[list, list[str], list[float]]:
+    """The rods read as at the isocentre: each minus the pad's shading at its lateral position
+    (:func:`~bmdpipe.calibrate.pad.shading_along_row`), when the shading is told apart from the pad's
+    noise (a correction of at least ``rod_shading_min_sd`` standard errors) and is smooth cupping (no
+    correction above ``rod_shading_max_hu``). The rods' fit residuals cannot judge it: cupping that
+    grows with the rods' order along the row tilts the line without leaving residuals. A warning
+    names a correction above ``rod_shading_warn_hu``, or shading too large to be cupping; the
+    corrections applied (HU)."""
+    none = [0.0] * len(pairs)
+    if not s.rod_pad_shading_correction:
+        return pairs, [], none
+    px = 0.5 * (volume.spacing[1] + volume.spacing[2])
+    lateral = _lateral_mm(volume)
+    shading = shading_along_row(np.asarray(volume.array, dtype=np.float32), [r for r, _ in pairs], lateral, px, s)
+    if shading is None:
+        return pairs, [], none
+    corr, se = zip(*(shading.correction_hu(float(lateral(r.center_kji[1], r.center_kji[2])[0])) for r, _ in pairs))
+    if max(abs(c) / max(e, 1e-9) for c, e in zip(corr, se)) < s.rod_shading_min_sd:
+        return pairs, [], none  # no shading the pad can tell from its noise
+    worst = int(np.argmax(np.abs(corr)))
+    if abs(corr[worst]) > s.rod_shading_max_hu:
+        return pairs, [f"the pad's HU change by up to {abs(corr[worst]):.0f} HU along the row (more than "
+                       f"rod_shading_max_hu {s.rod_shading_max_hu:g} HU of cupping): the rods are not corrected, "
+                       "their means depend on where they sit; check the QC plot and the scan set-up"], none
+    out = [(replace(r, hu_mean=r.hu_mean - c), d) for (r, d), c in zip(pairs, corr)]
+    notes = []
+    if abs(corr[worst]) > s.rod_shading_warn_hu:
+        notes.append(f"the pad's HU change along the row (beam-hardening cupping): rods read as at the isocentre, "
+                     f"rod {pairs[worst][1].name} corrected by {-corr[worst]:+.1f} HU; check the QC plot")
+    return out, notes, list(corr)
 
 
 def _fit_warnings(fit, pairs, definition: PhantomDefinition, s: CalibrationSettings, sid: str) -> list[str]:
@@ -837,8 +527,9 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
     """
     s = settings or CalibrationSettings()
     sid = volume.meta.series_uid or "this series"
-    pairs = _assigned_rods(volume, definition, s, sid)
-    warnings: list[str] = []
+    pairs, warnings, missing = _assigned_rods(volume, definition, s, sid)
+    pairs, shading_notes, shading_hu = _shading_corrected(volume, pairs, s)
+    warnings += shading_notes
     if definition.example_values:
         warnings.append(f"phantom definition {definition.name!r} holds EXAMPLE certificate values: use your phantom's certificate")
     fit = _fit(pairs, definition, s)
@@ -849,5 +540,6 @@ def calibrate_with_phantom(volume: Volume, definition: PhantomDefinition, settin
         method="phantom", phantom=definition.name, material=definition.material,
         slope_hu_per_mg_cm3=fit.slope_hu_per_mg_cm3, intercept_hu=fit.intercept_hu, r2=fit.r2,
         n_references=len(refs), references=refs, warnings=tuple(warnings),
-        details=_fit_details(fit, pairs, definition),
+        details={**_fit_details(fit, pairs, definition), "rod_shading_correction_hu": shading_hu,
+                 "rod_found_by": [r.found_by for r, _ in pairs], "missing_rods": missing},
     )

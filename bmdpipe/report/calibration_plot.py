@@ -107,8 +107,9 @@ def _fit_title(cal: Calibration) -> str:
 
 
 def _show_rod_outlines(ax, volume: Volume, cal: Calibration) -> None:
-    """The slice through the rods' median centre with each rod (red) and its measured core
-    (dashed) outlined and named, zoomed on the rods."""
+    """The slice through the rods' median centre with each rod outlined and named, zoomed on the
+    rods: found by its edge (red), measured where the row's geometry puts a rod without an edge
+    (cyan, dotted); its measured core dashed. Rods left out are named in the title."""
     from matplotlib.patches import Circle
 
     refs = cal.references
@@ -117,19 +118,26 @@ def _show_rod_outlines(ax, volume: Volume, cal: Calibration) -> None:
     ax.imshow(volume.array[k], cmap="gray", vmin=-300, vmax=1200, interpolation="nearest")
     px = float(np.mean(volume.spacing[1:]))
     cores = cal.details.get("rod_core_radius_mm") or [None] * len(refs)
-    for r, (kk, j, i), core in zip(refs, idx, cores):
+    found_by = cal.details.get("rod_found_by") or ["edge"] * len(refs)
+    for r, (kk, j, i), core, how in zip(refs, idx, cores, found_by):
         rad = 3.0 if r.radius_mm is None else r.radius_mm / px
-        ax.add_patch(Circle((i, j), rad, fill=False, color="red", lw=0.8))
+        by_edge = how == "edge"
+        ax.add_patch(Circle((i, j), rad, fill=False, color="red" if by_edge else "cyan", lw=0.8,
+                            ls="-" if by_edge else ":"))
         if core:  # the measured core
             ax.add_patch(Circle((i, j), core / px, fill=False, color="orange", lw=0.6, ls="--"))
-        ax.text(i, j - rad - 3, r.name, color="yellow", fontsize=7, ha="center")
+        ax.text(i, j - rad - 3, r.name if by_edge else f"{r.name} (geometry)", color="yellow", fontsize=7,
+                ha="center")
     # zoom on the rods with a margin that keeps the phantom and its surroundings in view
     rmax = max((r.radius_mm or 3.0) / px for r in refs)
     pad = 4 * rmax + 15.0 / px
     ax.set_xlim(max(idx[:, 2].min() - pad, -0.5), min(idx[:, 2].max() + pad, volume.shape[2] - 0.5))
     ax.set_ylim(min(idx[:, 1].max() + pad, volume.shape[1] - 0.5), max(idx[:, 1].min() - pad, -0.5))
     radiological_axial(ax, volume)
-    ax.set_title(f"slice {k}: rods (red) and measured cores (dashed)\n{RADIOLOGICAL}", fontsize=9)
+    missing = cal.details.get("missing_rods") or []
+    ax.set_title(f"slice {k}: rods found by their edge (red), placed by the row's geometry (cyan), "
+                 f"cores (dashed)" + (f"; missing: {', '.join(missing)}" if missing else "") + f"\n{RADIOLOGICAL}",
+                 fontsize=8)
 
 
 def _warning_lines(warnings: tuple[str, ...]) -> list[str]:
