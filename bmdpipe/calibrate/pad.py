@@ -27,8 +27,8 @@ from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..robust import robust_sd
-from .rods import (AIR_HU, RodMeasurement, disc_values, measure_rod_at, raised_spread, row_coordinates,
-                   segment_values, streak_free_slices)
+from .rods import (AIR_HU, RodMeasurement, disc_values, mean_slice, measure_rod_at, raised_spread,
+                   row_coordinates, segment_values, streak_free_slices)
 
 __all__ = ["pad_level_hu", "predicted_positions", "measure_missing_rod", "PadShading", "shading_along_row"]
 
@@ -145,7 +145,7 @@ def measure_missing_rod(arr: np.ndarray, img: np.ndarray, centre_kji, radius_mm:
         core = min(usual, inside - s.rod_edge_margin_mm / px_mm)
         if inside < r_px - ROD_IN_PAD_TOLERANCE_MM / px_mm or core * px_mm < MIN_CORE_RADIUS_MM:
             return None
-    m = measure_rod_at(arr, centre_kji, r_px, px_mm, s, core_px=core)
+    m = measure_rod_at(arr, img, centre_kji, r_px, px_mm, s, core_px=core)
     return None if m is None else replace(m, found_by="geometry")
 
 
@@ -229,7 +229,7 @@ def shading_along_row(arr: np.ndarray, rods: list[RodMeasurement], lateral_mm, p
     for a, b in zip(c[:-1], c[1:]):
         length = float(np.linalg.norm(b - a))
         runs.append((a, (b - a) / length, reach, length - reach))
-    img = np.clip(arr, AIR_HU, None).mean(0)
+    img = mean_slice(arr)
     for end, inner in ((c[0], c[1]), (c[-1], c[-2])):  # the pad beyond the end rods, up to its end
         u = (end - inner) / np.linalg.norm(end - inner)
         start = end + u * reach  # clear of the rod's own edge

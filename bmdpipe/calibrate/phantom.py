@@ -27,7 +27,7 @@ from .attenuation import effective_energy_of_slope
 from .definitions import PhantomDefinition, RodDefinition
 from .pad import measure_missing_rod, pad_level_hu, predicted_positions, shading_along_row
 from .models import FitResult, fit_linear, fit_quality_warnings, fit_two_component
-from .rods import AIR_HU, RodMeasurement, core_gradient_hu, find_rows, refine_rod_edge
+from .rods import RodMeasurement, core_gradient_hu, find_rows, mean_slice, refine_rod_edge
 
 __all__ = ["RodMeasurement", "find_rods", "assign_rods", "assign_by_fit", "Assignment", "refine_rod_edge",
            "core_gradient_hu", "calibrate_with_phantom", "phantom_hint"]
@@ -82,6 +82,11 @@ def find_rods(volume: Volume, settings: CalibrationSettings | None = None,
     return rows[0]
 
 
+def _rod_hu_list(rods: list[RodMeasurement]) -> str:
+    """The rods' mean HU, ascending, for messages."""
+    return ", ".join(f"{r.hu_mean:.0f}" for r in sorted(rods, key=lambda r: r.hu_mean))
+
+
 def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> list[tuple[RodMeasurement, object]]:
     """Pair measured rods with certificate rods by density order (HU ascending) and count.
 
@@ -92,7 +97,7 @@ def assign_rods(rods: list[RodMeasurement], definition: PhantomDefinition) -> li
     """
     expected = definition.sorted_rods()
     if len(rods) != len(expected):
-        found = ", ".join(f"{r.hu_mean:.0f}" for r in sorted(rods, key=lambda r: r.hu_mean))
+        found = _rod_hu_list(rods)
         if len(rods) < len(expected):
             what = (f"found {len(rods)} of the {len(expected)} rods of phantom {definition.name!r} "
                     f"(rod HU: {found or 'none'}): a rod is missing, hidden by metal/streaks or outside "
@@ -242,7 +247,7 @@ def _inferred_candidates(volume: Volume, rods: list[RodMeasurement], n_missing: 
                          definition: PhantomDefinition, s: CalibrationSettings) -> list[RodMeasurement]:
     """Rods measured where the row's geometry puts the missing ones, inside the pad."""
     arr = np.asarray(volume.array, dtype=np.float32)
-    img = np.clip(arr, AIR_HU, None).mean(0)
+    img = mean_slice(arr)
     px = 0.5 * (volume.spacing[1] + volume.spacing[2])
     level = pad_level_hu(img, rods, px, s)
     radius = definition.rod_diameter_mm / 2.0 if definition.rod_diameter_mm else float(
@@ -310,8 +315,7 @@ def _partial_row(volume: Volume, rods: list[RodMeasurement], definition: Phantom
     left out."""
     n_expected = len(definition.rods)
     candidates = _inferred_candidates(volume, rods, n_expected - len(rods), definition, s)
-    found = (f"found {len(rods)} of the {n_expected} rods of phantom {definition.name!r} (rod HU: "
-             f"{', '.join(f'{r.hu_mean:.0f}' for r in sorted(rods, key=lambda r: r.hu_mean))})")
+    found = f"found {len(rods)} of the {n_expected} rods of phantom {definition.name!r} (rod HU: {_rod_hu_list(rods)})"
     cut = (" The row of rods reaches the edge of the field of view: the phantom is probably cut off."
            if _row_reaches_edge(rods, volume, s.rod_padding_hu) else "")
     try:

@@ -25,7 +25,7 @@ from ..robust import MAD_TO_SD, robust_sd
 from ..volume import Volume
 
 __all__ = ["RodMeasurement", "find_rows", "refine_rod_edge", "core_gradient_hu", "disc_values", "measure_rod_at",
-           "row_coordinates", "segment_values", "streak_free_slices", "banded_slices",
+           "mean_slice", "row_coordinates", "segment_values", "streak_free_slices", "banded_slices",
            "raised_spread"]
 
 # Geometry of a row of rods, in rod radii (r) or in the row's pitch (the median gap between rods).
@@ -663,12 +663,17 @@ def _measured_tracks(arr: np.ndarray, tracks: list[dict], px: float, s: Calibrat
     return kept
 
 
-def measure_rod_at(arr: np.ndarray, centre_kji, radius_px: float, px_mm: float, s: CalibrationSettings, *,
-                   core_px: float | None = None) -> RodMeasurement | None:
+def mean_slice(arr: np.ndarray) -> np.ndarray:
+    """The scan's mean axial slice (HU), padding below ``AIR_HU`` counted as air."""
+    return np.clip(arr, AIR_HU, None).mean(0)
+
+
+def measure_rod_at(arr: np.ndarray, img: np.ndarray, centre_kji, radius_px: float, px_mm: float,
+                   s: CalibrationSettings, *, core_px: float | None = None) -> RodMeasurement | None:
     """Measure a rod of known centre (k, j, i) and radius (px) that shows no edge, on every slice where
-    its core (``core_px``, default the usual core) matches the core of the scan's mean slice."""
+    its core (``core_px``, default the usual core) matches the core of the scan's mean slice ``img``
+    (:func:`mean_slice`)."""
     k, y, x = centre_kji
-    img = np.clip(arr, AIR_HU, None).mean(0)
     core = disc_values(img, y, x, core_px if core_px is not None else radius_px * s.rod_core_fraction)
     track = {"circles": [_Circle(0, float(k), float(y), float(x), float(radius_px), 0.0)],
              "r_mm": radius_px * px_mm, "score": 0.0, "hu_ref": float(np.median(core))}
@@ -696,6 +701,6 @@ def find_rows(volume: Volume, settings: CalibrationSettings | None = None) -> li
     dz, dy, dx = volume.spacing
     px = 0.5 * (dy + dx)
     kept = _measured_tracks(arr, _rod_tracks(arr, dz, px, s), px, s)
-    groups = _candidate_groups(kept, s, px, np.clip(arr, AIR_HU, None).mean(0))
+    groups = _candidate_groups(kept, s, px, mean_slice(arr))
     rows = [sorted((kept[i]["rod"] for i in g), key=lambda r: r.center_kji[2]) for g in groups[: s.rod_max_groups]]
     return [r for r in rows if len(r) >= 2]
