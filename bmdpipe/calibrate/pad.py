@@ -30,7 +30,8 @@ from ..robust import robust_sd
 from .rods import (AIR_HU, RodMeasurement, disc_values, mean_slice, measure_rod_at, raised_spread,
                    row_coordinates, segment_values, streak_free_slices)
 
-__all__ = ["pad_level_hu", "predicted_positions", "measure_missing_rod", "PadShading", "shading_along_row"]
+__all__ = ["pad_level_hu", "predicted_positions", "centred_across_pad", "measure_missing_rod", "PadShading",
+           "shading_along_row"]
 
 #: rods of a pad are at least this many diameters apart, centre to centre (resin between them; the real
 #: Calgary pad: ~1.8; the pads drawn by bmdpipe.synthetic: 1.3-2.2)
@@ -46,6 +47,9 @@ ROD_IN_PAD_TOLERANCE_MM = 1.5
 #: the pad's edge (against air ~-1000 HU, fat ~-100 HU or the table) changes the HU faster than this, HU/mm:
 #: a 100 HU step over a ~1 mm blur; smooth shading is slower (the Calgary pad: ~18 HU/mm)
 PAD_EDGE_HU_PER_MM = 50.0
+#: a pad's edges lie at most this far from a predicted rod centre across the row, mm (half the tallest pad
+#: drawn, 60 mm, plus a curved pad's sagitta, up to ~15 mm)
+CENTRING_REACH_MM = 45.0
 
 
 def _centres_px(rods: list[RodMeasurement]) -> np.ndarray:
@@ -119,6 +123,27 @@ def _pad_extent_px(img: np.ndarray, y: float, x: float, px_mm: float, reach_px: 
     (:func:`_edge_distance_px`)."""
     ang = np.linspace(0.0, 2.0 * np.pi, EXTENT_DIRECTIONS, endpoint=False)
     return float(_edge_distance_px(img, y, x, ang, px_mm, reach_px).min())
+
+
+def centred_across_pad(img: np.ndarray, centre_kji, rods: list[RodMeasurement],
+                       px_mm: float) -> tuple[float, float, float] | None:
+    """A predicted centre (k, j, i) moved across the row to mid-way between the pad's two edges.
+
+    On a curved pad the rods follow the curve, so a place predicted along the end rods' chord lies
+    off the pad's middle (by ~13 mm for a 29 mm rod two pitches along a pad with a 12 mm sagitta);
+    the pad's edges on either side, across the row's overall direction, put it back. None when either
+    edge is further than ``CENTRING_REACH_MM`` (no pad edge there to centre on).
+    """
+    c = _centres_px(rods)
+    along = (c[-1] - c[0])[1:] / np.linalg.norm((c[-1] - c[0])[1:])
+    across = np.arctan2(along[1], -along[0])  # angle (rad, 0 along the columns) of the row's normal
+    k, y, x = centre_kji
+    reach = CENTRING_REACH_MM / px_mm
+    up, down = _edge_distance_px(img, y, x, np.array([across, across + np.pi]), px_mm, reach)
+    if max(up, down) >= reach:
+        return None
+    shift = 0.5 * (up - down)
+    return (k, y + shift * np.sin(across), x + shift * np.cos(across))
 
 
 def measure_missing_rod(arr: np.ndarray, img: np.ndarray, centre_kji, radius_mm: float, level_hu: float,

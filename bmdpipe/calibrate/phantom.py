@@ -25,7 +25,7 @@ from ..results import Calibration, ReferenceMeasurement
 from ..volume import Volume
 from .attenuation import effective_energy_of_slope
 from .definitions import PhantomDefinition, RodDefinition
-from .pad import measure_missing_rod, pad_level_hu, predicted_positions, shading_along_row
+from .pad import centred_across_pad, measure_missing_rod, pad_level_hu, predicted_positions, shading_along_row
 from .models import FitResult, fit_linear, fit_quality_warnings, fit_two_component
 from .rods import RodMeasurement, core_gradient_hu, find_rows, mean_slice, refine_rod_edge
 
@@ -255,6 +255,9 @@ def _inferred_candidates(volume: Volume, rods: list[RodMeasurement], n_missing: 
     out = []
     for pos in predicted_positions(rods, n_missing, px, definition.rod_pitch_mm):
         m = measure_missing_rod(arr, img, pos, radius, level, px, s)
+        centred = None if m is not None else centred_across_pad(img, pos, rods, px)
+        if centred is not None:  # off a curved pad's middle: try its middle
+            m = measure_missing_rod(arr, img, centred, radius, level, px, s)
         if m is not None:
             out.append(m)
     return out
