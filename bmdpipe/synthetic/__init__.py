@@ -28,8 +28,11 @@ Orientations (``CaseSpec.orientation``): HFS (identity), HFS_zdown, FFS, HFP, FF
 defined in LPS, so only the array layout / direction changes. ``CaseSpec(fusion_rods=True)`` adds
 titanium rods between the screw heads. ``CaseSpec(pad=PadSpec("qrm-bdc-6"))`` draws the calibration pad
 from the range of real pads instead (size, curvature, rod order, a water-equivalent or faint rod,
-cupping, a streak, the field of view cutting its end; see :class:`PadSpec`). Modules: spec, scanner,
-grid, spine, phantom, pad, screws, case, truth, tissue, dicom.
+cupping, a streak, the field of view cutting its end; see :class:`PadSpec`).
+``CaseSpec(xray=XraySpec(kernel="sharp"), phantom=None)`` forms the image by projection physics instead of
+the painted model (:mod:`bmdpipe.synthetic.ctphysics`: spekpy spectrum, xraydb attenuation, Poisson noise,
+astra FBP; ~1.4 s a slice on one core, ``make_case(..., workers=2)`` spreads the slices). Modules: spec,
+scanner, grid, spine, phantom, pad, screws, ctphysics, case, truth, tissue, dicom.
 """
 
 from .case import HU_MAX, HU_MIN, case_scanner, make_case
@@ -37,6 +40,7 @@ from .dicom import write_dicom_series, write_labels_nifti, write_sample_data, wr
 from .phantom import PhantomTruth, RodTruth
 from .scanner import ScannerResponse, tissue_hu
 from .screws import ScrewTruth
+from .ctphysics import XraySpec
 from .spec import HA_RODS, MINDWAYS_RODS, ORIENTATIONS, CaseSpec, PadSpec, ScrewSpec, loosened_rule
 from .tissue import BONE_CODES, PART, TISSUE
 from .truth import SyntheticCase, Truth, VertebraTruth
@@ -44,5 +48,5 @@ from .truth import SyntheticCase, Truth, VertebraTruth
 __all__ = [
     "make_case", "case_scanner", "write_dicom_series", "write_labels_nifti", "write_truth", "write_sample_data", "CaseSpec", "PadSpec", "ScrewSpec", "SyntheticCase", "Truth", "VertebraTruth", "ScrewTruth",
     "PhantomTruth", "RodTruth", "ScannerResponse", "tissue_hu", "TISSUE", "PART", "BONE_CODES",
-    "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule", "HU_MIN", "HU_MAX",
+    "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule", "HU_MIN", "HU_MAX", "XraySpec",
 ]

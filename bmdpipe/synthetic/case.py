@@ -8,15 +8,16 @@ from pydicom.uid import generate_uid
 
 from bmdpipe.results import PedicleAxis, Side
 from bmdpipe.volume import SeriesMeta, Volume
+from .ctphysics import simulate_slices
 from .grid import Grid
 from .pad import draw_pad, paint_pad_and_table
 from .phantom import draw_body, paint_abdomen, paint_body, paint_phantom_and_table, paint_vessels
 from .scanner import ScannerResponse, apply_psf, draw_scanner, make_noise
 from .screws import (ScrewTruth, add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal,
-                     screw_metal_mask)
+                     screw_metal_fraction, screw_metal_mask)
 from .spec import ORIENTATIONS, CaseSpec
 from .spine import VertebraGeom, draw_spine, paint_discs_and_canal, paint_sclerosis, paint_vertebra
-from .tissue import BONE_CODES, TISSUE
+from .tissue import BONE_CODES, HYDROXYAPATITE_G_CM3, TISSUE, TISSUE_MATERIALS
 from .truth import SyntheticCase, Truth, VertebraTruth
 
 __all__ = ["make_case", "HU_MIN", "HU_MAX"]
@@ -85,7 +86,7 @@ def case_scanner(seed: int, spec: CaseSpec | None = None) -> ScannerResponse:
     return draw_scanner(spec or CaseSpec(), _case_rngs(seed)[0])
 
 
-def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
+def make_case(seed: int, spec: CaseSpec | None = None, workers: int = 1) -> SyntheticCase:
     """Generate a synthetic lumbar-spine CT with exact ground truth.
 
     Parameters
@@ -95,6 +96,9 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
         anatomy at any ``spec.spacing_mm``).
     spec : CaseSpec, optional
         What to generate; ``None`` fields are drawn from the seed.
+    workers : int
+        Processes the projection simulator (``spec.xray``) spreads slices over; the image does not
+        depend on it.
 
     Returns
     -------
@@ -138,8 +142,14 @@ def make_case(seed: int, spec: CaseSpec | None = None) -> SyntheticCase:
     hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
     del hu_fixed
 
-    img = _blur_with_screw_metal(grid, scanner, screws, hu, tissue, mineral)
-    artefacts = _add_artefacts_and_noise(grid, spec, scanner, img, centroids, fusion, r_art, r_noise)
+    if spec.xray is None:
+        img = _blur_with_screw_metal(grid, scanner, screws, hu, tissue, mineral)
+        artefacts = _add_artefacts_and_noise(grid, spec, scanner, img, centroids, fusion, r_art, r_noise)
+    else:
+        img = _projected_image(grid, spec, screws, tissue, mineral, r_noise, workers)
+        _mark_screw_metal(grid, scanner, screws, hu, tissue, mineral)
+        artefacts = {"n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion,
+                     "xray": spec.xray}
     phi, meta = _phi_and_series_meta(seed, spec, shape[0], r_phi)
     arr, origin, direction = _orient(img, grid, spec.orientation)
     del img
@@ -200,12 +210,60 @@ def _blur_with_screw_metal(grid: Grid, scanner: ScannerResponse, screws: list[Sc
     for rendered in [render_screw_metal(grid, st, hu, scanner.metal_hu, scanner.psf_fwhm_mm) for st in screws]:
         if rendered is not None:
             img[rendered[0]] += rendered[1]
+    _mark_screw_metal(grid, scanner, screws, hu, tissue, mineral)
+    return img
+
+
+def _mark_screw_metal(grid: Grid, scanner: ScannerResponse, screws: list[ScrewTruth], hu: np.ndarray,
+                      tissue: np.ndarray, mineral: np.ndarray) -> None:
+    """Mark the voxels whose centre lies in a screw's metal in ``tissue``, ``mineral`` and ``hu`` (in place)."""
     for marked in [screw_metal_mask(grid, st) for st in screws]:
         if marked is not None:
             sl, m = marked
             tissue[sl][m] = TISSUE["metal"]
             mineral[sl][m] = 0.0
             hu[sl][m] = scanner.metal_hu
+
+
+def _material_densities(tissue: np.ndarray, mineral: np.ndarray) -> dict[str, np.ndarray]:
+    """Partial density (g/cm3) of each basis material in each voxel, from the tissue codes
+    (:data:`TISSUE_MATERIALS`) and the bone mineral (mg/cm3, as hydroxyapatite displacing marrow)."""
+    names = sorted({m for parts in TISSUE_MATERIALS.values() for m, _ in parts})
+    luts = {m: np.zeros(256, dtype=np.float32) for m in names}
+    for tissue_name, parts in TISSUE_MATERIALS.items():
+        for m, rho in parts:
+            luts[m][TISSUE[tissue_name]] = rho
+    ha = (mineral / 1000.0).astype(np.float32)
+    marrow_left = 1.0 - ha / HYDROXYAPATITE_G_CM3
+    out = {}
+    for m, lut in luts.items():
+        d = lut[tissue]
+        if m != "titanium":
+            d *= marrow_left
+        if d.any():
+            out[m] = d
+    if ha.any():
+        out["hydroxyapatite"] = ha
+    return out
+
+
+def _projected_image(grid: Grid, spec: CaseSpec, screws: list[ScrewTruth], tissue: np.ndarray,
+                     mineral: np.ndarray, rng: np.random.Generator, workers: int) -> np.ndarray:
+    """The image a scanner forms of the case (:func:`bmdpipe.synthetic.ctphysics.simulate_slices`), with the
+    screws' metal as the share of each voxel it fills; clipped to the stored HU range."""
+    if spec.phantom is not None or spec.pad is not None:
+        raise ValueError("CaseSpec(xray=...) simulates no calibration phantom: set phantom=None and pad=None")
+    dens = _material_densities(tissue, mineral)
+    ti = dens.setdefault("titanium", np.zeros(tissue.shape, dtype=np.float32))
+    rho_ti = dict(TISSUE_MATERIALS["metal"])["titanium"]
+    for filled in [screw_metal_fraction(grid, st) for st in screws]:
+        if filled is None:
+            continue
+        sl, frac = filled
+        for m, d in dens.items():
+            d[sl] = (1.0 - frac) * d[sl] if m != "titanium" else np.maximum(d[sl], rho_ti * frac)
+    img = simulate_slices(dens, grid.spacing_zyx[1:], spec.xray, rng, workers)
+    np.clip(img, HU_MIN, HU_MAX if spec.metal_saturation else 64511.0, out=img)
     return img
 
 

@@ -20,7 +20,7 @@ from .spec import loosened_rule
 from .tissue import BONE_CODES, TISSUE
 
 __all__ = ["ScrewTruth", "place_screw", "paint_screw", "screw_metal_mask", "render_screw_metal", "paint_fusion_rods",
-           "add_streaks", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
+           "add_streaks", "screw_metal_fraction", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
            "HEAD_LENGTH_MM", "HEAD_RADIUS_MM", "RIM_THICKNESS_MM"]
 
 THREAD_DEPTH_MM = 0.9
@@ -127,6 +127,37 @@ def screw_metal_mask(grid: Grid, s: ScrewTruth):
     return sl, _screw_geometry(s, Z, Y, X)[3]
 
 
+def _fine_occupancy(grid: Grid, s: ScrewTruth, margin_mm: float, n: int):
+    """The screw's metal on a grid ``n`` times finer than the voxels, over its box plus ``margin_mm``:
+    ``(slices, bool occupancy)`` with each voxel's n^3 sub-samples (the middle one at its centre) in a
+    row along each axis; None off the grid."""
+    bx = _metal_box(grid, s, margin_mm)
+    if bx is None:
+        return None
+    sl, (Z, Y, X) = bx
+    sub = (np.arange(n) - (n - 1) / 2.0) / n  # sub-voxel offsets (voxels)
+    sp = grid.spacing_zyx
+
+    def fine(c, h):
+        return (c.ravel()[:, None] + sub[None, :] * h).ravel().astype(np.float32)
+
+    Zf, Yf, Xf = fine(Z, sp[0])[:, None, None], fine(Y, sp[1])[None, :, None], fine(X, sp[2])[None, None, :]
+    return sl, _screw_geometry(s, Zf, Yf, Xf)[3]
+
+
+def screw_metal_fraction(grid: Grid, s: ScrewTruth, supersample: int = METAL_SUPERSAMPLE):
+    """The share of each voxel's volume that the screw's metal fills (0..1), from ``supersample``^3
+    sub-samples: ``(slices, float32 fraction)`` or None off the grid (the partial volume a projector sees)."""
+    fine = _fine_occupancy(grid, s, 1.0, supersample)
+    if fine is None:
+        return None
+    sl, occ = fine
+    n = supersample
+    nz, ny, nx = (d // n for d in occ.shape)
+    frac = occ.reshape(nz, n, ny, n, nx, n).mean(axis=(1, 3, 5), dtype=np.float32)
+    return sl, frac
+
+
 def render_screw_metal(grid: Grid, s: ScrewTruth, base_hu: np.ndarray, metal_hu: float, psf_fwhm_mm: float,
                        supersample: int = METAL_SUPERSAMPLE):
     """Blurred HU excess of one screw's metal over ``base_hu`` (the image without the screw).
@@ -143,19 +174,12 @@ def render_screw_metal(grid: Grid, s: ScrewTruth, base_hu: np.ndarray, metal_hu:
         Index slices (k, j, i) of the box and the float32 excess (HU) there.
     """
     sig = psf_fwhm_mm / 2.3548
-    bx = _metal_box(grid, s, 4.0 * sig + 1.0)
-    if bx is None:
+    fine = _fine_occupancy(grid, s, 4.0 * sig + 1.0, supersample)
+    if fine is None:
         return None
-    sl, (Z, Y, X) = bx
+    sl, occ = fine
     n = supersample
-    sub = (np.arange(n) - (n - 1) / 2.0) / n  # sub-voxel offsets (voxels); the middle one is the centre
     sp = grid.spacing_zyx
-
-    def fine(c, h):
-        return (c.ravel()[:, None] + sub[None, :] * h).ravel().astype(np.float32)
-
-    Zf, Yf, Xf = fine(Z, sp[0])[:, None, None], fine(Y, sp[1])[None, :, None], fine(X, sp[2])[None, None, :]
-    occ = _screw_geometry(s, Zf, Yf, Xf)[3]
     base = base_hu[sl]
     base_f = np.repeat(np.repeat(np.repeat(base, n, axis=0), n, axis=1), n, axis=2)
     excess = np.where(occ, np.float32(metal_hu) - base_f, np.float32(0.0))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .ctphysics import XraySpec
+
 __all__ = ["ScrewSpec", "PadSpec", "CaseSpec", "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule",
            "pad_definition"]
 
@@ -215,6 +217,11 @@ class CaseSpec:
         Photon-starvation streaks between screws.
     fusion_rods : bool
         5.5 mm titanium rods joining the screw heads of each side (post-op realism; metal, not screws).
+    xray : XraySpec or None
+        Form the image by projection physics (:mod:`bmdpipe.synthetic.ctphysics`: spectrum, attenuation
+        tables, Poisson noise, FBP) instead of the painted model (PSF, metal HU, painted streaks, added
+        noise); then ``noise_sd_hu``, ``psf_fwhm_mm``, ``metal_hu`` and ``streaks`` do not apply, and there
+        must be no phantom or pad (their rods are not modelled as materials).
     study_date : str or None
         StudyDate YYYYMMDD; None = a date in 2023-2025 drawn from the seed.
     orientation : str
@@ -249,6 +256,7 @@ class CaseSpec:
     metal_saturation: bool = True
     streaks: bool = True
     fusion_rods: bool = False
+    xray: XraySpec | None = None
     study_date: str | None = None
     orientation: str = "HFS"
     anatomy_jitter: bool = True
