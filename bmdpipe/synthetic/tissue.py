@@ -15,10 +15,11 @@ PART: dict[str, int] = {"none": 0, "body": 1, "pedicle_left": 2, "pedicle_right"
 
 #: What each tissue is made of for the projection simulator (:mod:`bmdpipe.synthetic.ctphysics`):
 #: (basis material, partial density g/cm3) pairs. Bone codes add hydroxyapatite (``mineral`` mg/cm3 / 1000
-#: g/cm3), which displaces its volume of the marrow (ICRU 44 / ICRP 110 densities; elderly marrow about half
-#: yellow, i.e. fat; the table a carbon-fibre board of ~0.5 g/cm3 water equivalent).
+#: g/cm3), which displaces its volume of the marrow. ICRU 44 densities; fat the ICRP adipose tissue
+#: (0.92 g/cm3, as the README's phantomless calibration); elderly marrow about half yellow, i.e. fat; the
+#: table a carbon-fibre board of ~0.5 g/cm3 water equivalent.
 TISSUE_MATERIALS: dict[str, tuple[tuple[str, float], ...]] = {
-    "air": (), "fat": (("adipose", 0.95),), "soft_tissue": (("water", 1.05),), "blood": (("water", 1.06),),
+    "air": (), "fat": (("adipose", 0.92),), "soft_tissue": (("water", 1.05),), "blood": (("water", 1.06),),
     "cancellous": (("water", 0.52), ("adipose", 0.47)), "cortex": (("water", 1.0),),
     "sclerosis": (("water", 1.0),), "disc": (("water", 1.07),), "canal": (("water", 1.007),),
     "phantom_rod": (("water", 1.0),), "phantom_body": (("water", 1.0),), "table": (("water", 0.5),),
