@@ -286,6 +286,7 @@ class HaloSettings(_Section):
     lucent_hu: float
     min_contrast_hu: float = Field(ge=0)
     streak_drop_fraction: float = Field(gt=0, le=1)
+    bright_artefact_hu: float = Field(gt=0)
     rim_width_mm: float = Field(gt=0)
     bone_window_mm: float = Field(gt=0)
     edge_start_mm: float = Field(ge=0)

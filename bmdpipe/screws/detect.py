@@ -133,7 +133,7 @@ HEAD_SLAB_MM = 1.0
 AXIS_RING_MM = 1.5
 #: the axis refinement is repeated, each pass re-selecting the edge voxels about the axis it left,
 #: until neither shaft end moves by this much: a tenth of the 0.3-0.5 mm residual offsets left by a
-#: single pass behind rod-pulled RANSAC lines (3-4 deg off, /work/dbg19 diagnosis), mm
+#: single pass behind rod-pulled RANSAC lines (3-4 deg off on the README demo with fusion rods), mm
 AXIS_CONVERGED_MM = 0.03
 #: ... or at most this many passes (the demo's fusion-rod screws converge in 2-3, the rest in 1-2)
 AXIS_MAX_PASSES = 6
@@ -442,19 +442,15 @@ def _converged_axis(volume: Volume, start: np.ndarray, end: np.ndarray, settings
         Ends of the refined axis, LPS mm.
     edge : EdgeFit
         Edge fit of the shaft about it.
-    passes : int
-        Refinement passes made.
     """
     edge = _shaft_edge(volume, start, end, settings, clip_hu)
-    passes = 0
-    while passes < AXIS_MAX_PASSES:
-        passes += 1
+    for _ in range(AXIS_MAX_PASSES):
         o_start, o_end, shift = _axis_pass(volume, start, end, edge, settings)
         start, end = start + o_start, end + o_end
         edge = _shaft_edge(volume, start, end, settings, clip_hu)  # radius about the new axis
         if shift < AXIS_CONVERGED_MM:
             break
-    return start, end, edge, passes
+    return start, end, edge
 
 
 def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu: float | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -478,7 +474,7 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
     start, end = run.start_lps, run.end_lps
     if start[1] < end[1]:  # head = posterior end = larger y
         start, end = end, start
-    start, end, edge, _ = _converged_axis(volume, start, end, settings, clip_hu)
+    start, end, edge = _converged_axis(volume, start, end, settings, clip_hu)
     length = float(np.linalg.norm(end - start))
     a = (end - start) / length
     radius = edge.radius_mm

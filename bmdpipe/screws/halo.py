@@ -462,7 +462,11 @@ def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings
                       crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu, sigma_mm=edge.sigma_mm,
                       settings=settings)
     usable_share = pooled(samples.usable_rays.astype(float))
-    cell = (usable_share > MIN_USABLE_SHARE) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
+    # tissue beyond the edge far brighter than the screw's bone is metal's streak or bloom (the screw's own
+    # sliver in the sections above and below it) or cortex, not bone: such a cell cannot show a halo
+    bright = fit.bone_hu > samples.bone_hu + settings.bright_artefact_hu
+    cell = ((usable_share > MIN_USABLE_SHARE) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
+            & ~bright)
     wmap = np.where(cell, fit.width_mm, np.nan)
     # per angle: median over the positions along the screw (the vertebral body's many positions
     # outvote the few in a narrow pedicle, where cortex and canal lie within the rays)

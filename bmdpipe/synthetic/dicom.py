@@ -12,8 +12,8 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossles
 
 from .truth import SyntheticCase, truth_to_dict
 
-__all__ = ["write_dicom_series", "write_labels_nifti", "write_truth", "write_sample_data", "patient_position",
-           "labels_affine_ras"]
+__all__ = ["write_dicom_series", "write_labels_nifti", "write_truth", "write_sample_data", "demo_postop_spec",
+           "patient_position", "labels_affine_ras"]
 
 _COMPRESS = {"jpeg2000-lossless": JPEG2000Lossless, "rle": RLELossless}
 _STORED_MAX = 65535
@@ -287,6 +287,22 @@ def write_truth(case: SyntheticCase, path, *, arrays: bool = False) -> Path:
     return path
 
 
+def demo_postop_spec(levels=("L3", "L4", "L5"), spacing_mm=(1.0, 0.8, 0.8)):
+    """The demo's post-operative case: screws in the two lowest levels joined by rods; the upper left screw
+    has a 1.5 mm halo over 70 % of its circumference with a sclerotic rim (loose), the lower left none, the
+    right ones 0.5 mm over 40 % (not loose)."""
+    from .spec import CaseSpec, ScrewSpec
+
+    post_levels = levels[-2:] if len(levels) >= 2 else levels
+    screws = []
+    for i, lev in enumerate(post_levels):
+        screws.append(ScrewSpec(lev, "left", halo_width_mm=1.5 if i == 0 else 0.0, halo_arc_fraction=0.7,
+                                sclerotic_rim=i == 0))
+        screws.append(ScrewSpec(lev, "right", halo_width_mm=0.5, halo_arc_fraction=0.4))
+    return CaseSpec(levels=tuple(levels), spacing_mm=spacing_mm, phantom="mindways", screws=tuple(screws),
+                    fusion_rods=True)
+
+
 def write_sample_data(folder, seeds=(101, 102, 103), *, spacing_mm=(1.0, 0.8, 0.8), compress: str | None = None,
                       levels=("L3", "L4", "L5")) -> dict[str, dict[str, Path]]:
     """Write three demo cases: pre-op with a Mindways phantom, pre-op with an HA phantom, post-op with screws.
@@ -295,20 +311,13 @@ def write_sample_data(folder, seeds=(101, 102, 103), *, spacing_mm=(1.0, 0.8, 0.
     ``labels.nii.gz`` and ``truth.json``. Returns ``{name: {"dicom": dir, "labels": path, "truth": path}}``.
     """
     from .case import make_case
-    from .spec import CaseSpec, ScrewSpec
+    from .spec import CaseSpec
 
     folder = Path(folder)
-    post_levels = levels[-2:] if len(levels) >= 2 else levels
-    screws = []
-    for i, lev in enumerate(post_levels):
-        screws.append(ScrewSpec(lev, "left", halo_width_mm=1.5 if i == 0 else 0.0, halo_arc_fraction=0.7,
-                                sclerotic_rim=i == 0))
-        screws.append(ScrewSpec(lev, "right", halo_width_mm=0.5, halo_arc_fraction=0.4))
     cases = {
         "preop_mindways": CaseSpec(levels=tuple(levels), spacing_mm=spacing_mm, phantom="mindways"),
         "preop_ha": CaseSpec(levels=tuple(levels), spacing_mm=spacing_mm, phantom="ha"),
-        "postop_screws": CaseSpec(levels=tuple(levels), spacing_mm=spacing_mm, phantom="mindways",
-                                  screws=tuple(screws), fusion_rods=True),
+        "postop_screws": demo_postop_spec(levels, spacing_mm),
     }
     out = {}
     for (name, spec), seed in zip(cases.items(), seeds):
