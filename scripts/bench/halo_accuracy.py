@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     correct = [r for r in found if r["f_loose"] == r["loosened"]]
     err = np.array([abs(r["f_max"] - r["width"]) for r in found])
     border = [r for r in found if r["width"] in (0.7, 1.3)]
-    berr = np.array([abs(r["f_max"] - r["width"]) for r in border])
+    berr = np.array([abs(r["f_max"] - r["width"]) for r in border] or [np.nan])
     rim_ok = [r for r in found if r["f_rim"] == r["rim"]]
     derr = np.array([abs(r["f_diameter"] - r["diameter"]) for r in found])
     print(f"screws: {n} (cases {args.cases}, seed {args.seed}); extra detections: {n_found_extra}")
