@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     truth = {(s["vertebra"], s["side"]): s for s in json.loads(args.truth.read_text())["screws"]}
     print(f"{'screw':10s} {'measured':>24s}   {'truth':>24s}   call")
     def text(width_mm, fraction, loose) -> str:
-        return f"{width_mm:.1f} mm over {100 * fraction:.0f} % {'loose' if loose else 'intact'}"
+        halo = f"{width_mm:.1f} mm over {100 * fraction:.0f} %" if width_mm > 0 else "no halo"
+        return f"{halo} {'loose' if loose else 'intact'}"
 
     n_right = 0
     for (vertebra, side), t in sorted(truth.items()):
