@@ -20,7 +20,9 @@ the edge is used, not a model of what lies further out: a pedicle's cortex, the 
 streak beyond the halo does not move it. A sclerotic rim ("double halo") is tissue well above
 bone just beyond the edge. Per angle the width is the median over the positions along the
 screw; ray planes outside bone and rays whose outer part is far darker than the screw's typical
-bone (photon-starvation streaks) are left out, so a streak neither makes nor hides a halo.
+bone (photon-starvation streaks) are left out, so a streak neither makes nor hides a halo, and so
+are cells whose tissue beyond the edge reads far brighter than that bone (``bright_artefact_hu``:
+the bloom of the screw's metal in the sections above and below it, or a pedicle's cortex).
 """
 
 from __future__ import annotations
