@@ -194,6 +194,17 @@ def test_rows_whose_rods_run_through_the_scan_are_tried_first():
 
 
 
+def test_a_stray_object_off_the_end_of_a_straight_row_is_not_a_rod():
+    """Bench seed 8033: a 5-rod pad whose water-like rod shows no edge; a 17 HU object in the pad 14 mm off the
+    straight row of the other three took its place (and the HA200 rod then counted missing: +0.84 %). The
+    quadratic through the other three misses it: dropped, HA0 placed by geometry, all five within 0.5 %."""
+    case, d = _bench_pad_case(8033)
+    cal = calibrate_with_phantom(case.volume, d)
+    assert cal.details["missing_rods"] == [] and len(cal.references) == 5
+    assert cal.details["rod_found_by"].count("geometry") == 1
+    assert abs(_error_at_150(cal, case.truth.scanner)) < 0.005
+
+
 def test_an_end_rod_on_a_curved_pad_is_placed_between_its_edges():
     """Bench seed 6189: a curved 3-rod pad (29 mm rods, 40 mm tall, 12 mm sagitta) whose 0 mg/cm3 end rod
     has no edge. Along the other two rods' chord its place lies ~13 mm off the pad's middle, where the rod
