@@ -254,7 +254,7 @@ def _projected_image(grid: Grid, spec: CaseSpec, screws: list[ScrewTruth], tissu
     if spec.phantom is not None or spec.pad is not None:
         raise ValueError("CaseSpec(xray=...) simulates no calibration phantom: set phantom=None and pad=None")
     dens = _material_densities(tissue, mineral)
-    ti = dens.setdefault("titanium", np.zeros(tissue.shape, dtype=np.float32))
+    dens.setdefault("titanium", np.zeros(tissue.shape, dtype=np.float32))
     rho_ti = dict(TISSUE_MATERIALS["metal"])["titanium"]
     for filled in [screw_metal_fraction(grid, st) for st in screws]:
         if filled is None:

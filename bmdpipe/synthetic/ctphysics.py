@@ -211,8 +211,7 @@ def simulate_slices(densities: dict[str, np.ndarray], spacing_yx_mm: tuple[float
     if unknown:
         raise ValueError(f"materials {sorted(unknown)} unknown; use those of MATERIALS")
     nz = next(iter(densities.values())).shape[0]
-    seeds = rng.bit_generator.seed_seq.spawn(nz) if hasattr(rng.bit_generator, "seed_seq") else None
-    seeds = seeds or [int(x) for x in rng.integers(0, 2**63 - 1, size=nz)]
+    seeds = rng.bit_generator.seed_seq.spawn(nz)
     chunks = [range(a, min(a + SLICES_PER_TASK, nz)) for a in range(0, nz, SLICES_PER_TASK)]
     tasks = [({m: d[c.start:c.stop] for m, d in densities.items()}, spacing_yx_mm, xray, seeds[c.start:c.stop])
              for c in chunks]
