@@ -68,7 +68,9 @@ class IngestSettings(_Section):
     max_voxels: float
     slice_spacing_tolerance: float
     orientation_tolerance: float
-    max_gantry_tilt_deg: float
+    max_gantry_tilt_deg: float = Field(ge=0)
+    gantry_tilt_resampling: bool
+    max_resampled_gantry_tilt_deg: float = Field(ge=0, lt=90)
     pixel_spacing_tolerance_mm: float = Field(ge=0)
     duplicate_position_tolerance_mm: float = Field(ge=0)
     max_missing_slices: int = Field(ge=0)

@@ -2,19 +2,42 @@
 
 Two passes: headers first (geometry checks, image size checked before any pixel array is
 allocated), then pixel data file by file. Slices are ordered by ImagePositionPatient
-projected on the slice normal (never by InstanceNumber or file name), and each slice's
-own RescaleSlope/Intercept (for Enhanced CT: the functional groups) is applied.
+projected on the slice normal (never by InstanceNumber or file name).
+
+What is repaired, resampled or refused:
+
+- Repaired: each slice's own RescaleSlope/Intercept (for Enhanced CT: the functional
+  groups) is applied, so a series whose rescale changes from slice to slice loads as one
+  HU volume; a second copy of the same image is dropped.
+- Filled: a gap of up to ``ingest.max_missing_slices`` missing slices (linear interpolation
+  along the normal, with a warning). A file whose pixel data is not the image its header
+  describes (fewer bytes than Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x
+  NumberOfFrames for a native transfer syntax, e.g. an interrupted transfer; a compressed
+  image that no decoder reads, or that decodes to another shape) is never a slice: it
+  counts as a missing slice under the same rule, and the warning names it. Such a file at
+  either end of the series is dropped (the volume is shorter).
+- Resampled: gantry tilt (slice positions stepping off the slice normal) above
+  ``ingest.max_gantry_tilt_deg`` and up to ``ingest.max_resampled_gantry_tilt_deg``: each
+  slice is shifted in its own plane onto an orthogonal grid (``scipy.ndimage.affine_transform``,
+  linear interpolation), with a warning; off with ``ingest.gantry_tilt_resampling: false``.
+- Refused (:class:`~bmdpipe.errors.SeriesError`, naming the series and the file): larger
+  gaps, two different images at one position, mixed orientations or pixel spacings,
+  irregular spacing, larger tilts, too few slices, images too large for the limits.
+  Every decoder's output (pydicom's, and SimpleITK/GDCM's fallback, which pads short pixel
+  data with air) is checked against what the header promises.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID
 
 from ..config import IngestSettings
 from ..errors import SeriesError
@@ -44,6 +67,10 @@ class SlicePlan:
     direction : (3, 3) ndarray
         Columns: LPS unit vectors of the i, j, k axes.
     warnings : tuple of str
+    shear_mm : tuple of float
+        Gantry tilt to resample: how far each slice's image lies from the one before it
+        in the image plane, (along the rows' direction i, along the columns' direction j)
+        in mm; (0, 0) for an orthogonal grid.
     """
 
     slots: tuple[FrameHeader | None, ...]
@@ -53,6 +80,13 @@ class SlicePlan:
     origin: tuple[float, float, float]
     direction: np.ndarray
     warnings: tuple[str, ...]
+    shear_mm: tuple[float, float] = (0.0, 0.0)
+
+    def slice_position(self, k: float) -> np.ndarray:
+        """LPS position (mm) of pixel (0, 0) of slot ``k``'s image as acquired (before resampling)."""
+        d = self.direction
+        step = self.spacing[0] * d[:, 2] + self.shear_mm[0] * d[:, 0] + self.shear_mm[1] * d[:, 1]
+        return np.asarray(self.origin, dtype=float) + k * step
 
 
 def _refuse(label: str, problem: str, todo: str) -> SeriesError:
@@ -117,16 +151,27 @@ def _drop_duplicate_copies(frames: list[FrameHeader], proj: np.ndarray, label: s
     return keep, [f"{dup_groups} duplicate copy(ies) of the same slice ignored"] if dup_groups else []
 
 
-def _tilt_warnings(pos: np.ndarray, normal: np.ndarray, label: str, settings: IngestSettings) -> list[str]:
-    """Gantry tilt (the slice positions step off the normal): refused above ``max_gantry_tilt_deg``."""
-    step = pos[-1] - pos[0]
-    cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
-    tilt = float(np.degrees(np.arccos(min(1.0, cosang))))
-    if tilt > settings.max_gantry_tilt_deg:
-        raise _refuse(label, f"gantry tilt of {tilt:.1f} deg (slices are sheared; ingest.max_gantry_tilt_deg "
-                             f"{settings.max_gantry_tilt_deg})",
+def _gantry_tilt(pos: np.ndarray, direction: np.ndarray, n_slots: int, label: str,
+                 settings: IngestSettings) -> tuple[tuple[float, float], list[str]]:
+    """Gantry tilt (the slice positions step off the normal): the in-plane shear to resample (mm per
+    slot along the row and column directions) and a warning. Up to ``max_gantry_tilt_deg`` the tilt is
+    ignored; beyond ``max_resampled_gantry_tilt_deg`` (or with resampling off) the series is refused."""
+    step = (pos[-1] - pos[0]) / (n_slots - 1)
+    along = float(step @ direction[:, 2])
+    shear = step - along * direction[:, 2]
+    tilt = float(np.degrees(np.arctan2(float(np.linalg.norm(shear)), abs(along))))
+    if tilt <= settings.max_gantry_tilt_deg:
+        ignored = [f"gantry tilt {tilt:.2f} deg ignored (below ingest.max_gantry_tilt_deg)"] if tilt > 0.01 else []
+        return (0.0, 0.0), ignored
+    limit = settings.max_resampled_gantry_tilt_deg if settings.gantry_tilt_resampling else settings.max_gantry_tilt_deg
+    if tilt > limit:
+        setting = ("ingest.max_resampled_gantry_tilt_deg" if settings.gantry_tilt_resampling
+                   else "ingest.max_gantry_tilt_deg, ingest.gantry_tilt_resampling off")
+        raise _refuse(label, f"gantry tilt of {tilt:.1f} deg (slices are sheared; more than {setting} {limit:g})",
                       "resample the series to an orthogonal grid (e.g. a tilt-corrected reconstruction)")
-    return [f"gantry tilt {tilt:.2f} deg ignored (below ingest.max_gantry_tilt_deg)"] if tilt > 0.01 else []
+    shear_mm = (float(shear @ direction[:, 0]), float(shear @ direction[:, 1]))
+    return shear_mm, [f"gantry tilt {tilt:.1f} deg: slices resampled onto an orthogonal grid (each shifted in its "
+                      f"plane by {float(np.linalg.norm(shear)):.2f} mm per slice, linear interpolation)"]
 
 
 def _slots_with_gaps(frames: list[FrameHeader], proj: np.ndarray, label: str,
@@ -179,7 +224,7 @@ def plan_slices(
     rows, columns : int
         Image size in pixels (already checked against the size limits).
     settings : IngestSettings
-        Tolerances (orientation, pixel spacing, slice spacing, tilt, gaps).
+        Tolerances (orientation, pixel spacing, slice spacing, tilt and its resampling, gaps).
     label : str
         Series name used in error messages.
     slice_thickness_mm : float, optional
@@ -188,12 +233,13 @@ def plan_slices(
     Returns
     -------
     SlicePlan
+        With ``shear_mm`` set when a gantry tilt is to be resampled.
 
     Raises
     ------
     SeriesError
         Missing or inconsistent orientation / pixel spacing, duplicate positions,
-        gantry tilt above ``max_gantry_tilt_deg``, irregular spacing or too large gaps.
+        gantry tilt that is not resampled, irregular spacing or too large gaps.
     """
     _check_frame_geometry(frames, label, settings)
     sy, sx = (float(v) for v in frames[0].pixel_spacing)
@@ -209,27 +255,65 @@ def plan_slices(
         dz = float(slice_thickness_mm) if slice_thickness_mm and slice_thickness_mm > 0 else 1.0
         warn.append(f"single slice: z spacing set to {dz:g} mm (SliceThickness)")
         return SlicePlan((frames[0],), rows, columns, (dz, sy, sx), tuple(pos[0]), direction, tuple(warn))
-    warn += _tilt_warnings(pos, normal, label, settings)
     slots, gap_warnings = _slots_with_gaps(frames, proj, label, settings)
+    shear_mm, tilt_warnings = _gantry_tilt(pos, direction, len(slots), label, settings)
     dz = float((proj[-1] - proj[0]) / (len(slots) - 1))
-    return SlicePlan(tuple(slots), rows, columns, (dz, sy, sx), tuple(pos[0]), direction, tuple(warn + gap_warnings))
+    return SlicePlan(tuple(slots), rows, columns, (dz, sy, sx), tuple(pos[0]), direction,
+                     tuple(warn + tilt_warnings + gap_warnings), shear_mm)
 
 
-def _decode(path: Path, label: str, settings: IngestSettings, *, fallback: bool = True) -> tuple[np.ndarray, bool]:
+class _Unreadable(Exception):
+    """A file whose pixel data gives no slice; ``str(exc)`` names the file and says why."""
+
+
+def _short_pixel_data(ds: pydicom.Dataset) -> str:
+    """Why the native (uncompressed) pixel data of ``ds`` cannot be the image its header describes, or ''.
+
+    Compressed (encapsulated) pixel data is checked by decoding it instead: a truncated
+    codestream fails to decode.
+    """
+    elem = ds["PixelData"]
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if elem.is_undefined_length or (ts is not None and UID(str(ts)).is_encapsulated):
+        return ""
+    try:
+        expected = get_expected_length(ds, "bytes")
+    except Exception:  # header values missing or invalid: the decoder says what is wrong
+        return ""
+    held = len(elem.value or b"")
+    if held >= expected:
+        return ""
+    return (f"pixel data holds {held} of the {expected} bytes its header describes (Rows x Columns x "
+            f"SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames): the file is truncated (an interrupted transfer?)")
+
+
+def _decode(path: Path, settings: IngestSettings, *, fallback: bool = True) -> tuple[np.ndarray, bool]:
     """Pixel data of one file as (frames, rows, columns); second value True if already in HU.
 
-    The SimpleITK fallback (which applies the rescale itself) is used for single-frame
-    files only: GDCM's handling of per-frame rescale in Enhanced CT is not relied on.
+    Native pixel data shorter than the header describes is refused before any decoder runs.
+    The SimpleITK fallback (which applies the rescale itself, and would pad short pixel data
+    with air) runs only on a file pydicom read and checked, and for single-frame files only:
+    GDCM's handling of per-frame rescale in Enhanced CT is not relied on. The caller checks
+    the decoded shape.
+
+    Raises
+    ------
+    _Unreadable
+        The pixel data is missing, too short, or no decoder reads it.
     """
     try:
         with quiet_pydicom():
             ds = pydicom.dcmread(path, force=True)
-            if "PixelData" not in ds:
-                raise SeriesError(f"series {label}: {path} has no pixel data (truncated file?); re-export it")
+            problem = "no pixel data" if "PixelData" not in ds else _short_pixel_data(ds)
+    except Exception as exc:  # the exception text may quote element values (PHI): only its type is reported
+        raise _Unreadable(f"{path.name}: unreadable DICOM file ({type(exc).__name__}); it is corrupt or "
+                          "truncated") from exc
+    if problem:
+        raise _Unreadable(f"{path.name}: {problem}")
+    try:
+        with quiet_pydicom():
             arr = ds.pixel_array
         return (arr[None] if arr.ndim == 2 else arr), False
-    except SeriesError:
-        raise
     except Exception as exc:
         first = exc
     if settings.simpleitk_fallback and fallback:
@@ -246,17 +330,50 @@ def _decode(path: Path, label: str, settings: IngestSettings, *, fallback: bool 
             return (arr[None] if arr.ndim == 2 else arr), True
         except Exception:
             pass
-    ts = ""
-    try:
-        with quiet_pydicom():
-            ts = uid_name(str(pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.TransferSyntaxUID))
-    except Exception:
-        pass
-    raise SeriesError(
-        f"series {label}: cannot decode the pixel data of {path} ({ts or 'unknown transfer syntax'}): "
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    raise _Unreadable(
+        f"cannot decode the pixel data of {path.name} ({uid_name(str(ts)) if ts else 'unknown transfer syntax'}): "
         f"{type(first).__name__}: {str(first)[:200]}; the file may be truncated, or install a decoder "
         f"(pylibjpeg plugins, gdcm) / re-export it uncompressed"
     ) from first
+
+
+def _check_decoded_shape(data: np.ndarray, path: Path, frames: Sequence[FrameHeader], rows: int, columns: int) -> None:
+    """The decoded array holds the frames and the image size the header promises (any decoder)."""
+    need = 1 if frames[0].frame is None else max(f.frame for f in frames) + 1
+    single = frames[0].frame is None
+    if (data.shape[0] != need if single else data.shape[0] < need) or data.shape[1:] != (rows, columns):
+        raise _Unreadable(f"{path.name}: decoded pixel data {data.shape} does not match the header "
+                          f"({need} frame(s) of {rows} x {columns}); the file is corrupt")
+
+
+def _resample_shear(array: np.ndarray, shear_mm: tuple[float, float],
+                    spacing: tuple[float, float, float]) -> np.ndarray:
+    """A gantry-tilted stack resampled onto the orthogonal grid of its first slice.
+
+    Slice ``k``'s image lies ``k * shear_mm`` (mm along i, j) from the first one in its
+    plane; each slice is shifted back by that much (linear interpolation in its plane).
+    Voxels whose source lies outside the acquired image take the stack's minimum (the
+    scanner's padding or air).
+
+    Parameters
+    ----------
+    array : (K, J, I) ndarray
+        Slices in HU, in slot order.
+    shear_mm : tuple of float
+        In-plane step of the images per slice, (along i, along j), mm.
+    spacing : tuple of float, shape (3,)
+        (z, y, x) voxel size, mm.
+
+    Returns
+    -------
+    (K, J, I) float32 ndarray
+    """
+    from scipy.ndimage import affine_transform
+
+    _, sy, sx = spacing
+    matrix = np.array([[1.0, 0.0, 0.0], [-shear_mm[1] / sy, 1.0, 0.0], [-shear_mm[0] / sx, 0.0, 1.0]])
+    return affine_transform(array, matrix, order=1, mode="constant", cval=float(array.min()), output=np.float32)
 
 
 def _fill_gaps(array: np.ndarray, present: np.ndarray) -> None:
@@ -300,8 +417,13 @@ def _series_headers(paths: list[Path], settings: IngestSettings, series_uid: str
     return headers, label
 
 
-def _read_slices(plan: SlicePlan, label: str, settings: IngestSettings) -> tuple[np.ndarray, list[str]]:
-    """The planned slices in HU (each file decoded once, its own rescale applied), gaps interpolated."""
+def _read_slices(plan: SlicePlan, label: str,
+                 settings: IngestSettings) -> tuple[np.ndarray, np.ndarray, dict[Path, str], int]:
+    """The planned slices in HU (each file decoded once, its own rescale applied), not yet gap-filled.
+
+    Returns the array, the mask of the slots that hold a slice, the problem of each file
+    that gave none, and the number of files SimpleITK decoded.
+    """
     shape = (len(plan.slots), plan.rows, plan.columns)
     if float(np.prod(shape)) > settings.max_voxels:
         raise _refuse(label, f"volume {shape} exceeds ingest.max_voxels", "crop or downsample the series")
@@ -311,22 +433,86 @@ def _read_slices(plan: SlicePlan, label: str, settings: IngestSettings) -> tuple
     for k, s in enumerate(plan.slots):
         if s is not None:
             by_file[s.path].append((k, s))
+    unreadable: dict[Path, str] = {}
     n_sitk = 0
     for path, items in by_file.items():
-        data, is_hu = _decode(path, label, settings, fallback=items[0][1].frame is None)
+        try:
+            data, is_hu = _decode(path, settings, fallback=items[0][1].frame is None)
+            _check_decoded_shape(data, path, [fh for _, fh in items], plan.rows, plan.columns)
+        except _Unreadable as exc:
+            unreadable[path] = str(exc)
+            present[[k for k, _ in items]] = False
+            continue
         for k, fh in items:
-            fi = fh.frame or 0
-            if fi >= data.shape[0] or data.shape[1:] != (plan.rows, plan.columns):
-                raise _refuse(label, f"{path.name}: decoded pixel data {data.shape} does not match the header "
-                                     f"({plan.rows} x {plan.columns}, frame {fi})", "the file is corrupt; re-export it")
             if is_hu:
-                array[k] = data[fi]
+                array[k] = data[fh.frame or 0]
             else:
-                array[k] = data[fi].astype(np.float64) * fh.slope + fh.intercept
+                array[k] = data[fh.frame or 0].astype(np.float64) * fh.slope + fh.intercept
         n_sitk += is_hu
+    return array, present, unreadable, n_sitk
+
+
+def _list_problems(problems: Sequence[str], most: int = 3) -> str:
+    shown = "; ".join(problems[:most])
+    return shown + (f"; and {len(problems) - most} more" if len(problems) > most else "")
+
+
+def _usable_slots(plan: SlicePlan, present: np.ndarray, unreadable: dict[Path, str], label: str,
+                  settings: IngestSettings) -> tuple[int, int, list[str]]:
+    """The slots ``lo:hi`` to keep and a warning per file that gave no slice.
+
+    Such a file is a missing slice: at either end of the series it is dropped (the volume
+    is shorter); inside, it is filled like a gap, and a run of more than
+    ``ingest.max_missing_slices`` missing slices (with any gap beside it) refuses the series.
+    """
+    if not unreadable:
+        return 0, len(present), []
+    if not present.any():
+        raise _refuse(label, f"the pixel data of none of its {len(unreadable)} file(s) can be used: "
+                             + _list_problems(list(unreadable.values())), "re-export the series")
+    kept = np.flatnonzero(present)
+    lo, hi = int(kept[0]), int(kept[-1]) + 1
+    edges = np.diff(np.concatenate([[0], (~present[lo:hi]).astype(int), [0]]))
+    starts, ends = lo + np.flatnonzero(edges == 1), lo + np.flatnonzero(edges == -1)  # runs of missing slots
+    proj0, dz = float(np.asarray(plan.origin) @ plan.direction[:, 2]), plan.spacing[0]
+    run = int((ends - starts).max()) if starts.size else 0
+    if run > settings.max_missing_slices:
+        i = int(np.argmax(ends - starts))
+        a, b = proj0 + starts[i] * dz, proj0 + (ends[i] - 1) * dz
+        raise _refuse(label, f"{run} consecutive slices missing at {a:.2f}..{b:.2f} mm along the normal (more than "
+                             f"ingest.max_missing_slices {settings.max_missing_slices}), where files give no slice: "
+                             + _list_problems(list(unreadable.values())), "re-export the complete series")
+    slots_of: dict[Path, list[int]] = defaultdict(list)
+    for k, s in enumerate(plan.slots):
+        if s is not None and s.path in unreadable:
+            slots_of[s.path].append(k)
+    warn = []
+    for path, problem in unreadable.items():
+        ks = slots_of[path]
+        where = (f"its slice at {proj0 + ks[0] * dz:.2f} mm along the normal" if len(ks) == 1
+                 else f"its {len(ks)} slices at {proj0 + ks[0] * dz:.2f}..{proj0 + ks[-1] * dz:.2f} mm along the normal")
+        inside = lo <= ks[0] < hi
+        warn.append(f"{problem}: {where} " + ("filled by linear interpolation like a gap" if inside
+                                               else "left out (an end of the series: the volume is shorter)"))
+    return lo, hi, warn
+
+
+def _volume_array(plan: SlicePlan, label: str, settings: IngestSettings) -> tuple[np.ndarray, SlicePlan, list[str]]:
+    """The series' HU array on an orthogonal grid, the plan it now follows (shorter when a file at an end
+    gave no slice) and the warnings: files that give no slice are missing slices, gaps are filled, a
+    gantry tilt is resampled."""
+    array, present, unreadable, n_sitk = _read_slices(plan, label, settings)
+    lo, hi, warn = _usable_slots(plan, present, unreadable, label, settings)
+    if (lo, hi) != (0, len(plan.slots)):
+        array, present = array[lo:hi], present[lo:hi]
+        plan = replace(plan, slots=plan.slots[lo:hi], origin=tuple(plan.slice_position(lo)))
     if not present.all():
         _fill_gaps(array, present)
-    return array, [f"{n_sitk} file(s) decoded with SimpleITK/GDCM (pydicom had no working decoder)"] if n_sitk else []
+    if plan.shear_mm != (0.0, 0.0):
+        array = _resample_shear(array, plan.shear_mm, plan.spacing)
+    if n_sitk:
+        warn.append(f"{n_sitk} file(s) decoded with SimpleITK/GDCM (pydicom had no working decoder)")
+    return array, plan, warn
 
 
 def _content_warnings(array: np.ndarray, h0: FileHeader) -> list[str]:
@@ -373,13 +559,15 @@ def load_dicom_files(
     -------
     Volume
         float32 HU, (z, y, x), spacing in mm, origin and direction in LPS. ``meta.warnings``
-        lists gaps filled, duplicates dropped, small tilts ignored, odd HU ranges.
+        lists gaps filled, files whose pixel data gave no slice (each named), duplicates
+        dropped, gantry tilts ignored or resampled, odd HU ranges.
 
     Raises
     ------
     SeriesError
         Not a CT series in HU, too few slices, image too large (checked before any pixel
-        data is read), inconsistent geometry, or undecodable pixel data.
+        data is read), inconsistent geometry, or more missing or unusable slices in a row
+        than ``ingest.max_missing_slices``.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -388,7 +576,7 @@ def load_dicom_files(
     h0 = headers[0]
     plan = plan_slices([f for h in headers for f in h.frames], int(h0.rows), int(h0.columns), settings, label=label,
                        slice_thickness_mm=h0.slice_thickness_mm)
-    array, decode_warnings = _read_slices(plan, label, settings)
+    array, plan, decode_warnings = _volume_array(plan, label, settings)
     meta = SeriesMeta(
         series_uid=label, study_id=study_id, source=source or str(paths[0].parent), n_files=len(paths),
         modality=h0.modality, description=h0.description, manufacturer=h0.manufacturer, kernel=h0.kernel,

@@ -14,6 +14,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from bmdpipe.config import IngestSettings, PseudonymSettings
 from bmdpipe.errors import SeriesError
 from bmdpipe.ingest import discover, load_dicom_files, load_series
+from conftest import set_pixels
 
 S = IngestSettings()
 
@@ -130,17 +131,69 @@ def test_mixed_pixel_spacing_refused(dicom_factory):
         load_dicom_files(s.paths, S)
 
 
-def test_gantry_tilt_refused(dicom_factory):
-    """Positions sheared by a 10 deg gantry tilt (y shifts with z) are refused with the angle."""
-    tan = np.tan(np.radians(10.0))
+def _tilted_series(dicom_factory, tilt_deg: float, convention: str):
+    """12 slices acquired with a gantry tilt, each holding a linear HU field of its pixels' LPS positions.
+
+    ``convention``: 'sheared positions' (axial image planes, positions stepping off the normal)
+    or 'tilted orientation' (image planes tilted about x, the table stepping along z).
+    Returns (series, field(lps) -> HU, orientation, first position, step between slices).
+    """
+    t = np.radians(tilt_deg)
+    if convention == "sheared positions":
+        ori, step = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), np.array([0.0, 2.0 * np.tan(t), 2.0])
+    else:
+        ori, step = (1.0, 0.0, 0.0, 0.0, np.cos(t), np.sin(t)), np.array([0.0, 0.0, 2.0])
+    r, c = np.array(ori[:3]), np.array(ori[3:])
+    p0, sy, sx, rows, cols = np.array([-10.0, -20.0, -100.0]), 0.8, 0.7, 16, 20
+    jj, ii = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+
+    def field(lps):
+        return 0.5 * lps[..., 0] + 1.0 * lps[..., 1] + 0.25 * lps[..., 2]
 
     def edit(k, ds):
-        ds.ImagePositionPatient = [-10.0, -20.0 + 2.5 * k * tan, -100.0 + 2.5 * k]
-        ds.GantryDetectorTilt = 10.0
+        pos = p0 + k * step
+        ds.ImagePositionPatient = [float(v) for v in pos]
+        ds.ImageOrientationPatient = [float(v) for v in ori]
+        ds.GantryDetectorTilt = tilt_deg
+        ds.RescaleSlope, ds.RescaleIntercept = 0.01, 0.0
+        lps = pos + jj[..., None] * sy * c + ii[..., None] * sx * r
+        set_pixels(ds, np.rint(field(lps) / 0.01))
 
-    s = dicom_factory(n=12, edit=edit)
-    with pytest.raises(SeriesError, match=r"gantry tilt of 10\.0 deg"):
+    s = dicom_factory(n=12, rows=rows, cols=cols, spacing_zyx=(2.0, sy, sx), edit=edit)
+    return s, field, ori, p0, step
+
+
+@pytest.mark.parametrize("convention", ["sheared positions", "tilted orientation"])
+def test_gantry_tilt_resampled_onto_orthogonal_grid(dicom_factory, convention):
+    """A 14 deg gantry tilt is resampled: each voxel of the orthogonal grid holds the HU field at its own
+    LPS position (exact for a linear field under linear interpolation) wherever its source lies inside the
+    acquired images; elsewhere the stack's minimum; the warning gives the angle."""
+    s, field, ori, p0, step = _tilted_series(dicom_factory, 14.0, convention)
+    vol = load_dicom_files(s.paths, S)
+    r, c = np.array(ori[:3]), np.array(ori[3:])
+    n = np.cross(r, c)
+    np.testing.assert_allclose(vol.direction, np.column_stack([r, c, n]), atol=1e-9)
+    np.testing.assert_allclose(vol.origin, p0)
+    assert vol.spacing == pytest.approx((float(step @ n), 0.8, 0.7))
+    assert any("gantry tilt 14.0 deg: slices resampled" in w for w in vol.meta.warnings)
+    k, j, i = np.meshgrid(*(np.arange(m) for m in vol.shape), indexing="ij")
+    lps = p0 + (k[..., None] * vol.spacing[0] * n + j[..., None] * 0.8 * c + i[..., None] * 0.7 * r)
+    shear = step - (step @ n) * n  # in-plane step of the images per slice
+    j_src, i_src = j - k * (shear @ c) / 0.8, i - k * (shear @ r) / 0.7
+    inside = (j_src >= 0) & (j_src <= vol.shape[1] - 1) & (i_src >= 0) & (i_src <= vol.shape[2] - 1)
+    assert 0.5 < inside.mean() < 1.0
+    np.testing.assert_allclose(vol.array[inside], field(lps)[inside], atol=0.01)
+    assert np.all(vol.array[~inside & (j_src < -1)] == vol.array.min())
+
+
+def test_gantry_tilt_beyond_limit_or_without_resampling_refused(dicom_factory):
+    """A 35 deg shear is no gantry tilt: refused; with resampling off a 10 deg tilt is refused with the angle."""
+    s, *_ = _tilted_series(dicom_factory, 35.0, "sheared positions")
+    with pytest.raises(SeriesError, match=r"gantry tilt of 35\.0 deg .*max_resampled_gantry_tilt_deg 30"):
         load_dicom_files(s.paths, S)
+    s, *_ = _tilted_series(dicom_factory, 10.0, "tilted orientation")
+    with pytest.raises(SeriesError, match=r"gantry tilt of 10\.0 deg .*gantry_tilt_resampling off"):
+        load_dicom_files(s.paths, IngestSettings(gantry_tilt_resampling=False))
 
 
 def test_huge_header_refused_before_allocation(dicom_factory):
@@ -163,13 +216,72 @@ def test_huge_header_refused_before_allocation(dicom_factory):
     assert d.series == () and "30000 x 30000" in d.skipped[0].reason
 
 
-def test_truncated_file_refused_with_name(dicom_factory):
+def test_truncated_file_is_a_missing_slice(dicom_factory):
+    """A file cut inside its pixel data (an interrupted transfer) gives no slice: its slot is filled from its
+    neighbours (the truth is linear along k, so exactly) and the warning names the file; with
+    ingest.max_missing_slices 0 the series is refused naming it."""
     s = dicom_factory(n=12)
     victim = s.paths[4]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) - 300])
-    with pytest.raises(SeriesError, match=victim.name):
-        load_dicom_files(s.paths, S)
+    vol = load_dicom_files(s.paths, S)
+    np.testing.assert_array_equal(vol.array, s.hu)
+    (warning,) = [w for w in vol.meta.warnings if victim.name in w]
+    assert "pixel data holds 340 of the 640 bytes" in warning and "filled by linear interpolation" in warning
+    with pytest.raises(SeriesError, match=f"1 consecutive slices missing .*{victim.name}: pixel data holds"):
+        load_dicom_files(s.paths, IngestSettings(max_missing_slices=0))
+
+
+def test_short_pixel_data_never_reaches_the_simpleitk_fallback(dicom_factory):
+    """Pixel data of half the size its header describes, in a well-formed file: SimpleITK/GDCM reads it as a
+    whole image, making up the missing half (air in the issue's case, other bytes here); here it gives no
+    slice and is named."""
+    import SimpleITK as sitk
+
+    s = dicom_factory(n=12)
+    victim = s.paths[6]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(victim)
+    padded = sitk.GetArrayFromImage(sitk.ReadImage(str(victim)))[0]
+    assert padded.shape == s.hu[6].shape and (padded[8:] != s.hu[6][8:]).mean() > 0.5  # the hazard
+    vol = load_dicom_files(s.paths, S)
+    np.testing.assert_array_equal(vol.array, s.hu)
+    assert any(victim.name in w and "holds 320 of the 640 bytes" in w for w in vol.meta.warnings)
+    assert not any("SimpleITK" in w for w in vol.meta.warnings)
+
+
+def test_truncated_compressed_file_is_a_missing_slice(dicom_factory):
+    """An RLE image whose codestream lost its second half fails to decode: a missing slice, named."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    s = dicom_factory(n=12, rows=64, cols=64, transfer_syntax=RLELossless)
+    victim = s.paths[5]
+    ds = pydicom.dcmread(victim)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) // 2 // 2 * 2]])
+    ds.save_as(victim)
+    vol = load_dicom_files(s.paths, S)
+    np.testing.assert_array_equal(vol.array, s.hu)
+    assert any(f"cannot decode the pixel data of {victim.name}" in w for w in vol.meta.warnings)
+
+
+def test_unusable_files_beside_a_gap_or_at_the_ends(dicom_factory):
+    """A truncated file next to a missing slice makes a 2-slice run (refused when only 1 is allowed); a
+    truncated first file is left out: the volume starts one slice later."""
+    s = dicom_factory(n=12, drop=(5,))
+    victim = s.paths[4]  # slice k = 4, beside the gap at k = 5
+    victim.write_bytes(victim.read_bytes()[:-300])
+    with pytest.raises(SeriesError, match=f"2 consecutive slices missing .*max_missing_slices 1.*{victim.name}"):
+        load_dicom_files(s.paths, IngestSettings(max_missing_slices=1))
+    s = dicom_factory(n=12)
+    first = s.paths[0]
+    first.write_bytes(first.read_bytes()[:-300])
+    vol = load_dicom_files(s.paths, S)
+    assert vol.shape[0] == 11
+    np.testing.assert_allclose(vol.origin, s.positions[1])
+    np.testing.assert_array_equal(vol.array, s.hu[1:])
+    assert any(first.name in w and "left out (an end of the series" in w for w in vol.meta.warnings)
 
 
 def test_truncated_header_is_stray_or_refused(dicom_factory):
