@@ -230,6 +230,24 @@ class RoiSettings(_Section):
     max_standard_error_mg_cm3: float = Field(gt=0)
 
 
+class PlausibilitySettings(_Section):
+    """The gate every ``vbmd.csv`` row passes (:func:`bmdpipe.measure.measure_roi`)."""
+
+    section: ClassVar[str] = "plausibility"
+    air_hu: float
+    max_air_fraction: float = Field(ge=0, le=1)
+    metal_hu: float
+    max_metal_fraction: float = Field(ge=0, le=1)
+    min_vbmd_mg_cm3: float
+    max_vbmd_mg_cm3: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PlausibilitySettings:
+        if not (self.air_hu < self.metal_hu and self.min_vbmd_mg_cm3 < self.max_vbmd_mg_cm3):
+            raise ValueError("plausibility: need air_hu < metal_hu and min_vbmd_mg_cm3 < max_vbmd_mg_cm3")
+        return self
+
+
 class MaskingSettings(_Section):
     section: ClassVar[str] = "masking"
     psf_sigma_mm: float = Field(gt=0)
@@ -317,6 +335,7 @@ class Settings(_Frozen):
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     anatomy: AnatomySettings = Field(default_factory=AnatomySettings)
     roi: RoiSettings = Field(default_factory=RoiSettings)
+    plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     screws: ScrewSettings = Field(default_factory=ScrewSettings)
     halo: HaloSettings = Field(default_factory=HaloSettings)

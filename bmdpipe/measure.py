@@ -4,19 +4,27 @@ Partial volume at ROI borders: ROIs are binary sets of voxel centres. The maskin
 (:mod:`bmdpipe.roi.masking`) keeps every ROI voxel at least ``masking.margin_mm`` (3 PSF
 sigma) from cortex, sclerosis, metal and the bone surface, so border voxels hold cancellous
 bone only and need no partial-volume weight; ``volume_mm3`` = voxel count x voxel volume.
+
+Every row passes one plausibility gate (:func:`implausible_reason`, ``plausibility``
+settings): an ROI holding a share of air-valued or metal-valued voxels, or whose vBMD lies
+outside a physical range, is not a measurement of bone; its HU and density columns are left
+empty and ``reason`` says why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from dataclasses import replace
 
 import numpy as np
 
+from .config import PlausibilitySettings
 from .results import Calibration, Region, Roi, Side
 from .rows import VbmdRow
 from .volume import Volume
 
-__all__ = ["roi_values", "measure_roi", "roi_label_map", "imprecise_roi_note"]
+__all__ = ["roi_values", "measure_roi", "implausible_reason", "roi_label_map", "imprecise_roi_note",
+           "refused_roi_note"]
 
 
 def _slices(roi: Roi) -> tuple[slice, ...]:
@@ -28,7 +36,37 @@ def roi_values(array: np.ndarray, roi: Roi) -> np.ndarray:
     return np.asarray(array[_slices(roi)][roi.mask], dtype=np.float64)
 
 
-def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None) -> VbmdRow:
+def implausible_reason(hu: np.ndarray, vbmd_mg_cm3: float, settings: PlausibilitySettings) -> str:
+    """Why an ROI's values are not a measurement of bone, or ``''``.
+
+    Parameters
+    ----------
+    hu : (n,) ndarray
+        The ROI's voxel values, HU (n > 0).
+    vbmd_mg_cm3 : float
+        Its calibrated mean, mg/cm3 (NaN when uncalibrated: the range is not checked).
+    settings : PlausibilitySettings
+        ``air_hu`` / ``max_air_fraction``, ``metal_hu`` / ``max_metal_fraction`` (HU, share of
+        the voxels) and ``min_vbmd_mg_cm3`` / ``max_vbmd_mg_cm3``.
+    """
+    problems = []
+    air = float(np.mean(hu < settings.air_hu))
+    if air > settings.max_air_fraction:
+        problems.append(f"{100 * air:.0f} % of its voxels below {settings.air_hu:g} HU (air or gas: a missing or "
+                        "truncated slice, the scan's edge, gas in the vertebra)")
+    metal = float(np.mean(hu > settings.metal_hu))
+    if metal > settings.max_metal_fraction:
+        problems.append(f"{100 * metal:.0f} % of its voxels above {settings.metal_hu:g} HU (metal or cement)")
+    if np.isfinite(vbmd_mg_cm3) and not settings.min_vbmd_mg_cm3 <= vbmd_mg_cm3 <= settings.max_vbmd_mg_cm3:
+        problems.append(f"vBMD {vbmd_mg_cm3:.1f} mg/cm3 outside the physical range {settings.min_vbmd_mg_cm3:g}.."
+                        f"{settings.max_vbmd_mg_cm3:g}")
+    if not problems:
+        return ""
+    return "implausible, values left empty: " + ", ".join(problems) + " (plausibility settings)"
+
+
+def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None, *,
+                plausibility: PlausibilitySettings | None = None) -> VbmdRow:
     """The ``vbmd.csv`` row of one ROI: its HU statistics and calibrated density.
 
     Parameters
@@ -39,6 +77,8 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         Masked ROI on ``volume``'s grid.
     calibration : Calibration or None
         HU -> mg/cm3; None leaves the density columns NaN.
+    plausibility : PlausibilitySettings, optional
+        The gate's thresholds (default: ``configs/default.yaml``).
 
     Returns
     -------
@@ -47,7 +87,8 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         ``vbmd_median_mg_cm3``, ``vbmd_sd_mg_cm3`` (mg/cm3), ``vbmd_se_mg_cm3`` (standard
         error of the mean, mg/cm3: SD / sqrt(n), the voxels taken as independent), ``n_voxels``,
         ``volume_mm3``, ``excluded_fraction`` (share of candidates removed as cortex/sclerosis).
-        NaN for an empty ROI.
+        NaN for an empty ROI. An ROI the plausibility gate refuses has NaN HU and density
+        columns and the reason in ``reason``.
 
     Notes
     -----
@@ -68,7 +109,7 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         vbmd_sd = sd / abs(calibration.slope_hu_per_mg_cm3)
         vbmd_se = float(vbmd_sd / np.sqrt(n))
     meta = volume.meta
-    return VbmdRow(
+    row = VbmdRow(
         study_id=meta.study_id, timepoint=meta.timepoint, series_uid=meta.series_uid,
         vertebra=roi.vertebra, region=roi.region, side=roi.side, vbmd_mg_cm3=vbmd,
         material=None if calibration is None else calibration.material,
@@ -78,6 +119,11 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         vbmd_median_mg_cm3=vbmd_median, vbmd_sd_mg_cm3=vbmd_sd, vbmd_se_mg_cm3=vbmd_se,
         label_code=roi.label_code,
     )
+    reason = implausible_reason(hu, vbmd, plausibility or PlausibilitySettings()) if n else ""
+    if not reason:
+        return row
+    return replace(row, reason=reason, vbmd_mg_cm3=nan, hu_mean=nan, hu_median=nan, hu_sd=nan,
+                   vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan)
 
 
 def imprecise_roi_note(rows: Iterable[VbmdRow], max_standard_error_mg_cm3: float,
@@ -104,6 +150,14 @@ def imprecise_roi_note(rows: Iterable[VbmdRow], max_standard_error_mg_cm3: float
         return ""
     return (f"imprecise ROIs, check their QC images (standard error of the mean above {max_standard_error_mg_cm3:g} "
             "mg/cm3, roi.max_standard_error_mg_cm3): " + ", ".join(items))
+
+
+def refused_roi_note(rows: Iterable[VbmdRow]) -> str:
+    """One warning naming the ROIs (``vbmd.csv`` rows) the plausibility gate refused, else ``''``."""
+    items = [f"{r.vertebra} {Region(r.region).value} {Side(r.side).value}" for r in rows if r.reason]
+    if not items:
+        return ""
+    return f"implausible ROIs left empty, see vbmd.csv reason: {', '.join(items)}"
 
 
 def roi_label_map(shape, rois: Iterable[Roi], region: Region | str) -> np.ndarray:

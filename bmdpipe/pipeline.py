@@ -221,7 +221,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     ``failed``), screws, halos and QC images are made. Other stages raise
     :class:`~bmdpipe.errors.BmdpipeError` subclasses; ``process_series`` catches them.
     """
-    from .measure import imprecise_roi_note, measure_roi, roi_label_map
+    from .measure import imprecise_roi_note, measure_roi, refused_roi_note, roi_label_map
     from .roi import place_rois
 
     with _stage("calibrate"):
@@ -236,19 +236,21 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("roi"):
         rois = place_rois(volume, vertebrae, settings, screws=screws)
     with _stage("measure"):
-        vbmd_rows = tuple(measure_roi(volume, roi, cal) for roi in rois)
+        vbmd_rows = tuple(measure_roi(volume, roi, cal, plausibility=settings.plausibility) for roi in rois)
         if cal is None:
             vbmd_rows = tuple(replace(r, calibration=UNCALIBRATED) for r in vbmd_rows)
         screw_rows = tuple(ScrewRow.of(s, volume.meta) for s in screws)
-        roi_note = imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3,
-                                      screw_sides={(s.vertebra, Side(s.side).value) for s in screws})
+        roi_notes = tuple(note for note in (
+            refused_roi_note(vbmd_rows),
+            imprecise_roi_note(vbmd_rows, settings.roi.max_standard_error_mg_cm3,
+                               screw_sides={(s.vertebra, Side(s.side).value) for s in screws})) if note)
     out = {
         "calibration_row": None if cal is None else CalibrationRow.of(cal, volume.meta),
         "calibration_error": cal_error,
         "vbmd_rows": vbmd_rows,
         "screw_rows": screw_rows,
         "warnings": (tuple(volume.meta.warnings) + (tuple(cal.warnings) if cal else ()) + anatomy_notes
-                     + screw_notes + ((roi_note,) if roi_note else ())),
+                     + screw_notes + roi_notes),
         "roi_maps": {},
         "qc_images": {},
     }

@@ -175,8 +175,10 @@ class VbmdRow(_Row):
     (``phantom``, ``internal``), or ``failed`` (:data:`UNCALIBRATED`) when the series'
     calibration failed: the HU columns are measured, the densities empty, and ``series.csv``
     says why. Added columns: the calibrated
-    median and SD of the voxels and the standard error of the mean (mg/cm3), and the ROI's
-    label code in the ROI maps. Values that could not be measured are NaN (empty in CSV).
+    median and SD of the voxels and the standard error of the mean (mg/cm3), the ROI's
+    label code in the ROI maps, and ``reason``: why the plausibility gate refused an ROI that
+    holds voxels (its HU and density columns are then empty; ``plausibility`` settings).
+    Values that could not be measured are NaN (empty in CSV).
     """
 
     study_id: str
@@ -199,6 +201,7 @@ class VbmdRow(_Row):
     vbmd_sd_mg_cm3: Annotated[float | None, ADDED] = None
     vbmd_se_mg_cm3: Annotated[float | None, ADDED] = None
     label_code: Annotated[int | None, ADDED] = None
+    reason: Annotated[str, ADDED] = ""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """measure_roi row values and ROI label maps (independent numpy computations)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from bmdpipe.measure import imprecise_roi_note, measure_roi, roi_label_map, roi_values
+from bmdpipe.measure import imprecise_roi_note, measure_roi, refused_roi_note, roi_label_map, roi_values
 from bmdpipe.results import Calibration, Material, Region, Roi, Side
 from bmdpipe.rows import VbmdRow
 from bmdpipe.volume import Volume
@@ -104,3 +106,63 @@ def test_empty_pedicle_roi_beside_a_screw_names_the_screw():
     assert "L4 B right empty (every voxel excluded)" in note
     assert "L5 B left empty (every voxel excluded)" in note
     assert "L5 C right empty (every voxel excluded)" in note
+
+
+def _cancellous_roi_volume(n_air=0, n_metal=0):
+    """A 1 x 10 x 10 ROI of cancellous bone (150 +- 20 HU) with ``n_air`` voxels of air and ``n_metal`` of titanium."""
+    arr = np.random.default_rng(3).normal(150, 20, (1, 10, 10)).astype(np.float32)
+    flat = arr.reshape(-1)
+    flat[:n_air] = -1024.0
+    flat[n_air:n_air + n_metal] = 3071.0
+    return Volume(arr, spacing=(1.0, 1.0, 1.0)), _roi((0, 0, 0), np.ones((1, 10, 10), bool))
+
+
+CAL = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=-10.0)
+
+
+@pytest.mark.parametrize("n_air, n_metal, refused, fragment", [
+    (2, 0, False, ""),                                      # 2 % of air: at plausibility.max_air_fraction
+    (3, 0, True, "3 % of its voxels below -500 HU (air or gas"),
+    (0, 2, False, ""),
+    (0, 3, True, "3 % of its voxels above 2000 HU (metal or cement)"),
+    (20, 0, True, "20 % of its voxels below -500 HU"),      # one slice of air in five (issue 20)
+])
+def test_plausibility_gate_on_air_and_metal(n_air, n_metal, refused, fragment):
+    """An ROI holding more than 2 % air-valued or metal-valued voxels keeps its voxel count and volume, but
+    its HU and density columns are empty and ``reason`` says why; at 2 % it is measured as usual."""
+    vol, roi = _cancellous_roi_volume(n_air, n_metal)
+    m = measure_roi(vol, roi, CAL)
+    vals = vol.array.reshape(-1).astype(np.float64)
+    assert m.n_voxels == 100 and m.volume_mm3 == pytest.approx(100.0)
+    if refused:
+        assert fragment in m.reason and m.reason.startswith("implausible, values left empty")
+        for column in ("vbmd_mg_cm3", "hu_mean", "hu_median", "hu_sd", "vbmd_median_mg_cm3", "vbmd_sd_mg_cm3",
+                       "vbmd_se_mg_cm3"):
+            assert np.isnan(getattr(m, column)), column
+    else:
+        assert m.reason == ""
+        assert m.hu_mean == pytest.approx(vals.mean(), rel=1e-6)
+        assert m.vbmd_mg_cm3 == pytest.approx((vals.mean() + 10.0) / 1.25, rel=1e-6)
+
+
+def test_plausibility_gate_on_the_vbmd_range():
+    """A calibrated mean outside plausibility.min/max_vbmd_mg_cm3 is refused; uncalibrated, only HU is gated."""
+    vol, roi = _cancellous_roi_volume()
+    mean_hu = float(vol.array.mean())
+    below = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=mean_hu + 1.25 * 51)
+    m = measure_roi(vol, roi, below)
+    assert np.isnan(m.vbmd_mg_cm3) and "vBMD -51.0 mg/cm3 outside the physical range -50..1500" in m.reason
+    inside = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=mean_hu + 1.25 * 49)
+    assert measure_roi(vol, roi, inside).vbmd_mg_cm3 == pytest.approx(-49.0, abs=1e-4)
+    from bmdpipe.config import PlausibilitySettings
+
+    strict = PlausibilitySettings(max_vbmd_mg_cm3=100.0)
+    assert "outside the physical range -50..100" in measure_roi(vol, roi, CAL, plausibility=strict).reason
+    assert measure_roi(vol, roi, None, plausibility=strict).reason == ""
+
+
+def test_refused_rois_are_named_in_one_note():
+    rows = [replace(_row("L4", "A", "center", 100, 0.2), reason="implausible, values left empty: ..."),
+            _row("L5", "A", "center", 100, 0.2)]
+    assert refused_roi_note(rows) == "implausible ROIs left empty, see vbmd.csv reason: L4 A center"
+    assert refused_roi_note(rows[1:]) == ""
