@@ -2,7 +2,9 @@
 
 Every file found ends up either in a :class:`SeriesRef` (an axial CT image series or a
 NIfTI volume to process) or in a skipped ``series.csv`` row with the reason it is not
-processed. No pixel data is read here, and nothing returned holds PatientName,
+processed. Symbolic links to folders are followed, except one leading back to a folder
+already searched (a loop), which is listed with that reason like a folder that cannot be
+listed. No pixel data is read here, and nothing returned holds PatientName,
 PatientID or BirthDate: the pseudonym (``study_id``) is computed on the spot.
 """
 
@@ -36,29 +38,58 @@ def is_nifti_path(path: Path) -> bool:
     return str(path).lower().endswith(_NIFTI_SUFFIXES)
 
 
-def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """(explicit files given as inputs, files found inside folders), sorted, de-duplicated."""
+def _files_under(folder: Path, skipped: list[SeriesRow]) -> list[Path]:
+    """Files under ``folder``, sorted, following symbolic links to folders.
+
+    A link to a folder already searched (a loop back to an ancestor, or a second path to the
+    same files) is not followed; it, and any folder that cannot be listed, is appended to
+    ``skipped`` with the reason.
+    """
+    files: list[Path] = []
+    searched: set[str] = set()
+
+    def unlistable(err: OSError) -> None:
+        skipped.append(skipped_item("", str(err.filename), 0, "", "",
+                                    f"cannot list this folder ({err.strerror}); check its permissions"))
+
+    for root, dirs, names in os.walk(folder, onerror=unlistable, followlinks=True):
+        searched.add(os.path.realpath(root))
+        followed = []
+        for d in sorted(dirs):
+            sub = os.path.join(root, d)
+            if os.path.islink(sub) and os.path.realpath(sub) in searched:
+                skipped.append(skipped_item("", sub, 0, "", "", "symbolic link to a folder already searched (a "
+                                            "loop, or a second path to the same files); not followed"))
+            else:
+                followed.append(d)
+        dirs[:] = followed
+        files.extend(Path(root) / f for f in sorted(names))
+    return files
+
+
+def _walk(paths: Sequence[Path]) -> tuple[list[Path], list[Path], list[SeriesRow]]:
+    """(explicit files given as inputs, files found inside folders, links and folders not searched with
+    the reason); the files sorted and de-duplicated by their real path."""
     explicit: list[Path] = []
     found: list[Path] = []
+    skipped: list[SeriesRow] = []
     for p in paths:
         p = Path(p)
         if p.is_file():
             explicit.append(p)
         elif p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                found.extend(Path(root) / f for f in sorted(files))
+            found.extend(_files_under(p, skipped))
         else:
             raise IngestError(f"input {p} does not exist or is not a file or folder; check the path")
-    seen: set[Path] = set()
+    seen: set[str] = set()
     out_e, out_f = [], []
     for lst, out in ((explicit, out_e), (found, out_f)):
         for f in lst:
-            key = f.resolve()
+            key = os.path.realpath(f)  # never raises, not even on a link to itself (read later: 'cannot open')
             if key not in seen:
                 seen.add(key)
                 out.append(f)
-    return out_e, out_f
+    return out_e, out_f, skipped
 
 
 def _common_folder(paths: Sequence[Path]) -> str:
@@ -243,7 +274,8 @@ def discover(
     Parameters
     ----------
     paths : sequence of Path
-        Folders (searched recursively; any file names) and/or files (DICOM or NIfTI).
+        Folders (searched recursively, following symbolic links but never around a loop;
+        any file names) and/or files (DICOM or NIfTI).
     settings : IngestSettings
         Classification thresholds (``min_slices``, ``max_rows`` ...).
     pseudonym : PseudonymSettings, optional
@@ -265,10 +297,9 @@ def discover(
     from .nifti import nifti_series_ref  # here: nibabel is imported only when needed
 
     pseudonym = pseudonym or PseudonymSettings()
-    explicit, found = _walk(paths)
+    explicit, found, skipped = _walk(paths)
     total = len(explicit) + len(found)
     series: list[SeriesRef] = []
-    skipped: list[SeriesRow] = []
     dicom_files: list[Path] = []
     done = 0
     for f, is_explicit in [(f, True) for f in explicit] + [(f, False) for f in found]:

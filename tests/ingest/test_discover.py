@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,31 @@ def test_same_files_given_twice_counted_once(dicom_factory):
     s = dicom_factory(n=12)
     d = discover([s.folder, s.folder, s.paths[0]], S, P)
     assert len(d.series) == 1 and d.series[0].n_files == 12 and d.skipped == ()
+
+
+def test_symbolic_links_followed_once_and_loops_listed(tmp_path, dicom_factory):
+    """A link to a series folder elsewhere is followed; a link back to an ancestor (a loop), a link to itself
+    and a folder that cannot be listed are each a skipped row with the reason; discovery ends."""
+    elsewhere = dicom_factory(n=12, folder=tmp_path / "elsewhere" / "ct")
+    root = tmp_path / "export"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "ct link").symlink_to(elsewhere.folder, target_is_directory=True)
+    (root / "a" / "b" / "up").symlink_to(root / "a", target_is_directory=True)
+    (root / "a" / "self").symlink_to("self")
+    locked = root / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        d = discover([root], S, P)
+    finally:
+        locked.chmod(0o755)
+    (ref,) = d.series
+    assert ref.series_uid == elsewhere.series_uid and ref.n_files == 12
+    reasons = {Path(s.path).name: s.reason for s in d.skipped}
+    assert "symbolic link to a folder already searched" in reasons["up"]
+    assert "Too many levels of symbolic links" in reasons["self"]
+    if os.geteuid() != 0:  # root lists any folder
+        assert "cannot list this folder (Permission denied)" in reasons["locked"]
 
 
 def test_missing_input_raises(tmp_path):
