@@ -8,7 +8,9 @@ What is repaired, resampled or refused:
 
 - Repaired: each slice's own RescaleSlope/Intercept (for Enhanced CT: the functional
   groups) is applied, so a series whose rescale changes from slice to slice loads as one
-  HU volume; a second copy of the same image is dropped.
+  HU volume; a second copy of the same image is dropped; a file without file meta
+  information (no preamble, no transfer syntax) whose dataset reads has its native pixel
+  data read in the encoding the dataset was found in.
 - Filled: a gap of up to ``ingest.max_missing_slices`` missing slices (linear interpolation
   along the normal, with a warning). A file whose pixel data is not the image its header
   describes (fewer bytes than Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..config import IngestSettings
 from ..errors import SeriesError
@@ -287,6 +289,12 @@ def _short_pixel_data(ds: pydicom.Dataset) -> str:
             f"SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames): the file is truncated (an interrupted transfer?)")
 
 
+def _native_syntax(ds: pydicom.Dataset) -> UID:
+    """The native transfer syntax of the encoding ``ds`` was read in (for a file without file meta)."""
+    implicit, little = ds.original_encoding
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
 def _decode(path: Path, settings: IngestSettings, *, fallback: bool = True) -> tuple[np.ndarray, bool]:
     """Pixel data of one file as (frames, rows, columns); second value True if already in HU.
 
@@ -310,6 +318,8 @@ def _decode(path: Path, settings: IngestSettings, *, fallback: bool = True) -> t
                           "truncated") from exc
     if problem:
         raise _Unreadable(f"{path.name}: {problem}")
+    if "TransferSyntaxUID" not in ds.file_meta and not ds["PixelData"].is_undefined_length:
+        ds.file_meta.TransferSyntaxUID = _native_syntax(ds)  # no file meta: the encoding it was read in
     try:
         with quiet_pydicom():
             arr = ds.pixel_array

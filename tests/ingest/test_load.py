@@ -297,6 +297,19 @@ def test_truncated_header_is_stray_or_refused(dicom_factory):
     assert sum(x.n_files for x in d.skipped) + sum(r.n_files for r in d.series) == 12
 
 
+def test_files_without_file_meta_read_in_their_encoding(dicom_factory):
+    """Bare implicit-VR datasets (no preamble, no file meta, so no transfer syntax) load as HU with pydicom
+    (the encoding they were read in), not through the SimpleITK fallback."""
+    s = dicom_factory(n=12, write=False)
+    for path, ds in zip(s.paths, s.datasets):
+        del ds.file_meta
+        ds.save_as(path, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert s.paths[0].read_bytes()[:2] == b"\x08\x00"  # no preamble
+    vol = load_dicom_files(s.paths, S)
+    np.testing.assert_array_equal(vol.array, s.hu)
+    assert vol.meta.warnings == ()
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=["rle", "j2k"])
 def test_compressed_series_decode(dicom_factory, syntax):
     s = dicom_factory(n=10, rows=64, cols=64, transfer_syntax=syntax)
