@@ -59,7 +59,8 @@ class FrameHeader:
 
     ``position`` is ImagePositionPatient (LPS, mm); ``orientation`` the six direction
     cosines of ImageOrientationPatient (row then column direction); ``pixel_spacing`` is
-    (row spacing, column spacing) in mm.
+    (row spacing, column spacing) in mm. ``slope`` and ``intercept`` are 1 and 0 when the
+    header has none, NaN when its value is not a finite number.
     """
 
     path: Path
@@ -174,6 +175,15 @@ def _float(v: Any) -> float | None:
     return f if math.isfinite(f) else None  # NaN/inf -> None
 
 
+def _rescale(ds: Dataset | None, keyword: str) -> float | None:
+    """RescaleSlope / RescaleIntercept: None when absent, NaN when present but not a finite number
+    (load refuses such a file: taking it for the default would shift every HU)."""
+    if ds is None or keyword not in ds:
+        return None
+    value = _float(_get(ds, keyword))
+    return math.nan if value is None else value
+
+
 def _int(v: Any) -> int | None:
     try:
         return int(v)
@@ -239,8 +249,8 @@ def _frame_headers(ds: Dataset, path: Path, n_frames: int, enhanced: bool) -> tu
     inst = _int(_get(ds, "InstanceNumber"))
     acq = _int(_get(ds, "AcquisitionNumber"))
     if not enhanced:
-        slope = _float(_get(ds, "RescaleSlope"))
-        intercept = _float(_get(ds, "RescaleIntercept"))
+        slope = _rescale(ds, "RescaleSlope")
+        intercept = _rescale(ds, "RescaleIntercept")
         return (
             FrameHeader(
                 path=path,
@@ -267,12 +277,12 @@ def _frame_headers(ds: Dataset, path: Path, n_frames: int, enhanced: bool) -> tu
         meas_item = _fg_item(ds, k, "PixelMeasuresSequence")
         pvt_item = _fg_item(ds, k, "PixelValueTransformationSequence")
         type_item = _fg_item(ds, k, "CTImageFrameTypeSequence")
-        slope = _float(_get(pvt_item, "RescaleSlope")) if pvt_item is not None else None
-        intercept = _float(_get(pvt_item, "RescaleIntercept")) if pvt_item is not None else None
+        slope = _rescale(pvt_item, "RescaleSlope")
+        intercept = _rescale(pvt_item, "RescaleIntercept")
         if slope is None:  # fall back to top level (not standard, but seen)
-            slope = _float(_get(ds, "RescaleSlope"))
+            slope = _rescale(ds, "RescaleSlope")
         if intercept is None:
-            intercept = _float(_get(ds, "RescaleIntercept"))
+            intercept = _rescale(ds, "RescaleIntercept")
         rtype = _str(pvt_item, "RescaleType") if pvt_item is not None else ""
         frames.append(
             FrameHeader(

@@ -297,6 +297,10 @@ def _series_headers(paths: list[Path], settings: IngestSettings, series_uid: str
     sizes = {(h.rows, h.columns) for h in headers}
     if len(sizes) > 1:
         raise _refuse(label, f"images of different sizes {sorted(sizes)}", "export one reconstruction per series")
+    bad = next((f for h in headers for f in h.frames if not np.isfinite([f.slope, f.intercept]).all()), None)
+    if bad is not None:
+        raise _refuse(label, f"RescaleSlope/RescaleIntercept of {bad.path.name} is not a number",
+                      "the pixel values cannot be converted to HU; re-export the series")
     return headers, label
 
 
@@ -319,10 +323,11 @@ def _read_slices(plan: SlicePlan, label: str, settings: IngestSettings) -> tuple
             if fi >= data.shape[0] or data.shape[1:] != (plan.rows, plan.columns):
                 raise _refuse(label, f"{path.name}: decoded pixel data {data.shape} does not match the header "
                                      f"({plan.rows} x {plan.columns}, frame {fi})", "the file is corrupt; re-export it")
-            if is_hu:
-                array[k] = data[fi]
-            else:
-                array[k] = data[fi].astype(np.float64) * fh.slope + fh.intercept
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: refused just below
+                array[k] = data[fi] if is_hu else data[fi].astype(np.float64) * fh.slope + fh.intercept
+            if not np.isfinite(array[k]).all():
+                raise _refuse(label, f"{path.name}: HU values beyond any CT range (RescaleSlope/Intercept "
+                                     f"{fh.slope:g}/{fh.intercept:g})", "the header is corrupt; re-export the series")
         n_sitk += is_hu
     if not present.all():
         _fill_gaps(array, present)
