@@ -25,22 +25,24 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from .config import Settings, settings_digest
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .manifest import ManifestRow, match_row
 from .pipeline import SeriesJob, SeriesResult, process_series
-from .rows import SeriesStatus
+from .rows import SeriesRow, SeriesStatus
 from .store import db as store_db
 from .store.export import export_csvs
-from .store.files import write_series_files
+from .store.files import ensure_writable_folder, write_series_files
 
 __all__ = [
     "RunOptions",
@@ -48,6 +50,7 @@ __all__ = [
     "build_jobs",
     "job_input_digest",
     "job_settings_digest",
+    "recorded_command",
     "run_batch",
 ]
 
@@ -55,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 #: Dask retries of a series whose task raised (worker deaths are rescheduled by Dask itself)
 TASK_RETRIES = 2
+
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,11 @@ class RunSummary:
     failures: tuple[tuple[str, str, str], ...] = field(default=())  # (series_uid, stage, reason)
     run_id: int | None = None
     db_url: str = ""
+    stopped: str = ""  # why the run stopped before the end (outputs could not be written), else ''
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stopped else 0
 
 
 def build_jobs(series_refs: Sequence, options: RunOptions) -> list[SeriesJob]:
@@ -355,54 +361,66 @@ def run_batch(
     RunSummary
     """
     out_dir = Path(options.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(out_dir)
     _remove_orphaned_temp_files(out_dir)
     url = options.db_url or store_db.default_url(out_dir)
-    engine = store_db.open_db(url)
+    engine = store_db.open_db(url, lock_timeout_s=settings.store.sqlite_lock_timeout_s)
+    saved: list[SeriesRow] = []
+    stopped = ""
     try:
         jobs = build_jobs(discovery.series, options)
         digests = {job.ref.series_uid: (job_input_digest(job), job_settings_digest(job, settings)) for job in jobs}
         with Session(engine) as session:
             run_id = store_db.start_run(session, settings=_settings_record(settings),
                                         settings_digest=settings_digest(settings),
-                                        command=command if command is not None else " ".join(sys.argv))
+                                        command=recorded_command(sys.argv if command is None else [command]))
             done = store_db.processed_digests(session) if options.resume else {}
         run_uids = [item.series_uid or store_db.stray_key(item.path) for item in discovery.skipped]
         writer = _Writer(engine, run_id, out_dir, run_uids + [j.ref.series_uid for j in jobs], options.csv_interval_s)
-        for item in discovery.skipped:
-            writer.save(item, flush=False)
         todo = [j for j in jobs if done.get(j.ref.series_uid) != digests[j.ref.series_uid]]
         resumed = [j for j in jobs if done.get(j.ref.series_uid) == digests[j.ref.series_uid]]
         def report(result: SeriesResult, n_done: int) -> None:
             if progress:
                 progress(result, n_done, len(jobs))
 
-        for n_done, job in enumerate(resumed, start=1):  # resumed series come first, as processed
-            report(SeriesResult(series=job.ref.series_row(SeriesStatus.processed)), n_done)
-        writer.flush()
-        failures = _process(todo, options, settings, process, writer, digests,
-                            lambda result, i: report(result, len(resumed) + i))
-        writer.flush()
-        with Session(engine) as session:
-            store_db.finish_run(session, run_id)
+        try:
+            for item in discovery.skipped:
+                writer.save(item, flush=False)
+            for n_done, job in enumerate(resumed, start=1):  # resumed series come first, as processed
+                report(SeriesResult(series=job.ref.series_row(SeriesStatus.processed)), n_done)
+            writer.flush()
+            _process(todo, options, settings, process, writer, digests,
+                     lambda result, i: report(result, len(resumed) + i), saved)
+            writer.flush()
+            with Session(engine) as session:
+                store_db.finish_run(session, run_id)
+        except StoreError as exc:  # disk full, folder or database gone read-only, database locked
+            stopped = (f"{exc}. The run stopped after storing {len(saved)} series of {len(todo)}: each is complete "
+                       "in the database, and the CSVs are rewritten from it by the next run. Run the same command "
+                       "again when this is fixed: series already done are skipped (--resume, the default)")
     finally:
         engine.dispose()
-    return RunSummary(processed=len(todo) - len(failures), failed=len(failures), skipped=len(discovery.skipped),
-                      resumed=len(resumed), out_dir=out_dir, failures=tuple(failures), run_id=run_id, db_url=url)
+    failures = tuple((r.series_uid, r.stage, r.reason) for r in saved if r.status == SeriesStatus.failed)
+    return RunSummary(processed=len(saved) - len(failures), failed=len(failures), skipped=len(discovery.skipped),
+                      resumed=len(resumed), out_dir=out_dir, failures=failures, run_id=run_id, db_url=url,
+                      stopped=stopped)
 
 
 def _process(todo: list[SeriesJob], options: RunOptions, settings: Settings, process, writer: _Writer,
-             digests: dict, progress: Callable[[SeriesResult, int], None]) -> list[tuple[str, str, str]]:
-    """Process the series (locally or on Dask), save each result as it comes; the failures."""
+             digests: dict, progress: Callable[[SeriesResult, int], None], saved: list[SeriesRow]) -> None:
+    """Process the series (locally or on Dask), save each result as it comes and append its row to ``saved``."""
     if todo and (options.scheduler or options.workers > 0):
         results = _run_dask(todo, settings, process, workers=options.workers, scheduler=options.scheduler)
     else:
         results = _run_local(todo, settings, process)
-    failures = []
-    for i, (job, result) in enumerate(results, start=1):
-        inp, sett = digests[job.ref.series_uid]
-        writer.save(result, input_digest=inp, settings_digest=sett)
-        if result.series.status == SeriesStatus.failed:
-            failures.append((result.series.series_uid, result.series.stage, result.series.reason))
-        progress(result, i)
-    return failures
+    with closing(results):  # a store error stops the run: the Dask cluster is shut down
+        for i, (job, result) in enumerate(results, start=1):
+            inp, sett = digests[job.ref.series_uid]
+            writer.save(result, input_digest=inp, settings_digest=sett)
+            saved.append(result.series)
+            progress(result, i)
+
+
+def recorded_command(argv: Sequence[str]) -> str:
+    """The command line as stored with the run, with the password of any URL in it (``--db``) hidden."""
+    return " ".join(_URL_PASSWORD.sub(r"\1***@", arg) for arg in argv)

@@ -105,6 +105,10 @@ def _print_run_summary(console, summary, discovery, out: Path) -> None:
     )
     for uid, stage, reason in summary.failures:
         console.print(f"[red]failed[/red] {uid} at {stage}: {reason}")
+    if summary.stopped:
+        from rich.markup import escape
+
+        console.print(f"[red]stopped[/red]: {escape(summary.stopped)}")
     if not discovery.series and discovery.skipped:
         console.print("[yellow]no CT series to measure in the input[/yellow]: every item was skipped, for these "
                       "reasons (series.csv lists each one):")

@@ -327,6 +327,11 @@ class OutputSettings(_Section):
     roi_maps: bool
 
 
+class StoreSettings(_Section):
+    section: ClassVar[str] = "store"
+    sqlite_lock_timeout_s: float = Field(gt=0)
+
+
 class Settings(_Frozen):
     """All pipeline settings. Sections mirror ``configs/default.yaml``."""
 
@@ -340,6 +345,7 @@ class Settings(_Frozen):
     screws: ScrewSettings = Field(default_factory=ScrewSettings)
     halo: HaloSettings = Field(default_factory=HaloSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -401,9 +407,13 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 def settings_digest(settings: Settings) -> str:
-    """Stable SHA-256 of the settings (for resume: same settings -> same digest)."""
+    """Stable SHA-256 of the settings (for resume: same settings -> same digest).
+
+    The ``store`` section (how long to wait for the database) does not change any result and is
+    left out.
+    """
     import hashlib
     import json
 
-    blob = json.dumps(settings.model_dump(mode="json"), sort_keys=True).encode()
+    blob = json.dumps(settings.model_dump(mode="json", exclude={"store"}), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()

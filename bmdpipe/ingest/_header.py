@@ -3,6 +3,8 @@
 Every value is read defensively: a malformed element gives ``None`` / ``''``, never an
 exception. PatientID is read from the raw bytes (no value validation, so no pydicom
 warning can echo it) and kept in a private field that only the pseudonym step reads.
+The free texts that reach the outputs (SeriesDescription, the contrast agent) are kept
+cleaned of identifying words (:mod:`._descriptors`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import pydicom
 import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+
+from ._descriptors import clean_descriptor, header_identifiers
 
 __all__ = [
     "FileHeader",
@@ -55,7 +59,8 @@ class FrameHeader:
 
     ``position`` is ImagePositionPatient (LPS, mm); ``orientation`` the six direction
     cosines of ImageOrientationPatient (row then column direction); ``pixel_spacing`` is
-    (row spacing, column spacing) in mm.
+    (row spacing, column spacing) in mm. ``slope`` and ``intercept`` are 1 and 0 when the
+    header has none, NaN when its value is not a finite number.
     """
 
     path: Path
@@ -144,11 +149,13 @@ def _str(ds: Dataset, keyword: str, max_len: int = 64) -> str:
 _NO_CONTRAST = {"NONE", "NO", "N", "NON", "0", "-", "NO CONTRAST", "WITHOUT", "NATIVE", "NATIV"}
 
 
-def contrast_agent(ds: Dataset) -> str:
+def contrast_agent(ds: Dataset, identifiers: tuple[str, ...] = ()) -> str:
     """The contrast agent a CT was acquired with, '' for a non-contrast scan.
 
     ContrastBolusAgent (0018,0010), or the code meaning of ContrastBolusAgentSequence
-    (0018,0012) of an Enhanced CT; values such as NONE or NO count as no contrast.
+    (0018,0012) of an Enhanced CT; values such as NONE or NO count as no contrast. The
+    text is cleaned of ``identifiers`` and of dates, names and long numbers
+    (:func:`~._descriptors.clean_descriptor`).
     """
     agent = _str(ds, "ContrastBolusAgent")
     if not agent:
@@ -157,7 +164,7 @@ def contrast_agent(ds: Dataset) -> str:
             agent = _str(seq[0], "CodeMeaning") if seq else ""
         except Exception:  # malformed sequence item: treat as absent
             agent = ""
-    return "" if agent.upper() in _NO_CONTRAST else agent
+    return "" if agent.upper() in _NO_CONTRAST else clean_descriptor(agent, identifiers)
 
 
 def _float(v: Any) -> float | None:
@@ -166,6 +173,15 @@ def _float(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None  # NaN/inf -> None
+
+
+def _rescale(ds: Dataset | None, keyword: str) -> float | None:
+    """RescaleSlope / RescaleIntercept: None when absent, NaN when present but not a finite number
+    (load refuses such a file: taking it for the default would shift every HU)."""
+    if ds is None or keyword not in ds:
+        return None
+    value = _float(_get(ds, keyword))
+    return math.nan if value is None else value
 
 
 def _int(v: Any) -> int | None:
@@ -233,8 +249,8 @@ def _frame_headers(ds: Dataset, path: Path, n_frames: int, enhanced: bool) -> tu
     inst = _int(_get(ds, "InstanceNumber"))
     acq = _int(_get(ds, "AcquisitionNumber"))
     if not enhanced:
-        slope = _float(_get(ds, "RescaleSlope"))
-        intercept = _float(_get(ds, "RescaleIntercept"))
+        slope = _rescale(ds, "RescaleSlope")
+        intercept = _rescale(ds, "RescaleIntercept")
         return (
             FrameHeader(
                 path=path,
@@ -261,12 +277,12 @@ def _frame_headers(ds: Dataset, path: Path, n_frames: int, enhanced: bool) -> tu
         meas_item = _fg_item(ds, k, "PixelMeasuresSequence")
         pvt_item = _fg_item(ds, k, "PixelValueTransformationSequence")
         type_item = _fg_item(ds, k, "CTImageFrameTypeSequence")
-        slope = _float(_get(pvt_item, "RescaleSlope")) if pvt_item is not None else None
-        intercept = _float(_get(pvt_item, "RescaleIntercept")) if pvt_item is not None else None
+        slope = _rescale(pvt_item, "RescaleSlope")
+        intercept = _rescale(pvt_item, "RescaleIntercept")
         if slope is None:  # fall back to top level (not standard, but seen)
-            slope = _float(_get(ds, "RescaleSlope"))
+            slope = _rescale(ds, "RescaleSlope")
         if intercept is None:
-            intercept = _float(_get(ds, "RescaleIntercept"))
+            intercept = _rescale(ds, "RescaleIntercept")
         rtype = _str(pvt_item, "RescaleType") if pvt_item is not None else ""
         frames.append(
             FrameHeader(
@@ -403,6 +419,7 @@ def _read_file_header(path: Path, max_frames: int) -> FileHeader | NotDicom:
         meas = _fg_item(ds, 0, "PixelMeasuresSequence")
         thickness = _float(_get(meas, "SliceThickness")) if meas is not None else None
     image_type = _tokens(_get(ds, "ImageType"))
+    identifiers = header_identifiers(ds)
     return FileHeader(
         path=path,
         series_uid=series_uid,
@@ -411,7 +428,7 @@ def _read_file_header(path: Path, max_frames: int) -> FileHeader | NotDicom:
         sop_instance_uid=sop_uid,
         modality=_str(ds, "Modality").upper(),
         image_type=image_type,
-        description=_str(ds, "SeriesDescription"),
+        description=clean_descriptor(_str(ds, "SeriesDescription"), identifiers),
         manufacturer=_str(ds, "Manufacturer"),
         kernel=" ".join(_tokens(_get(ds, "ConvolutionKernel"))),
         kvp=_float(_get(ds, "KVP")),
@@ -427,7 +444,7 @@ def _read_file_header(path: Path, max_frames: int) -> FileHeader | NotDicom:
         gantry_tilt_deg=_float(_get(ds, "GantryDetectorTilt")),
         frames=frames,
         series_uid_derived=derived,
-        contrast_agent=contrast_agent(ds),
+        contrast_agent=contrast_agent(ds, identifiers),
         patient_id=_raw_text(ds, 0x00100020),
     )
 

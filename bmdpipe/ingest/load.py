@@ -424,6 +424,10 @@ def _series_headers(paths: list[Path], settings: IngestSettings, series_uid: str
     sizes = {(h.rows, h.columns) for h in headers}
     if len(sizes) > 1:
         raise _refuse(label, f"images of different sizes {sorted(sizes)}", "export one reconstruction per series")
+    bad = next((f for h in headers for f in h.frames if not np.isfinite([f.slope, f.intercept]).all()), None)
+    if bad is not None:
+        raise _refuse(label, f"RescaleSlope/RescaleIntercept of {bad.path.name} is not a number",
+                      "the pixel values cannot be converted to HU; re-export the series")
     return headers, label
 
 
@@ -454,10 +458,12 @@ def _read_slices(plan: SlicePlan, label: str,
             present[[k for k, _ in items]] = False
             continue
         for k, fh in items:
-            if is_hu:
-                array[k] = data[fh.frame or 0]
-            else:
-                array[k] = data[fh.frame or 0].astype(np.float64) * fh.slope + fh.intercept
+            fi = fh.frame or 0
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: refused just below
+                array[k] = data[fi] if is_hu else data[fi].astype(np.float64) * fh.slope + fh.intercept
+            if not np.isfinite(array[k]).all():
+                raise _refuse(label, f"{path.name}: HU values beyond any CT range (RescaleSlope/Intercept "
+                                     f"{fh.slope:g}/{fh.intercept:g})", "the header is corrupt; re-export the series")
         n_sitk += is_hu
     return array, present, unreadable, n_sitk
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
 
+from ..errors import StoreError
 from ..rows import ROW_TYPES, contract_columns
 
 __all__ = [
@@ -33,18 +34,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     A reader (or a run killed mid-write) sees either the old file or the new one, never a
     half-written file.
+
+    Raises
+    ------
+    StoreError
+        When the file cannot be written (disk full, read-only folder ...); ``path`` keeps its
+        previous content and no temp file is left.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}; free space or choose a writable "
+                         "output folder") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}; its previous content is kept; "
+                             "free space or choose a writable output folder") from exc
         raise
 
 

@@ -291,11 +291,39 @@ def default_url(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'bmdpipe.sqlite'}"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+def _sqlite_pragmas(lock_timeout_s: float):
+    def connect(dbapi_connection, _record) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")
+        cur.close()
+
+    return connect
+
+
+def _unavailable(url: sa.URL, exc: BaseException) -> str:
+    """What went wrong with the database at ``url`` and what to do, from the driver's error."""
+    text = str(getattr(exc, "orig", None) or exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return (f"database {url!r} is locked by another connection (another bmdpipe run on it, or a program "
+                "holding it open); wait for it to finish or close it, then run again (store.sqlite_lock_timeout_s)")
+    if "disk is full" in low or "no space" in low:
+        return f"database {url!r}: the disk is full ({text}); free space, then run again"
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return f"database {url!r} cannot be written ({text}); check the folder's permissions and free space"
+    return (f"cannot connect to database {url!r}: {text}; check that the server runs and the URL's user, "
+            "password and database name")
+
+
+def _raise_store_error(url: sa.URL):
+    """``handle_error`` hook: a database that cannot be reached, is locked or full raises a StoreError naming
+    it and what to do (never a driver traceback)."""
+    def handle(context) -> None:
+        if isinstance(context.sqlalchemy_exception, sa.exc.OperationalError):
+            raise StoreError(_unavailable(url, context.sqlalchemy_exception)) from context.original_exception
+
+    return handle
 
 
 def _alembic_config(engine: Engine):
@@ -307,7 +335,7 @@ def _alembic_config(engine: Engine):
     return cfg
 
 
-def open_db(url: str, *, migrate: bool = True, echo: bool = False) -> Engine:
+def open_db(url: str, *, migrate: bool = True, echo: bool = False, lock_timeout_s: float | None = None) -> Engine:
     """Connect to the database at ``url`` and upgrade its schema to the newest migration.
 
     Parameters
@@ -317,15 +345,21 @@ def open_db(url: str, *, migrate: bool = True, echo: bool = False) -> Engine:
         ``postgresql+psycopg://user:password@host:port/dbname``.
     migrate : bool
         Run the Alembic migrations to head (default). False only checks the connection.
+    lock_timeout_s : float, optional
+        SQLite: how long (s) a statement waits for another connection's lock; default
+        ``store.sqlite_lock_timeout_s``.
 
     Returns
     -------
     sqlalchemy.engine.Engine
+        Any later statement on it that finds the database unreachable, locked, full or
+        read-only raises a :class:`StoreError` saying so.
 
     Raises
     ------
     StoreError
-        When the URL is malformed, the server cannot be reached or a migration fails.
+        When the URL is malformed, the server cannot be reached, the database is locked or
+        a migration fails.
     """
     try:
         url_obj = sa.make_url(url)
@@ -335,10 +369,14 @@ def open_db(url: str, *, migrate: bool = True, echo: bool = False) -> Engine:
             "postgresql+psycopg://user:password@host:port/dbname"
         ) from exc
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    if lock_timeout_s is None:
+        from ..config import StoreSettings
+
+        lock_timeout_s = StoreSettings().sqlite_lock_timeout_s
     if url_obj.get_backend_name() == "sqlite":
         if url_obj.database and url_obj.database != ":memory:":
             Path(url_obj.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": lock_timeout_s}
     else:
         kwargs["pool_pre_ping"] = True
     try:
@@ -346,7 +384,8 @@ def open_db(url: str, *, migrate: bool = True, echo: bool = False) -> Engine:
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"cannot open database {url_obj!r}: {exc}") from exc
     if url_obj.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(lock_timeout_s))
+    event.listen(engine, "handle_error", _raise_store_error(url_obj))
     try:
         if migrate:
             from alembic import command
@@ -355,12 +394,9 @@ def open_db(url: str, *, migrate: bool = True, echo: bool = False) -> Engine:
         else:
             with engine.connect():
                 pass
-    except sa.exc.OperationalError as exc:
+    except StoreError:
         engine.dispose()
-        raise StoreError(
-            f"cannot connect to database {url_obj!r}: {exc.orig}; check that the server runs "
-            "and the URL's user, password and database name"
-        ) from exc
+        raise
     return engine
 
 

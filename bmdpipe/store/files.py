@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
+from ..errors import StoreError
 from .csv import atomic_write_bytes
 
-__all__ = ["write_series_files", "safe_name"]
+__all__ = ["ensure_writable_folder", "write_series_files", "safe_name"]
+
+
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if absent and check that a file can be written in it.
+
+    Raises
+    ------
+    StoreError
+        Naming the folder and the system's reason (not a folder, read-only, no space,
+        permission) when it cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".bmdpipe-write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StoreError(f"cannot write to the output folder {folder}: {exc.strerror or exc}; choose another "
+                         "--out or make it writable") from exc
 
 
 def safe_name(text: str) -> str:
