@@ -226,6 +226,7 @@ class RoiSettings(_Section):
     screw_diameter_mm: float = Field(gt=0)
     postop_shell_mm: float = Field(gt=0)
     max_standard_error_mg_cm3: float = Field(gt=0)
+    precision_cv_percent: float = Field(gt=0)
 
 
 class MaskingSettings(_Section):
