@@ -228,6 +228,7 @@ class RoiSettings(_Section):
     screw_diameter_mm: float = Field(gt=0)
     postop_shell_mm: float = Field(gt=0)
     max_standard_error_mg_cm3: float = Field(gt=0)
+    precision_cv_percent: float = Field(gt=0)
 
 
 class PlausibilitySettings(_Section):
@@ -321,6 +322,32 @@ class HaloSettings(_Section):
     max_smoothing: int = Field(ge=1)  # angles; circular median before the maximum
 
 
+class NoiseSettings(_Section):
+    section: ClassVar[str] = "noise"
+    uniform_ranges_hu: tuple[tuple[float, float], ...] = Field(min_length=1)
+    smoothing_mm: float = Field(gt=0)
+    edge_gradient_factor: float = Field(gt=1)
+    margin_mm: float = Field(ge=0)
+    detrend_mm: float = Field(gt=0)
+    baseline_lag_mm: float = Field(gt=0)
+    max_lag_mm: float = Field(gt=0)
+    slab_mm: float = Field(gt=0)
+    max_voxels: int = Field(ge=1)
+    min_voxels: int = Field(ge=1)
+    level_cell_mm: float = Field(gt=0)
+    level_min_cell_voxels: int = Field(ge=1)
+    level_min_cells: int = Field(ge=6)
+    max_level_ratio: float = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _lags_in_order(self) -> "NoiseSettings":
+        if self.max_lag_mm <= self.baseline_lag_mm:
+            raise ValueError(f"max_lag_mm ({self.max_lag_mm}) must exceed baseline_lag_mm ({self.baseline_lag_mm})")
+        if any(lo >= hi for lo, hi in self.uniform_ranges_hu):
+            raise ValueError(f"each of uniform_ranges_hu must be [low, high] with low < high: {self.uniform_ranges_hu}")
+        return self
+
+
 class OutputSettings(_Section):
     section: ClassVar[str] = "output"
     qc_images: bool
@@ -344,6 +371,7 @@ class Settings(_Frozen):
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     screws: ScrewSettings = Field(default_factory=ScrewSettings)
     halo: HaloSettings = Field(default_factory=HaloSettings)
+    noise: NoiseSettings = Field(default_factory=NoiseSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
 

@@ -49,6 +49,12 @@ class RoiError(BmdpipeError):
     stage = "roi"
 
 
+class NoiseError(BmdpipeError):
+    """The image noise's autocovariance could not be estimated (no uniform tissue)."""
+
+    stage = "noise"
+
+
 class ScrewError(BmdpipeError):
     """Screw detection or halo measurement failed."""
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 
 from .config import PlausibilitySettings
+from .noise import NoiseModel
 from .results import Calibration, Region, Roi, Side
 from .rows import VbmdRow
 from .volume import Volume
@@ -65,7 +66,8 @@ def implausible_reason(hu: np.ndarray, vbmd_mg_cm3: float, settings: Plausibilit
     return "implausible, values left empty: " + ", ".join(problems) + " (plausibility settings)"
 
 
-def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None, *,
+def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None, noise: NoiseModel | None = None,
+                *, precision_cv_percent: float | None = None,
                 plausibility: PlausibilitySettings | None = None) -> VbmdRow:
     """The ``vbmd.csv`` row of one ROI: its HU statistics and calibrated density.
 
@@ -77,6 +79,13 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         Masked ROI on ``volume``'s grid.
     calibration : Calibration or None
         HU -> mg/cm3; None leaves the density columns NaN.
+    noise : NoiseModel or None
+        The series' noise model (:func:`bmdpipe.noise.estimate_noise`); None leaves the
+        standard error and the noise columns NaN.
+    precision_cv_percent : float or None
+        Short-term precision of spine QCT as a coefficient of variation, %: gives
+        ``vbmd_precision_sd_mg_cm3`` of a phantom-calibrated ROI A (the ROI and calibration the
+        figure was measured on); None or another ROI leaves it NaN.
     plausibility : PlausibilitySettings, optional
         The gate's thresholds (default: ``configs/default.yaml``).
 
@@ -85,16 +94,23 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     VbmdRow
         ``hu_mean, hu_median, hu_sd`` (HU), ``vbmd_mg_cm3`` (calibrated mean),
         ``vbmd_median_mg_cm3``, ``vbmd_sd_mg_cm3`` (mg/cm3), ``vbmd_se_mg_cm3`` (standard
-        error of the mean, mg/cm3: SD / sqrt(n), the voxels taken as independent), ``n_voxels``,
-        ``volume_mm3``, ``excluded_fraction`` (share of candidates removed as cortex/sclerosis).
-        NaN for an empty ROI. An ROI the plausibility gate refuses has NaN HU and density
+        error of the mean from image noise, mg/cm3: ``sqrt(var(mean)) / |slope|``, the variance
+        summed over the ROI's voxel pairs from the noise autocovariance at the ROI's noise level,
+        :meth:`NoiseModel.variance_of_mean`), ``n_effective`` (independent samples the ROI's
+        voxels are worth), ``noise_sd_hu`` (noise SD at the ROI) and ``noise_correlation_mm``
+        (the series' in-plane correlation length),
+        ``vbmd_precision_sd_mg_cm3`` (the literature's repeat-scan SD at this density),
+        ``n_voxels``, ``volume_mm3``, ``excluded_fraction`` (share of candidates removed as
+        cortex/sclerosis). NaN for an empty ROI. An ROI the plausibility gate refuses has NaN HU and density
         columns and the reason in ``reason``.
 
     Notes
     -----
-    On the synthetic cases (noise correlated over 0.3 mm) the mean's actual noise error over
-    ROIs A, B, C has an RMS of 0.75-1.1 times ``vbmd_se_mg_cm3`` (1 and 3 mm voxels); a sharper
-    kernel's more correlated noise makes it an underestimate.
+    The standard error covers the image noise only: not the calibration's error (its own
+    uncertainty is in ``calibration.csv``), nor repositioning and segmentation between scans
+    (what ``vbmd_precision_sd_mg_cm3`` quotes). ``hu_sd`` is not used for it: in bone it holds the
+    trabecular texture and density gradients as well as the noise, and a small ROI's own SD is too
+    uncertain (a pedicle ROI is worth a few independent samples).
     """
     hu = roi_values(volume.array, roi)
     n = int(hu.size)
@@ -103,11 +119,20 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     if n:
         mean, median = float(hu.mean()), float(np.median(hu))
         sd = float(hu.std(ddof=1)) if n > 1 else 0.0
-    vbmd = vbmd_median = vbmd_sd = vbmd_se = nan
+    var_mean = n_effective = noise_sd = noise_corr = nan
+    if noise is not None:
+        noise_corr = noise.correlation_mm
+        if n:
+            noise_sd, n_effective = noise.local_sd_hu(roi.mask, roi.offset), noise.effective_samples(roi.mask)
+            var_mean = noise_sd ** 2 / n_effective
+    vbmd = vbmd_median = vbmd_sd = vbmd_se = precision_sd = nan
     if calibration is not None and n:
         vbmd, vbmd_median = float(calibration.density(mean)), float(calibration.density(median))
         vbmd_sd = sd / abs(calibration.slope_hu_per_mg_cm3)
-        vbmd_se = float(vbmd_sd / np.sqrt(n))
+        vbmd_se = float(np.sqrt(var_mean) / abs(calibration.slope_hu_per_mg_cm3))
+        if (precision_cv_percent is not None and Region(roi.region) is Region.A
+                and calibration.method == "phantom"):
+            precision_sd = abs(vbmd) * precision_cv_percent / 100.0
     meta = volume.meta
     row = VbmdRow(
         study_id=meta.study_id, timepoint=meta.timepoint, series_uid=meta.series_uid,
@@ -117,13 +142,14 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         volume_mm3=float(n * volume.voxel_volume_mm3), excluded_fraction=float(roi.excluded_fraction),
         calibration="" if calibration is None else calibration.method, roi_source=roi.source,
         vbmd_median_mg_cm3=vbmd_median, vbmd_sd_mg_cm3=vbmd_sd, vbmd_se_mg_cm3=vbmd_se,
-        label_code=roi.label_code,
+        label_code=roi.label_code, n_effective=n_effective, noise_sd_hu=noise_sd,
+        noise_correlation_mm=noise_corr, vbmd_precision_sd_mg_cm3=precision_sd,
     )
     reason = implausible_reason(hu, vbmd, plausibility or PlausibilitySettings()) if n else ""
     if not reason:
         return row
     return replace(row, reason=reason, vbmd_mg_cm3=nan, hu_mean=nan, hu_median=nan, hu_sd=nan,
-                   vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan)
+                   vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan, vbmd_precision_sd_mg_cm3=nan)
 
 
 def imprecise_roi_note(rows: Iterable[VbmdRow], max_standard_error_mg_cm3: float,

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
-from .errors import AnatomyError, BmdpipeError, CalibrationError
+from .errors import AnatomyError, BmdpipeError, CalibrationError, NoiseError
+from .noise import NoiseModel, estimate_noise
 from .results import Calibration, Material, Screw, Side, Vertebra
 from .rows import UNCALIBRATED, CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
 from .volume import Volume
@@ -143,6 +144,15 @@ def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibratio
     return cal
 
 
+def _noise(volume: Volume, settings: Settings) -> tuple[NoiseModel | None, tuple[str, ...]]:
+    """The series' noise model (:func:`bmdpipe.noise.estimate_noise`) and a note when it could not be
+    estimated (then None: the standard errors are left empty)."""
+    try:
+        return estimate_noise(volume.array, volume.spacing, settings.noise), ()
+    except NoiseError as exc:
+        return None, (str(exc),)
+
+
 def _vertebrae(volume: Volume, job: SeriesJob, settings: Settings) -> tuple[list[Vertebra], tuple[str, ...]]:
     """The whole vertebrae of the series, and a note for each one cut by the scan's field of view (and,
     when localised, for each body much taller than the others)."""
@@ -212,7 +222,7 @@ def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict
 
 
 def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
-    """Run calibration, anatomy, screws, ROIs and measurement on a loaded volume.
+    """Run calibration, noise estimation, anatomy, screws, ROIs and measurement on a loaded volume.
 
     Returns the fields of :class:`SeriesResult` that depend on the image, and
     ``calibration_error``: the :class:`~bmdpipe.errors.CalibrationError` of a calibration that
@@ -229,6 +239,8 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
             cal, cal_error = _calibrate(volume, job, settings), None
         except CalibrationError as exc:
             cal, cal_error = None, exc
+    with _stage("noise"):
+        noise, noise_notes = _noise(volume, settings)
     with _stage("anatomy"):
         vertebrae, anatomy_notes = _vertebrae(volume, job, settings)
     with _stage("screws"):
@@ -236,7 +248,8 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("roi"):
         rois = place_rois(volume, vertebrae, settings, screws=screws)
     with _stage("measure"):
-        vbmd_rows = tuple(measure_roi(volume, roi, cal, plausibility=settings.plausibility) for roi in rois)
+        vbmd_rows = tuple(measure_roi(volume, roi, cal, noise, precision_cv_percent=settings.roi.precision_cv_percent,
+                                      plausibility=settings.plausibility) for roi in rois)
         if cal is None:
             vbmd_rows = tuple(replace(r, calibration=UNCALIBRATED) for r in vbmd_rows)
         screw_rows = tuple(ScrewRow.of(s, volume.meta) for s in screws)
@@ -249,8 +262,8 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         "calibration_error": cal_error,
         "vbmd_rows": vbmd_rows,
         "screw_rows": screw_rows,
-        "warnings": (tuple(volume.meta.warnings) + (tuple(cal.warnings) if cal else ()) + anatomy_notes
-                     + screw_notes + roi_notes),
+        "warnings": (tuple(volume.meta.warnings) + (tuple(cal.warnings) if cal else ()) + noise_notes
+                     + anatomy_notes + screw_notes + roi_notes),
         "roi_maps": {},
         "qc_images": {},
     }

@@ -175,10 +175,13 @@ class VbmdRow(_Row):
     (``phantom``, ``internal``), or ``failed`` (:data:`UNCALIBRATED`) when the series'
     calibration failed: the HU columns are measured, the densities empty, and ``series.csv``
     says why. Added columns: the calibrated
-    median and SD of the voxels and the standard error of the mean (mg/cm3), the ROI's
-    label code in the ROI maps, and ``reason``: why the plausibility gate refused an ROI that
-    holds voxels (its HU and density columns are then empty; ``plausibility`` settings).
-    Values that could not be measured are NaN (empty in CSV).
+    median and SD of the voxels and the standard error of the mean from image noise (mg/cm3), the
+    ROI's label code in the ROI maps, the effective number of independent voxels of the ROI, the
+    noise SD at the ROI (HU), the series' in-plane noise correlation length (mm), the SD of
+    repeat scans the QCT literature quotes at the ROI's density (mg/cm3; ROI A, phantom
+    calibration), and ``reason``: why the plausibility gate refused an ROI that holds voxels (its
+    HU and density columns are then empty; ``plausibility`` settings). Values that could not be
+    measured are NaN (empty in CSV).
     """
 
     study_id: str
@@ -201,6 +204,10 @@ class VbmdRow(_Row):
     vbmd_sd_mg_cm3: Annotated[float | None, ADDED] = None
     vbmd_se_mg_cm3: Annotated[float | None, ADDED] = None
     label_code: Annotated[int | None, ADDED] = None
+    n_effective: Annotated[float | None, ADDED] = None
+    noise_sd_hu: Annotated[float | None, ADDED] = None
+    noise_correlation_mm: Annotated[float | None, ADDED] = None
+    vbmd_precision_sd_mg_cm3: Annotated[float | None, ADDED] = None
     reason: Annotated[str, ADDED] = ""
 
 

@@ -92,11 +92,20 @@ def test_calibration_and_vbmd_rows(preop_run):
         assert int(r["n_voxels"]) == int(in_roi.sum()) > 500
         truth_mean = float(case.truth.mineral_mg_cm3[in_roi].mean())
         assert float(r["vbmd_mg_cm3"]) == pytest.approx(truth_mean, abs=3.0)
-    # 1 mm slices: every ROI's mean is precise (standard error SD / sqrt(n)), so none is named
+    # the standard error: the noise SD at the ROI (the generator's, estimated from the image) over the root of
+    # the ROI's effective samples (noise correlated over 0.3 mm on 0.8 mm voxels: a little fewer than voxels),
+    # over the slope;
+    # 1 mm slices: every ROI's mean is precise, so none is named. The precision column: ROI A only.
+    slope = float(cal[0]["slope_hu_per_mg_cm3"])
     for r in rows:
-        assert float(r["vbmd_se_mg_cm3"]) == pytest.approx(float(r["vbmd_sd_mg_cm3"]) / np.sqrt(int(r["n_voxels"])),
-                                                           rel=1e-4)
+        n, n_eff = int(r["n_voxels"]), float(r["n_effective"])
+        assert float(r["noise_sd_hu"]) == pytest.approx(case.truth.scanner.noise_sd_hu, rel=0.08)
+        assert n / 1.6 < n_eff < n / 1.05
+        assert float(r["vbmd_se_mg_cm3"]) == pytest.approx(float(r["noise_sd_hu"]) / np.sqrt(n_eff) / slope, rel=1e-3)
         assert float(r["vbmd_se_mg_cm3"]) < 3.0
+        precision = r["vbmd_precision_sd_mg_cm3"]
+        assert (float(precision) == pytest.approx(0.016 * float(r["vbmd_mg_cm3"]), rel=1e-3) if r["region"] == "A"
+                else precision == "")
     processed = [s for s in read_csv_rows(out / "series.csv") if s["status"] == "processed"]
     assert processed and not any("imprecise ROIs" in s["reason"] for s in processed)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bmdpipe.measure import imprecise_roi_note, measure_roi, refused_roi_note, roi_label_map, roi_values
+from bmdpipe.noise import NoiseLevel, NoiseModel
 from bmdpipe.results import Calibration, Material, Region, Roi, Side
 from bmdpipe.rows import VbmdRow
 from bmdpipe.volume import Volume
@@ -33,7 +34,7 @@ def test_measure_values():
     mask = rng.random((4, 5, 6)) > 0.4
     roi = _roi((2, 3, 4), mask, n_cand=int(mask.sum()) + 10, n_exc=10)
     cal = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=-10.0)
-    m = measure_roi(vol, roi, cal)
+    m = measure_roi(vol, roi, cal, NoiseModel.white(20.0, vol.spacing), precision_cv_percent=1.6)
     vals = arr[2:6, 3:8, 4:10][mask]
     assert m.n_voxels == vals.size
     assert m.hu_mean == pytest.approx(vals.mean(), rel=1e-6)
@@ -41,7 +42,9 @@ def test_measure_values():
     assert m.hu_sd == pytest.approx(vals.std(ddof=1), rel=1e-5)
     assert m.vbmd_mg_cm3 == pytest.approx((vals.mean() + 10.0) / 1.25, rel=1e-6)
     assert m.vbmd_sd_mg_cm3 == pytest.approx(vals.std(ddof=1) / 1.25, rel=1e-5)
-    assert m.vbmd_se_mg_cm3 == pytest.approx(vals.std(ddof=1) / 1.25 / np.sqrt(vals.size), rel=1e-5)
+    assert m.vbmd_se_mg_cm3 == pytest.approx(20.0 / 1.25 / np.sqrt(vals.size), rel=1e-6)  # white noise
+    assert m.n_effective == pytest.approx(vals.size) and m.noise_sd_hu == pytest.approx(20.0)
+    assert m.vbmd_precision_sd_mg_cm3 == pytest.approx(0.016 * m.vbmd_mg_cm3, rel=1e-9)
     assert m.volume_mm3 == pytest.approx(vals.size * 0.25)
     assert m.excluded_fraction == pytest.approx(10 / (vals.size + 10))
 
@@ -55,6 +58,8 @@ def test_measure_without_calibration_and_empty():
     assert m.hu_mean == pytest.approx(150.0) and m.hu_sd == pytest.approx(np.std([100, 200], ddof=1))
     assert m.volume_mm3 == pytest.approx(2 * 2.0)
     assert np.isnan(m.vbmd_mg_cm3) and np.isnan(m.vbmd_se_mg_cm3) and m.material is None
+    cal = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=-10.0)
+    assert np.isnan(measure_roi(vol, _roi((0, 0, 0), np.ones((1, 1, 2), bool)), cal).vbmd_se_mg_cm3)  # no noise model
     empty = measure_roi(vol, _roi((0, 0, 0), np.zeros((1, 1, 1), bool)), Calibration(
         "phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.25, intercept_hu=-10.0))
     assert empty.n_voxels == 0 and empty.volume_mm3 == 0.0
@@ -73,19 +78,42 @@ def test_label_map_codes():
     assert roi_values(lm, rois[1]).tolist() == [232] * 8
 
 
-def test_standard_error_is_the_spread_of_the_mean_over_noise():
-    """Independent check of vbmd_se_mg_cm3: the SD of one ROI's mean over 400 noise draws."""
+def test_standard_error_is_the_spread_of_the_mean_over_correlated_noise():
+    """Independent check of vbmd_se_mg_cm3: the SD of one ROI's mean over 400 draws of noise correlated
+    by a 3-tap filter along x, with the noise model the filter implies; SD / sqrt(n) would be 1.6 x too
+    small. The precision column is left empty outside ROI A."""
     rng = np.random.default_rng(1)
-    mask = rng.random((6, 6, 6)) > 0.5
+    mask = np.ones((6, 6, 6), bool)
     cal = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.4, intercept_hu=0.0)
+    acov = np.zeros((1, 1, 5))
+    acov[0, 0, :] = np.array([1.0, 2.0, 3.0, 2.0, 1.0]) * 25.0 ** 2 / 3.0  # filter [1, 1, 1] / sqrt(3)
+    model = NoiseModel(acov, (1.0, 1.0, 1.0))
+    roi = _roi((0, 0, 0), mask, region=Region.B, side=Side.left, code=231)
     means, ses = [], []
     for _ in range(400):
-        m = measure_roi(Volume(rng.normal(120, 25, (6, 6, 6)).astype(np.float32), (1.0, 1.0, 1.0)),
-                        _roi((0, 0, 0), mask), cal)
+        white = rng.normal(0.0, 25.0, (6, 6, 8))
+        noise = (white[..., :-2] + white[..., 1:-1] + white[..., 2:]) / np.sqrt(3.0)
+        m = measure_roi(Volume((120.0 + noise).astype(np.float32), (1.0, 1.0, 1.0)), roi, cal, model,
+                        precision_cv_percent=1.6)
         means.append(m.vbmd_mg_cm3)
         ses.append(m.vbmd_se_mg_cm3)
-    assert np.mean(ses) == pytest.approx(np.std(means), rel=0.1)
-    assert np.mean(ses) == pytest.approx(25 / 1.4 / np.sqrt(mask.sum()), rel=0.05)
+    assert np.std(means) == pytest.approx(ses[0], rel=0.1)
+    assert ses[0] > 1.5 * 25 / 1.4 / np.sqrt(mask.sum())
+    assert np.isnan(m.vbmd_precision_sd_mg_cm3)
+
+
+def test_noise_level_map_scales_the_standard_error():
+    """An ROI where the mapped noise variance is 1.5 x the uniform regions' mean gets sqrt(1.5) x the SE."""
+    level = NoiseLevel(inplane=(0.0,) * 5, centre_mm=(0.0, 0.0), slab_z_mm=(0.0, 10.0),
+                       slab_offsets=(0.0, 2 * np.log(1.5)), max_ratio=2.0)
+    flat = NoiseModel.white(20.0, (1.0, 1.0, 1.0))
+    mapped = NoiseModel(flat.autocovariance_hu2, flat.spacing, level=level)
+    vol = Volume(np.full((12, 4, 4), 100.0, np.float32), (1.0, 1.0, 1.0))
+    roi = _roi((4, 0, 0), np.ones((2, 4, 4), bool))  # centroid z = 4.5 mm: log ratio 0.45 x 2 ln 1.5
+    cal = Calibration("phantom", "x", Material.K2HPO4, slope_hu_per_mg_cm3=1.0, intercept_hu=0.0)
+    ratio = measure_roi(vol, roi, cal, mapped).vbmd_se_mg_cm3 / measure_roi(vol, roi, cal, flat).vbmd_se_mg_cm3
+    assert ratio == pytest.approx(1.5 ** 0.45, rel=1e-9)
+    assert level.ratio((100.0, 0.0, 0.0)) == pytest.approx(2.0)  # beyond the last slab: its level, capped
 
 
 def test_imprecise_rois_are_named_in_one_note():

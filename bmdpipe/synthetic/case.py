@@ -262,7 +262,7 @@ def _projected_image(grid: Grid, spec: CaseSpec, screws: list[ScrewTruth], tissu
         sl, frac = filled
         for m, d in dens.items():
             d[sl] = (1.0 - frac) * d[sl] if m != "titanium" else np.maximum(d[sl], rho_ti * frac)
-    img = simulate_slices(dens, grid.spacing_zyx[1:], spec.xray, rng, workers)
+    img = simulate_slices(dens, grid.spacing_zyx[1:], spec.xray, rng, workers, noise=spec.noise)
     np.clip(img, HU_MIN, HU_MAX if spec.metal_saturation else 64511.0, out=img)
     return img
 
@@ -270,15 +270,17 @@ def _projected_image(grid: Grid, spec: CaseSpec, screws: list[ScrewTruth], tissu
 def _add_artefacts_and_noise(grid: Grid, spec: CaseSpec, scanner: ScannerResponse, img: np.ndarray,
                              centroids: list, fusion: list, r_art: np.random.Generator,
                              r_noise: np.random.Generator) -> dict:
-    """Add streaks between the screws (when asked and at least two) and correlated noise to ``img``,
-    then clip it to the stored HU range (in place); returns the artefacts' truth."""
+    """Add streaks between the screws (when asked and at least two) and correlated noise (unless
+    ``spec.noise`` is False) to ``img``, then clip it to the stored HU range (in place); returns the artefacts' truth."""
     a = r_art.uniform(size=2)
     artefacts = {"streak_amplitude_hu": float(150.0 + 200.0 * a[0]), "streak_width_mm": float(1.0 + 1.0 * a[1]),
                  "n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion}
     if spec.streaks and len(centroids) >= 2:
         artefacts["n_streaks"] = add_streaks(grid, img, centroids, artefacts["streak_amplitude_hu"],
                                              artefacts["streak_width_mm"])
-    img += make_noise(grid.shape, grid.spacing_zyx, scanner.noise_sd_hu, scanner.noise_corr_mm, r_noise)
+    if spec.noise:
+        img += make_noise(grid.shape, grid.spacing_zyx, scanner.noise_sd_hu, scanner.noise_corr_mm, r_noise,
+                          scanner.noise_texture)
     np.clip(img, HU_MIN, HU_MAX if spec.metal_saturation else 64511.0, out=img)
     return artefacts
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["ScannerResponse", "draw_scanner", "physical_slope", "tissue_hu", "apply_psf", "make_noise",
-           "NOMINAL_TISSUE_HU"]
+           "NOISE_TEXTURES", "NOMINAL_TISSUE_HU"]
 
 #: Nominal HU of reference tissues at ~70 keV (science.md typical values).
 NOMINAL_TISSUE_HU: dict[str, float] = {
@@ -23,6 +23,8 @@ class ScannerResponse:
 
     Bone: ``HU = intercept_hu + slope_hu_per_mg_cm3 * mineral`` (mineral in ``material`` units).
     Soft tissues: ``tissue_hu`` (HU), from :func:`tissue_hu`; ``tissue_hu_source`` says how.
+    Noise: SD ``noise_sd_hu`` (HU), correlation length ``noise_corr_mm`` (mm) and ``noise_texture``
+    (:func:`make_noise`); ``noise`` False marks a noise-free twin (no noise added).
     """
 
     material: str
@@ -32,6 +34,8 @@ class ScannerResponse:
     noise_sd_hu: float
     noise_corr_mm: float
     psf_fwhm_mm: float
+    noise_texture: str
+    noise: bool
     tissue_hu: dict
     tissue_hu_source: str
     metal_hu: float = 6500.0
@@ -114,7 +118,8 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
     A scanner is an effective energy ``kev`` (random 64-76 keV) plus a small calibration
     error of the HU scale: gain ``b`` ~ U(0.985, 1.015) and offset ``a`` ~ U(-8, 8) HU applied
     to every material, and each soft tissue's biological deviation N(0, ``spec.tissue_sd_hu``;
-    blood ``spec.blood_sd_hu``).
+    blood ``spec.blood_sd_hu``); noise SD ~ U(10, 25) HU, PSF FWHM ~ U(0.9, 1.3) mm and, when
+    ``spec.noise_corr_mm`` is None, the noise's correlation length ~ U(0.5, 1.2) mm.
     Bone: ``slope = b * mineral_slope(material, kev)``, ``intercept = a``
     (water is 0 HU physically), unless ``spec`` pins them; ``spec.slope_from_kev=False`` draws
     the slope independently of kev instead (physically inconsistent; phantom tests only).
@@ -126,6 +131,7 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
     kev = spec.kev if spec.kev is not None else 64.0 + 12.0 * u[2]
     noise = spec.noise_sd_hu if spec.noise_sd_hu is not None else 10.0 + 15.0 * u[3]
     psf = spec.psf_fwhm_mm if spec.psf_fwhm_mm is not None else 0.9 + 0.4 * u[4]
+    corr = spec.noise_corr_mm if spec.noise_corr_mm is not None else 0.5 + 0.7 * u[6]
     if spec.slope_hu_per_mg_cm3 is not None:
         slope = spec.slope_hu_per_mg_cm3
     elif spec.slope_from_kev:
@@ -137,8 +143,9 @@ def draw_scanner(spec, rng: np.random.Generator) -> ScannerResponse:
                            blood_sd_hu=spec.blood_sd_hu)
     return ScannerResponse(
         material=material, slope_hu_per_mg_cm3=float(slope), intercept_hu=float(intercept),
-        kev=float(kev), noise_sd_hu=float(noise), noise_corr_mm=float(spec.noise_corr_mm),
-        psf_fwhm_mm=float(psf), tissue_hu=hu, tissue_hu_source=source, metal_hu=float(spec.metal_hu),
+        kev=float(kev), noise_sd_hu=float(noise), noise_corr_mm=float(corr),
+        psf_fwhm_mm=float(psf), noise_texture=spec.noise_texture, noise=bool(spec.noise), tissue_hu=hu,
+        tissue_hu_source=source, metal_hu=float(spec.metal_hu),
     )
 
 
@@ -150,10 +157,36 @@ def apply_psf(hu: np.ndarray, spacing_zyx_mm, fwhm_mm: float) -> np.ndarray:
     return ndimage.gaussian_filter(hu.astype(np.float32), sigma=sigma_vox, mode="nearest")
 
 
-def make_noise(shape, spacing_zyx_mm, sd_hu: float, corr_mm: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise of SD ``sd_hu`` (HU), optionally correlated (Gaussian kernel sigma ``corr_mm``)."""
+#: noise textures of :func:`make_noise`
+NOISE_TEXTURES = ("gaussian", "kernel")
+
+
+def make_noise(shape, spacing_zyx_mm, sd_hu: float, corr_mm: float, rng: np.random.Generator,
+               texture: str = "gaussian") -> np.ndarray:
+    """Noise of SD ``sd_hu`` (HU) correlated over ``corr_mm`` (mm), float32.
+
+    ``texture``: ``'gaussian'``: white noise low-passed by a Gaussian of sigma ``corr_mm`` (every
+    correlation positive; ``corr_mm`` 0 = white). ``'kernel'``: the texture of filtered
+    back-projection: in-plane the noise power grows with the spatial frequency ``f`` as the ramp
+    filter makes it and the kernel's apodisation cuts it off, ``NPS(f) ~ |f| exp(-(2 pi corr_mm f)^2)``
+    (a Gaussian kernel of sigma ``corr_mm``; its autocorrelation has a positive core and a negative
+    ring, and the noise power at zero frequency is zero), through-plane a Gaussian slice profile of
+    sigma ``corr_mm``. Both are periodic over the array.
+    """
+    if texture not in NOISE_TEXTURES:
+        raise ValueError(f"noise texture {texture!r} unknown; use one of {NOISE_TEXTURES}")
     n = rng.standard_normal(size=shape, dtype=np.float32)
-    if corr_mm > 0:
+    if texture == "kernel" and corr_mm > 0:
+        from scipy import fft
+
+        fy = np.fft.fftfreq(shape[1], spacing_zyx_mm[1])[:, None]
+        fx = np.fft.rfftfreq(shape[2], spacing_zyx_mm[2])[None, :]
+        f2 = fy ** 2 + fx ** 2
+        amplitude = (f2 ** 0.25 * np.exp(-2.0 * (np.pi * corr_mm) ** 2 * f2)).astype(np.float32)
+        n = fft.irfft2(fft.rfft2(n) * amplitude, s=shape[1:]).astype(np.float32)
+        n = ndimage.gaussian_filter1d(n, corr_mm / spacing_zyx_mm[0], axis=0, mode="wrap")
+        n /= np.float32(n.std())
+    elif corr_mm > 0:
         sig = [corr_mm / s for s in spacing_zyx_mm]
         n = ndimage.gaussian_filter(n, sigma=sig, mode="wrap")
         n /= np.float32(n.std())

@@ -178,8 +178,17 @@ class CaseSpec:
         Mineral units of the truth; None = K2HPO4 unless phantom == 'ha'.
     noise_sd_hu : float or None
         Noise SD in HU (random 10-25).
-    noise_corr_mm : float
-        Gaussian correlation length of the noise (sigma, mm); 0 = white.
+    noise_corr_mm : float or None
+        Correlation length of the noise (the sigma of its Gaussian kernel, mm; see ``noise_texture``);
+        0 = white; None = drawn from the seed, 0.5-1.2 mm (kernel-like: soft-tissue to sharp kernels).
+    noise_texture : str
+        ``'gaussian'`` (noise low-passed by a Gaussian: every correlation positive) or ``'kernel'``
+        (filtered back-projection's texture: ramp-shaped noise power in-plane, a negative ring in the
+        autocorrelation); :func:`bmdpipe.synthetic.scanner.make_noise`.
+    noise : bool
+        False makes the noise-free twin of a case: the same seed and spec give the same anatomy,
+        scanner, blur and artefacts without noise (with ``xray``: the expected photon counts, no
+        Poisson or electronic noise).
     psf_fwhm_mm : float or None
         FWHM of the isotropic Gaussian PSF, mm (random 0.9-1.3).
     slope_hu_per_mg_cm3, intercept_hu : float or None
@@ -238,7 +247,9 @@ class CaseSpec:
     pad: PadSpec | None = None
     material: str | None = None
     noise_sd_hu: float | None = None
-    noise_corr_mm: float = 0.3
+    noise_corr_mm: float | None = 0.3
+    noise_texture: str = "gaussian"
+    noise: bool = True
     psf_fwhm_mm: float | None = None
     slope_hu_per_mg_cm3: float | None = None
     intercept_hu: float | None = None
