@@ -312,6 +312,7 @@ class HaloSettings(_Section):
     bone_window_mm: float = Field(gt=0)
     edge_start_mm: float = Field(ge=0)
     shared_blur_min_screws: int = Field(ge=1)
+    blur_sectors: int = Field(ge=1)
     profile_smoothing_mm: float = Field(gt=0)
     refine_iterations: int = Field(ge=0)
     edge_tries: int = Field(ge=1)

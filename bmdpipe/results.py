@@ -247,7 +247,7 @@ class HaloMeasurement:
     sclerotic_rim: bool = False
     location: str = ""  # e.g. "tip", "mid", "entry"
     width_map_mm: np.ndarray | None = None  # (n_positions, n_angles) for QC
-    blur_sigma_mm: float | None = None  # scanner blur the halo was measured with (None = fitted per screw)
+    blur_sigma_mm: tuple[float, ...] | None = None  # scanner blur per orientation sector the halo was measured with (None = fitted per screw)
 
 
 @dataclass(frozen=True)

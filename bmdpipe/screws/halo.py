@@ -2,9 +2,12 @@
 
 The screw's metal is explained by its fitted edge-spread model (see :mod:`bmdpipe.screws.esf`:
 thread-crest radius ``diameter / 2``, blur, amplitude, clipping like the scanner, and the level
-of the tissue it touches). The blur is the scanner's, so :func:`measure_screws` gives all screws
-of a scan the median of their separate fits: alone, one screw's fit can trade blur against the
-tissue next to it (a halo on part of the circumference, cortex close by). That model is
+of the tissue it touches), optionally one per sector of orientation around the screw
+(``blur_sectors``, :func:`fit_metal`): across the axial plane the metal spreads by the kernel's
+blur and the bloom of its long paths within the section, towards the sections above and below by
+the slice profile. The blur is the scanner's, so :func:`measure_screws` gives all screws of a scan
+the median of their separate fits (per sector): alone, one screw's fit can trade blur against the tissue next to it (a halo on part
+of the circumference, cortex close by). That model is
 subtracted from every voxel centre near the screw at the voxel's exact distance from the axis,
 which leaves the tissue around the metal: ``lucent_hu`` inside a halo (thread valleys included),
 bone beyond it. Interpolating rays across the metal edge instead would err by hundreds of HU at
@@ -41,7 +44,7 @@ from .detect import saturation_level
 from .esf import MODEL_GRID_MM, EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
 __all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
-           "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail"]
+           "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail", "orientation_sector"]
 
 #: a ray plane is in bone when the median of its rays' outermost mm is at least ``min_bone_hu``
 OUTER_RING_MM = 2.0
@@ -221,7 +224,7 @@ def _accepted_edge(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.nd
 
 
 def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray, *, crest_radius_mm: float,
-                bone_hu: float, sigma_mm: float, settings: HaloSettings) -> RayFit:
+                bone_hu: float, sigma_mm, settings: HaloSettings) -> RayFit:
     """Halo width of every ray: where the tissue beyond the metal rises half-way to bone.
 
     The metal model is subtracted from each profile, which leaves the tissue around the screw:
@@ -246,8 +249,9 @@ def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray,
         Thread-crest radius (diameter / 2): widths are measured from here, mm.
     bone_hu : float
         Typical bone HU around this screw (first guess of the level beyond the halo).
-    sigma_mm : float
-        Blur of the image (edge-spread fit), mm: the plateau beyond an edge starts ``2 sigma`` out.
+    sigma_mm : float or (...) ndarray
+        Blur of the image (edge-spread fit), mm, for all rays or per ray: the plateau beyond an
+        edge starts ``2 sigma`` out.
     settings : HaloSettings
 
     Returns
@@ -266,7 +270,7 @@ def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray,
     ds = np.where(den > 1e-3, num / np.maximum(den, 1e-9), np.nan)
     H = settings.lucent_hu
     start = np.full(ds.shape[0], crest_radius_mm + settings.edge_start_mm)
-    gap = 2.0 * sigma_mm
+    gap = np.broadcast_to(2.0 * np.asarray(sigma_mm, dtype=float), shp).reshape(-1)
     level = np.full(ds.shape[0], H + 0.5 * max(float(bone_hu) - H, settings.min_contrast_hu))
     edge, plateau = _accepted_edge(ds, r, start, level, gap=gap, plateau_mm=settings.rim_width_mm,
                                    tries=settings.edge_tries)
@@ -291,7 +295,7 @@ class HaloDetail:
     """Everything measured around one screw (for QC and tests)."""
 
     halo: HaloMeasurement
-    edge: EdgeFit
+    edges: tuple[EdgeFit, ...]  # metal model per orientation sector (:func:`fit_metal`)
     rays: RayProfiles
     in_bone: np.ndarray  # (P,) bool
     streak: np.ndarray  # (P, A) bool
@@ -386,38 +390,66 @@ def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings, hardware:
                         r_mm=rv, hu=hv, plane=plane, angle=angle, usable=usable_rays[plane, angle])
 
 
-def fit_metal(samples: ScrewSamples, settings: HaloSettings, hardware: ScrewSettings, *,
-              blur_sigma_mm: float | None = None) -> EdgeFit:
-    """The screw's edge-spread model (crest radius fixed) from the voxels off streaks.
+def orientation_sector(angle_rad: np.ndarray, n_sectors: int) -> np.ndarray:
+    """Sector (0 ... ``n_sectors`` - 1) of each direction's orientation around the screw.
 
-    A dark band would pull the model's background and blur, so streak voxels are left out. The
-    background, the tissue the metal's blur spreads into, is fitted between lucent tissue and the
-    bone: a halo's level taken for the bone's would make the blur too narrow and leave bloom
-    where the halo is. ``blur_sigma_mm`` fixes the blur (one scanner PSF for all screws of a scan:
-    with it fixed, the blur can no longer trade off against the background).
+    Opposite directions share a sector (the orientation is the angle modulo 180 deg); sector 0 is
+    centred on ``u`` (in the axial plane), sector ``n_sectors / 2`` on ``v`` (towards the sections
+    above and below the screw).
+    """
+    o = np.mod(np.asarray(angle_rad, dtype=float), np.pi) / np.pi * n_sectors
+    return np.mod(np.floor(o + 0.5).astype(int), n_sectors)
+
+
+def fit_metal(samples: ScrewSamples, settings: HaloSettings, hardware: ScrewSettings, *,
+              blur_sigma_mm: Sequence[float] | None = None) -> tuple[EdgeFit, ...]:
+    """The screw's edge-spread model (crest radius fixed) from the voxels off streaks, one per
+    orientation sector (``settings.blur_sectors``).
+
+    The metal's spread is not the same all around: across the axial plane it is the kernel's
+    blur plus the bloom of the long metal paths within the section (beam hardening), towards the
+    sections above and below the slice profile's; one Gaussian blur for all directions over-
+    subtracts where the edge is sharp and reads a halo there. So blur, amplitude and background
+    are fitted per sector of orientation. A dark band would pull the model's background and
+    blur, so streak voxels are left out. The background, the tissue the metal's blur spreads
+    into, is fitted between lucent tissue and the bone: a halo's level taken for the bone's would
+    make the blur too narrow and leave bloom where the halo is. ``blur_sigma_mm`` (one per sector)
+    fixes the blur (one scanner PSF for all screws of a scan: with it fixed, the blur can no
+    longer trade off against the background).
     """
     s = samples
-    use = s.usable if np.count_nonzero(s.usable) >= 0.25 * s.usable.size else np.ones(s.usable.size, dtype=bool)
     H = settings.lucent_hu
-    return fit_edge_spread(s.r_mm[use], s.hu[use], clip_hu=s.clip_hu, fixed_radius_mm=s.crest_radius_mm,
-                           fixed_sigma_mm=blur_sigma_mm, metal_hu_prior=hardware.metal_hu,
-                           thread_depth_mm=s.thread_depth_mm, thread_pitch_mm=hardware.thread_pitch_mm,
-                           background_bounds_hu=(H - settings.min_contrast_hu, s.bone_hu + settings.min_contrast_hu))
+    n = settings.blur_sectors
+    sector = orientation_sector(s.rays.angles_rad, n)[s.angle]
+    fits = []
+    for k in range(n):
+        mine = sector == k
+        use = s.usable & mine
+        if np.count_nonzero(use) < 0.25 * np.count_nonzero(mine):
+            use = mine
+        fits.append(fit_edge_spread(s.r_mm[use], s.hu[use], clip_hu=s.clip_hu, fixed_radius_mm=s.crest_radius_mm,
+                                    fixed_sigma_mm=None if blur_sigma_mm is None else float(blur_sigma_mm[k]),
+                                    metal_hu_prior=hardware.metal_hu, thread_depth_mm=s.thread_depth_mm,
+                                    thread_pitch_mm=hardware.thread_pitch_mm,
+                                    background_bounds_hu=(H - settings.min_contrast_hu,
+                                                          s.bone_hu + settings.min_contrast_hu)))
+    return tuple(fits)
 
 
 def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
-                        blur_sigma_mm: float | None = None) -> HaloDetail:
+                        blur_sigma_mm: Sequence[float] | None = None) -> HaloDetail:
     """Measure the halo around one screw; see :func:`measure_halo` (this also returns the
     intermediate profiles and fits)."""
     return _measure_samples(sample_screw(volume, screw, settings, hardware), screw, settings, hardware, blur_sigma_mm)
 
 
-def binned_tissue(samples: ScrewSamples, edge: EdgeFit, settings: HaloSettings) -> tuple[np.ndarray, np.ndarray]:
+def binned_tissue(samples: ScrewSamples, edges: Sequence[EdgeFit], settings: HaloSettings) -> tuple[np.ndarray, np.ndarray]:
     """Tissue around the screw, binned by (ray plane, angle, distance from the axis).
 
-    Tissue = voxel HU minus the metal model at the voxel centre's exact distance from the axis
-    (tabulated once on a 0.01-mm grid: it depends on the radius only). Voxels closer to the
-    crests than ``edge_start_mm - profile_smoothing_mm``, outside bone or on streaks get no weight.
+    Tissue = voxel HU minus the metal model of the voxel's orientation sector (``edges``, see
+    :func:`fit_metal`) at the voxel centre's exact distance from the axis (tabulated once per
+    sector on a 0.01-mm grid: it depends on the radius only). Voxels closer to the crests than
+    ``edge_start_mm - profile_smoothing_mm``, outside bone or on streaks get no weight.
 
     Returns
     -------
@@ -427,7 +459,12 @@ def binned_tissue(samples: ScrewSamples, edge: EdgeFit, settings: HaloSettings) 
     s = samples
     radii = s.rays.radii_mm
     r_fine = np.arange(0.0, radii[-1] + settings.radial_step_mm + MODEL_GRID_MM, MODEL_GRID_MM)
-    tissue = s.hu - np.interp(s.r_mm, r_fine, metal_excess(r_fine, edge))
+    excess = np.stack([metal_excess(r_fine, e) for e in edges])
+    sector = orientation_sector(s.rays.angles_rad, len(edges))[s.angle]
+    g = np.clip(s.r_mm / MODEL_GRID_MM, 0, r_fine.size - 1)
+    g0 = np.minimum(g.astype(int), r_fine.size - 2)
+    frac = g - g0
+    tissue = s.hu - ((1.0 - frac) * excess[sector, g0] + frac * excess[sector, g0 + 1])
     weight = s.usable * (s.r_mm >= s.crest_radius_mm + settings.edge_start_mm - settings.profile_smoothing_mm)
     shape = (len(s.rays.positions_mm), settings.n_angles, radii.size)
     n_idx = np.minimum((s.r_mm / settings.radial_step_mm).astype(int), radii.size - 1)
@@ -447,10 +484,10 @@ def _column_medians(x: np.ndarray, columns: np.ndarray) -> np.ndarray:
 
 
 def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings, hardware: ScrewSettings,
-                     blur_sigma_mm: float | None) -> HaloDetail:
-    edge = fit_metal(samples, settings, hardware, blur_sigma_mm=blur_sigma_mm)
+                     blur_sigma_mm: Sequence[float] | None) -> HaloDetail:
+    edges = fit_metal(samples, settings, hardware, blur_sigma_mm=blur_sigma_mm)
     rays, in_bone = samples.rays, samples.in_bone
-    count, tissue_sum = binned_tissue(samples, edge, settings)
+    count, tissue_sum = binned_tissue(samples, edges, settings)
     # width map: cells of block_length_mm along the screw and angle_smoothing angles around it
     k_ang = settings.angle_smoothing
     nwin = max(1, int(round(settings.block_length_mm / settings.position_step_mm)))
@@ -460,8 +497,10 @@ def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings
                                         mode="wrap")
 
     c_l = pooled(count)
+    sigma = np.array([e.sigma_mm for e in edges])[orientation_sector(rays.angles_rad, len(edges))]
     fit = edge_widths(pooled(tissue_sum), c_l, (np.arange(rays.radii_mm.size) + 0.5) * settings.radial_step_mm,
-                      crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu, sigma_mm=edge.sigma_mm,
+                      crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu,
+                      sigma_mm=np.broadcast_to(sigma, c_l.shape[:-1]),
                       settings=settings)
     usable_share = pooled(samples.usable_rays.astype(float))
     # tissue beyond the edge far brighter than the screw's bone is metal's streak or bloom (the screw's own
@@ -480,14 +519,14 @@ def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings
     bone_ang = _column_medians(np.where(cell, fit.bone_hu, np.nan), valid)
     rim_ang = _column_medians(np.where(cell, fit.rim_hu, np.nan), valid)
     halo = _summarise(w_ang, bone_ang, rim_ang, valid, wmap, rays.positions_mm, screw, settings, blur_sigma_mm)
-    return HaloDetail(halo=halo, edge=edge, rays=rays, in_bone=in_bone, streak=samples.streak,
+    return HaloDetail(halo=halo, edges=edges, rays=rays, in_bone=in_bone, streak=samples.streak,
                       angle_width_mm=w_ang, angle_bone_hu=bone_ang, angle_rim_hu=rim_ang,
                       valid_angles=valid, clip_hu=samples.clip_hu)
 
 
 def _summarise(w_ang: np.ndarray, bone_ang: np.ndarray, rim_ang: np.ndarray, valid: np.ndarray, wmap: np.ndarray,
                positions_mm: np.ndarray, screw: Screw, settings: HaloSettings,
-               blur_sigma_mm: float | None) -> HaloMeasurement:
+               blur_sigma_mm: Sequence[float] | None) -> HaloMeasurement:
     """Per-screw figures and the loosening call from the per-angle widths and the width map."""
     thr = settings.min_width_mm
     wv = w_ang[valid]
@@ -516,7 +555,8 @@ def _summarise(w_ang: np.ndarray, bone_ang: np.ndarray, rim_ang: np.ndarray, val
     loosened = bool(max_w >= thr and frac >= settings.min_circumference_fraction)
     return HaloMeasurement(widest_arc_mm=round(max_w, 2), mean_width_mm=round(mean_w, 2),
                            circumference_fraction=round(frac, 3), loosened=loosened, sclerotic_rim=rim,
-                           location=loc, width_map_mm=wmap.astype(np.float32), blur_sigma_mm=blur_sigma_mm)
+                           location=loc, width_map_mm=wmap.astype(np.float32),
+                           blur_sigma_mm=None if blur_sigma_mm is None else tuple(float(b) for b in blur_sigma_mm))
 
 
 def _circular_median(x: np.ndarray, size: int) -> np.ndarray:
@@ -526,7 +566,7 @@ def _circular_median(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
-                 blur_sigma_mm: float | None = None) -> HaloMeasurement:
+                 blur_sigma_mm: Sequence[float] | None = None) -> HaloMeasurement:
     """Measure the radiolucent zone (halo) around one screw.
 
     Parameters
@@ -539,9 +579,9 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, hardware:
     settings : HaloSettings
     hardware : ScrewSettings
         The screws' thread geometry, metal HU and the clipped-scale test.
-    blur_sigma_mm : float or None
-        The scanner's blur (SD of the Gaussian PSF, mm) if known, e.g. shared by all screws of
-        the scan (:func:`measure_screws`); None = fitted to this screw alone.
+    blur_sigma_mm : sequence of float or None
+        The scanner's blur (SD of the Gaussian PSF, mm) per orientation sector if known, e.g.
+        shared by all screws of the scan (:func:`measure_screws`); None = fitted to this screw alone.
 
     Returns
     -------
@@ -563,12 +603,12 @@ def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettin
     """Copies of ``screws`` with ``halo`` filled in by :func:`measure_halo`.
 
     The scan's blur is one PSF for all its screws: with at least ``shared_blur_min_screws``
-    screws it is the median of their separate edge-spread fits (one screw's fit can trade blur
+    screws it is, per orientation sector, the median of their separate edge-spread fits (one screw's fit can trade blur
     against the tissue next to it, e.g. with a halo on part of the circumference or cortex close
     by), and every halo is then measured with it (``HaloMeasurement.blur_sigma_mm``).
     """
     samples = [sample_screw(volume, s, settings, hardware) for s in screws]
     blur = None
     if len(screws) >= settings.shared_blur_min_screws:
-        blur = float(np.median([fit_metal(x, settings, hardware).sigma_mm for x in samples]))
+        blur = tuple(np.median([[e.sigma_mm for e in fit_metal(x, settings, hardware)] for x in samples], axis=0))
     return [replace(s, halo=_measure_samples(x, s, settings, hardware, blur).halo) for s, x in zip(screws, samples)]
