@@ -89,7 +89,8 @@ class NoiseModel:
     @property
     def correlation_mm(self) -> float:
         """In-plane correlation length: the lag at which the noise autocorrelation falls to 1/2
-        (half width at half maximum, mean of the row and column directions), mm."""
+        (half width at half maximum, interpolated linearly between voxel lags, mean of the row and
+        column directions), mm."""
         kz, ky, kx = self.half_window
         c = self.autocovariance_hu2[kz] / self.autocovariance_hu2[kz, ky, kx]
         out = []
