@@ -101,8 +101,8 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         (the series' in-plane correlation length),
         ``vbmd_precision_sd_mg_cm3`` (the literature's repeat-scan SD at this density),
         ``n_voxels``, ``volume_mm3``, ``excluded_fraction`` (share of candidates removed as
-        cortex/sclerosis). NaN for an empty ROI. An ROI the plausibility gate refuses has NaN HU and density
-        columns and the reason in ``reason``.
+        cortex/sclerosis). NaN for an empty ROI. An ROI the plausibility gate refuses has NaN
+        HU and density columns and the reason in ``reason``.
 
     Notes
     -----
@@ -119,12 +119,8 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
     if n:
         mean, median = float(hu.mean()), float(np.median(hu))
         sd = float(hu.std(ddof=1)) if n > 1 else 0.0
-    var_mean = n_effective = noise_sd = noise_corr = nan
-    if noise is not None:
-        noise_corr = noise.correlation_mm
-        if n:
-            noise_sd, n_effective = noise.local_sd_hu(roi.mask, roi.offset), noise.effective_samples(roi.mask)
-            var_mean = noise_sd ** 2 / n_effective
+    noise_sd, n_effective, noise_corr = _roi_noise(noise, roi) if noise is not None else (nan, nan, nan)
+    var_mean = noise_sd ** 2 / n_effective
     vbmd = vbmd_median = vbmd_sd = vbmd_se = precision_sd = nan
     if calibration is not None and n:
         vbmd, vbmd_median = float(calibration.density(mean)), float(calibration.density(median))
@@ -150,6 +146,14 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         return row
     return replace(row, reason=reason, vbmd_mg_cm3=nan, hu_mean=nan, hu_median=nan, hu_sd=nan,
                    vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan, vbmd_precision_sd_mg_cm3=nan)
+
+
+def _roi_noise(noise: NoiseModel, roi: Roi) -> tuple[float, float, float]:
+    """Noise SD at the ROI (HU), the independent samples its voxels are worth, and the series'
+    noise correlation length (mm); the first two NaN for an empty ROI."""
+    if not roi.mask.any():
+        return float("nan"), float("nan"), noise.correlation_mm
+    return noise.local_sd_hu(roi.mask, roi.offset), noise.effective_samples(roi.mask), noise.correlation_mm
 
 
 def imprecise_roi_note(rows: Iterable[VbmdRow], max_standard_error_mg_cm3: float,
