@@ -459,12 +459,12 @@ def binned_tissue(samples: ScrewSamples, edges: Sequence[EdgeFit], settings: Hal
     s = samples
     radii = s.rays.radii_mm
     r_fine = np.arange(0.0, radii[-1] + settings.radial_step_mm + MODEL_GRID_MM, MODEL_GRID_MM)
-    excess = np.stack([metal_excess(r_fine, e) for e in edges])
     sector = orientation_sector(s.rays.angles_rad, len(edges))[s.angle]
-    g = np.clip(s.r_mm / MODEL_GRID_MM, 0, r_fine.size - 1)
-    g0 = np.minimum(g.astype(int), r_fine.size - 2)
-    frac = g - g0
-    tissue = s.hu - ((1.0 - frac) * excess[sector, g0] + frac * excess[sector, g0 + 1])
+    metal = np.empty_like(s.hu)
+    for k, e in enumerate(edges):
+        mine = sector == k
+        metal[mine] = np.interp(s.r_mm[mine], r_fine, metal_excess(r_fine, e))
+    tissue = s.hu - metal
     weight = s.usable * (s.r_mm >= s.crest_radius_mm + settings.edge_start_mm - settings.profile_smoothing_mm)
     shape = (len(s.rays.positions_mm), settings.n_angles, radii.size)
     n_idx = np.minimum((s.r_mm / settings.radial_step_mm).astype(int), radii.size - 1)
