@@ -37,6 +37,7 @@ from scipy import ndimage as ndi
 
 from ..config import AnatomySettings
 from ..errors import AnatomyError
+from ..morphology import erode_mm, open_mm
 from ..results import VERSE_IDS, PedicleAxis, Side, Vertebra
 from ..volume import Volume
 from .frame import CanonicalFrame
@@ -59,14 +60,6 @@ def ball(radius_mm: float, spacing) -> np.ndarray:
     return d2 <= radius_mm ** 2 + 1e-9
 
 
-def open_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
-    """Morphological opening with a ball of ``radius_mm`` via Euclidean distance transforms (fast for big balls)."""
-    inner = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > radius_mm
-    if not inner.any():
-        return inner
-    return (ndi.distance_transform_edt(~inner, sampling=spacing) <= radius_mm) & mask
-
-
 def largest_component(mask: np.ndarray) -> np.ndarray:
     lab, n = ndi.label(mask)
     if n <= 1:
@@ -74,13 +67,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     return lab == int(np.argmax(sizes))
-
-
-def _erode_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
-    if radius_mm <= 0:
-        return mask.copy()
-    dist = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    return dist > radius_mm
 
 
 def _ray(mask: np.ndarray, start_vox: np.ndarray, direction_mm: np.ndarray, spacing, max_mm: float,
@@ -400,7 +386,7 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, mask_c: np.ndarray,
         return tuple(float(v) for v in frame.canonical_to_lps(volume, np.asarray(p, float) + off))
 
     pedicles = _pedicle_axes(mask, body, ext, y_lam, canal_w, name, sp, settings, lps)
-    cancellous = _erode_mm(body, settings.cortex_thickness_mm, sp)
+    cancellous = erode_mm(body, settings.cortex_thickness_mm, sp)
     o_off, o_mask = frame.box_to_original(offset_c, mask)
     _, o_body = frame.box_to_original(offset_c, body)
     _, o_canc = frame.box_to_original(offset_c, cancellous)

@@ -85,6 +85,7 @@ from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
+from ..morphology import dilate_mm, erode_mm, open_mm
 from ..results import Calibration, Material, ReferenceMeasurement, ReferenceOutlines
 from ..robust import robust_sd
 from ..volume import Volume
@@ -98,13 +99,6 @@ __all__ = ["measure_reference_tissues", "point_inside", "EnergyFit", "fit_effect
 MIN_TISSUE_VOXELS = 50
 #: the 12-bit CT scale: values beyond (padding, metal) are clipped before smoothing, HU
 CT_RANGE_HU = (-1024, 3071)
-
-
-def _ball(radius_vox: np.ndarray) -> np.ndarray:
-    r = np.maximum(np.asarray(radius_vox, dtype=float), 0.5)
-    n = np.ceil(r).astype(int)
-    zz, yy, xx = np.mgrid[-n[0]:n[0] + 1, -n[1]:n[1] + 1, -n[2]:n[2] + 1]
-    return (zz / r[0]) ** 2 + (yy / r[1]) ** 2 + (xx / r[2]) ** 2 <= 1.0
 
 
 def _major_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -213,7 +207,7 @@ def _find_psoas(soft: np.ndarray, near_spine: np.ndarray, blood: np.ndarray, axi
            & (behind >= -s.internal_psoas_anterior_mm) & (behind <= s.internal_psoas_posterior_mm)
            & axis.seen[:, None, None])
     if blood.any():
-        box &= ~ndi.binary_dilation(blood, structure=_ball(np.full(3, 2.0 * s.internal_erosion_mm) / ssp))
+        box &= ~dilate_mm(blood, 2.0 * s.internal_erosion_mm, ssp)
     psoas = np.zeros_like(soft)
     for side in (1.0, -1.0):
         reaching = _components_reaching(soft & box & (side * lateral > 0), near_spine)
@@ -257,7 +251,7 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
     region = box & body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
     # away from bone, whose blur on the smoothed image would look like a vessel
     keep_off = 2.0 * s.internal_blood_smooth_mm + s.internal_erosion_mm
-    region &= ~ndi.binary_dilation(smooth > s.internal_bone_hu, structure=_ball(np.full(3, keep_off) / ssp))
+    region &= ~dilate_mm(smooth > s.internal_bone_hu, keep_off, ssp)
     if region.sum() < MIN_TISSUE_VOXELS:
         return empty
     m0 = float(np.median(heavy[region]))
@@ -280,9 +274,9 @@ def _find_blood(sub: np.ndarray, smooth: np.ndarray, spine: np.ndarray, body: np
     lab, n = ndi.label(region & (best_sign * (heavy - mid) >= 0))
     ids = np.unique(lab[best & (lab > 0)])
     shaped = np.intersect1d(ids, _vessel_like(lab, n, lateral, min_vox, ssp[0], s))
-    near = ndi.binary_dilation(best, structure=_ball(np.full(3, s.internal_blood_smooth_mm) / ssp))
+    near = dilate_mm(best, s.internal_blood_smooth_mm, ssp)
     vessel = np.isin(lab, shaped) | (np.isin(lab, ids) & near)  # ids: labels > 0 only
-    return ndi.binary_erosion(vessel, structure=_ball(s.internal_erosion_mm / ssp))
+    return erode_mm(vessel, s.internal_erosion_mm, ssp)
 
 
 def _vessel_like(lab: np.ndarray, n: int, lateral_mm: np.ndarray, min_vox: float, dz_mm: float,
@@ -330,7 +324,7 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     fov = sub > s.rod_padding_hu
     objects = smooth > s.internal_object_hu
     # body: largest object after an opening that detaches the table and the phantom
-    opened = ndi.binary_opening(objects, structure=_ball(s.internal_body_opening_mm / ssp))
+    opened = open_mm(objects, s.internal_body_opening_mm, ssp)
     body = _largest_component(opened)
     body = ndi.binary_fill_holes(body) if body.any() else body
     for k in range(body.shape[0]):
@@ -347,17 +341,16 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     # separate pieces (a fat-like phantom rod when the phantom touches the back) are dropped
     depth = ndi.distance_transform_edt(body, sampling=ssp)
     fat = body & (smooth >= s.internal_fat_min_hu) & (smooth <= s.internal_fat_max_hu) & (depth <= s.internal_fat_max_depth_mm)
-    masks["fat"] = _major_components(ndi.binary_erosion(fat, structure=_ball(s.internal_erosion_mm / ssp)),
+    masks["fat"] = _major_components(erode_mm(fat, s.internal_erosion_mm, ssp),
                                      s.internal_fat_min_component_fraction)
 
     # muscle: the psoas beside the vertebral bodies, else the paraspinal muscles behind the spine
     bone = body & (smooth > s.internal_bone_hu)
     spine = _largest_component(bone) if bone.any() else bone
     soft = body & (smooth >= s.internal_muscle_min_hu) & (smooth <= s.internal_muscle_max_hu)
-    soft = ndi.binary_erosion(soft, structure=_ball(s.internal_erosion_mm / ssp))
+    soft = erode_mm(soft, s.internal_erosion_mm, ssp)
     axis = _spine_axis(spine, volume, step, s) if spine.any() else None
-    near_spine = (ndi.binary_dilation(spine, structure=_ball(np.full(3, s.internal_muscle_near_spine_mm) / ssp))
-                  if spine.any() else spine)
+    near_spine = dilate_mm(spine, s.internal_muscle_near_spine_mm, ssp)
     if axis is not None:
         if s.internal_use_blood:
             masks["blood"] = _find_blood(sub, smooth, spine, body, axis, ssp, s)
