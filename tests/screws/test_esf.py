@@ -2,16 +2,25 @@
 
 import numpy as np
 import pytest
-from scipy.stats import rice
+from scipy import integrate
 
 from bmdpipe.screws.esf import fit_edge_spread, step, threaded_step
 
 
 @pytest.mark.parametrize("radius,sigma", [(3.25, 0.5), (2.5, 0.8), (1.0, 0.3)])
-def test_disk_step_is_rice_cdf(radius, sigma):
-    """The blurred disk equals the Rice CDF P(|X| <= R), X ~ N(r, sigma^2 I) (independent formula)."""
-    r = np.linspace(0.0, 8.0, 33)
-    np.testing.assert_allclose(step(r, radius, sigma), rice.cdf(radius / sigma, r / sigma), atol=1e-9)
+def test_disk_step_is_gaussian_mass_on_disk(radius, sigma):
+    """The blurred disk is the mass of the 2-D Gaussian N(r, sigma^2 I) on the disk |x| <= R, integrated
+    numerically over the disk in polar coordinates (independent of the closed form used)."""
+    r = np.linspace(0.0, 8.0, 17)
+
+    def mass(ri: float) -> float:
+        density = lambda phi, rho: rho * np.exp(-(rho**2 + ri**2 - 2 * rho * ri * np.cos(phi)) / (2 * sigma**2))
+        return integrate.dblquad(density, 0.0, radius, 0.0, 2 * np.pi, epsabs=1e-12)[0] / (2 * np.pi * sigma**2)
+
+    np.testing.assert_allclose(step(r, radius, sigma), [mass(ri) for ri in r], atol=1e-8)
+    # several disks at once broadcast like one at a time
+    radii = np.array([[1.0], [radius]])
+    np.testing.assert_array_equal(step(r[None], radii, sigma), [step(r, 1.0, sigma), step(r, radius, sigma)])
 
 
 def test_threaded_step_without_threads_is_disk():
