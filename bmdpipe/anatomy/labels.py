@@ -135,10 +135,38 @@ def resample_labels(data: np.ndarray, affine_lps: np.ndarray, volume: Volume) ->
     if data.dtype.kind == "f":
         data = np.rint(data)
     data = data.astype(np.uint16)
-    # exact signed-permutation + integer shift: pure indexing (fast, exact)
-    rot = t[:3, :3]
-    return ndi.affine_transform(data, rot, offset=t[:3, 3], output_shape=volume.shape, order=0,
+    rot, offset = t[:3, :3], t[:3, 3]
+    if _is_signed_permutation(rot) and np.allclose(offset, np.rint(offset), atol=1e-4):
+        return _permuted_take(data, np.rint(rot).astype(int), np.rint(offset).astype(int), volume.shape)
+    return ndi.affine_transform(data, rot, offset=offset, output_shape=volume.shape, order=0,
                                 mode="constant", cval=0, prefilter=False)
+
+
+def _is_signed_permutation(m: np.ndarray) -> bool:
+    """True when every row and column of ``m`` holds one +-1 and zeros (to 1e-4): the grids share
+    their voxel size and axes up to order and direction."""
+    r = np.rint(m)
+    return bool(np.allclose(m, r, atol=1e-4) and np.all(np.abs(r).sum(0) == 1) and np.all(np.abs(r).sum(1) == 1))
+
+
+def _permuted_take(data: np.ndarray, rot: np.ndarray, offset: np.ndarray, shape) -> np.ndarray:
+    """``out[o] = data[rot @ o + offset]`` (0 outside ``data``) for a signed permutation ``rot``: the
+    nearest-neighbour resampling of :func:`resample_labels` by slicing alone (same result)."""
+    out_axis = np.abs(rot).argmax(axis=1)  # the output axis each data axis follows
+    taken = np.zeros([shape[a] for a in out_axis], dtype=data.dtype)  # output in the data's axis order
+    dst, src = [], []
+    for a in range(3):
+        sign, n_out, n_data = rot[a, out_axis[a]], shape[out_axis[a]], data.shape[a]
+        # output indices o with 0 <= sign * o + offset < n_data
+        lo, hi = (-offset[a], n_data - offset[a]) if sign > 0 else (offset[a] - n_data + 1, offset[a] + 1)
+        lo, hi = max(lo, 0), min(hi, n_out)
+        if lo >= hi:
+            return np.zeros(tuple(shape), dtype=data.dtype)
+        dst.append(slice(lo, hi))
+        first, last = sign * lo + offset[a], sign * (hi - 1) + offset[a]
+        src.append(slice(first, last + 1) if sign > 0 else slice(first, last - 1 if last > 0 else None, -1))
+    taken[tuple(dst)] = data[tuple(src)]
+    return np.ascontiguousarray(taken.transpose(np.argsort(out_axis)))
 
 
 def _scheme_from_table(table: dict[int, str]) -> dict[int, str]:
@@ -188,16 +216,24 @@ def _read_label_map(path: Path):
     return img, data
 
 
+def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
+    """Voxels per label id present in ``labels`` (integer ids; bincount when they are all in 0..65535)."""
+    if labels.size and np.can_cast(labels.dtype, np.intp) and labels.min() >= 0 and labels.max() <= 65535:
+        counts = np.bincount(labels.ravel(order="K"))
+        ids = np.flatnonzero(counts)
+        return dict(zip(ids.tolist(), counts[ids].tolist()))
+    ids, counts = np.unique(labels, return_counts=True)
+    return dict(zip(ids.tolist(), counts.tolist()))
+
+
 class _LabelMap:
     """A label map resampled onto the CT, with each id's voxel count before and after."""
 
     def __init__(self, img, data: np.ndarray, volume: Volume):
         self.resampled = resample_labels(data, _lps_affine(img), volume)
         self.ratio_vox = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
-        ids, counts = np.unique(np.rint(data).astype(np.int64), return_counts=True)
-        self.n_src = dict(zip(ids.tolist(), counts.tolist()))
-        ids, counts = np.unique(self.resampled, return_counts=True)
-        self.n_res = dict(zip(ids.tolist(), counts.tolist()))
+        self.n_src = _voxel_counts(np.rint(data).astype(np.int64) if data.dtype.kind == "f" else data)
+        self.n_res = _voxel_counts(self.resampled)
 
     def masks(self, mapping: dict[int, str]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Per level named by ``mapping`` (id -> level): its mask on the CT and the share inside it."""
@@ -311,8 +347,7 @@ def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str,
                             f">= {100 * settings.label_min_bone_fraction:.0f} %): not on a vertebra "
                             "(misaligned: wrong origin or flipped axis?)")
             continue
-        idx = np.argwhere(m).mean(axis=0)
-        cents[lvl] = volume.index_to_lps(idx)
+        cents[lvl] = volume.index_to_lps(np.array(ndi.center_of_mass(m)))
     order = sorted(cents, key=VERSE_IDS.__getitem__)  # superior to inferior
     for a, b in zip(order, order[1:]):
         za, zb = cents[a][2], cents[b][2]

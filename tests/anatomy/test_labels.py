@@ -60,6 +60,25 @@ def test_resample_through_affines_flipped_axis():
     assert np.array_equal(res, np.transpose(lab_ijk, (2, 1, 0)))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_resample_by_indexing_equals_affine_transform(seed):
+    """Grids that differ by axis order, direction and a whole-voxel shift (partly outside each other) are
+    resampled by indexing alone; the result equals scipy's nearest-neighbour affine_transform."""
+    from scipy import ndimage as ndi
+
+    from bmdpipe.anatomy.labels import _permuted_take
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 30, (7, 9, 11)).astype(np.uint16)
+    rot = np.eye(3, dtype=int)[rng.permutation(3)] * rng.choice([-1, 1], size=(3, 1))
+    for _ in range(10):
+        offset = rng.integers(-12, 14, 3)
+        shape = tuple(int(n) for n in rng.integers(3, 14, 3))
+        expected = ndi.affine_transform(data, rot.astype(float), offset=offset.astype(float), output_shape=shape,
+                                        order=0, mode="constant", cval=0, prefilter=False)
+        np.testing.assert_array_equal(_permuted_take(data, rot, offset, shape), expected)
+
+
 def test_totalseg_v2_multilabel_header_names():
     """v2 multilabel (class names in the header): L1-L5 found, in order, on bone."""
     ct = need(TS / "example_ct.nii.gz")
