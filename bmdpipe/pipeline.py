@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,7 +98,9 @@ class InternalError(BmdpipeError):
 
 @contextmanager
 def _stage(name: str):
-    """Tag unexpected exceptions with the stage they came from."""
+    """Tag unexpected exceptions with the stage they came from; log the stage's wall time (DEBUG, with the
+    record attributes ``stage`` and ``seconds``, read by ``scripts/bench/pipeline_speed.py``)."""
+    start = time.perf_counter()
     try:
         yield
     except (BmdpipeError, MemoryError):
@@ -110,6 +113,8 @@ def _stage(name: str):
         )
         err.stage = name
         raise err from exc
+    seconds = time.perf_counter() - start
+    logger.debug("stage %s: %.2f s", name, seconds, extra={"stage": name, "seconds": seconds})
 
 
 def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibration:
@@ -173,9 +178,10 @@ def _vertebrae(volume: Volume, job: SeriesJob, settings: Settings) -> tuple[list
     return whole, notes
 
 
-def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tuple[list[Screw], tuple[str, ...]]:
-    """Pedicle screws of the measured vertebrae with their halos, and a note for each other metal object."""
-    from .screws import detect_screws, measure_screws
+def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tuple[list[Screw], list, tuple[str, ...]]:
+    """Pedicle screws of the measured vertebrae with their halos, each halo's
+    :class:`~bmdpipe.screws.halo.HaloDetail` (for the QC figures), and a note for each other metal object."""
+    from .screws import detect_screws, measure_halo_details
 
     found = detect_screws(volume, settings.screws, vertebrae=vertebrae)
     screws = [s for s in found if s.vertebra]
@@ -186,7 +192,8 @@ def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tu
         f"({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (an implant elsewhere, or a screw of a level not "
         "measured)"
         for s in found if not s.vertebra)
-    return (measure_screws(volume, screws, settings.halo, settings.screws) if screws else []), notes
+    details = measure_halo_details(volume, screws, settings.halo, settings.screws) if screws else []
+    return [replace(s, halo=d.halo) for s, d in zip(screws, details)], details, notes
 
 
 def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
@@ -205,7 +212,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict[str, bytes]:
+def _qc_images(volume, cal, vertebrae, rois, screws, halo_details, settings: Settings) -> dict[str, bytes]:
     """QC figures as PNG bytes, keyed by the file-name suffix (``qc/<uid>_<key>.png``)."""
     from .report.calibration_plot import plot_calibration
     from .report.roi_qc import roi_figure
@@ -214,10 +221,10 @@ def _qc_images(volume, cal, vertebrae, rois, screws, settings: Settings) -> dict
     images = {"calibration": _png(plot_calibration(cal, volume))} if cal is not None else {}
     for vert in vertebrae:
         images[f"roi_{vert.name}"] = _png(roi_figure(volume, vert, rois))
-    for screw in screws:
+    for screw, detail in zip(screws, halo_details):
         key = f"screw_{screw.vertebra or 'unassigned'}_{screw.side.value}"
         images[key if key not in images else f"{key}_{len(images)}"] = _png(
-            screw_qc_figure(volume, screw, settings.halo, settings.screws))
+            screw_qc_figure(volume, screw, settings.halo, settings.screws, detail=detail))
     return images
 
 
@@ -244,7 +251,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("anatomy"):
         vertebrae, anatomy_notes = _vertebrae(volume, job, settings)
     with _stage("screws"):
-        screws, screw_notes = _screws(volume, vertebrae, settings)
+        screws, halo_details, screw_notes = _screws(volume, vertebrae, settings)
     with _stage("roi"):
         rois = place_rois(volume, vertebrae, settings, screws=screws)
     with _stage("measure"):
@@ -268,13 +275,14 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         "qc_images": {},
     }
     if settings.output.roi_maps:
-        out["roi_maps"] = {
-            region: roi_map_nifti_bytes(volume, roi_label_map(volume.shape, rois, region))
-            for region in ("A", "B", "C")
-        }
+        with _stage("roi_maps"):
+            out["roi_maps"] = {
+                region: roi_map_nifti_bytes(volume, roi_label_map(volume.shape, rois, region))
+                for region in ("A", "B", "C")
+            }
     if settings.output.qc_images:
         with _stage("report"):
-            out["qc_images"] = _qc_images(volume, cal, vertebrae, rois, screws, settings)
+            out["qc_images"] = _qc_images(volume, cal, vertebrae, rois, screws, halo_details, settings)
     return out
 
 

@@ -142,7 +142,8 @@ class Volume:
         data = self.array if array is None else array
         if data.shape != self.array.shape:
             raise ValueError(f"shape {data.shape} != volume shape {self.array.shape}")
-        img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), self.affine_ras)
+        # (k, j, i) C order transposed is (i, j, k) Fortran order: NIfTI's own layout, written without a copy
+        img = nib.Nifti1Image(data.transpose(2, 1, 0), self.affine_ras)
         img.set_qform(self.affine_ras, code=1)
         img.set_sform(self.affine_ras, code=1)
         img.header.set_xyzt_units("mm")

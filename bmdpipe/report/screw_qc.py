@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import HaloSettings, ScrewSettings
 from ..results import Screw
+from ..screws.halo import HaloDetail, measure_halo_detail
 from ..volume import Volume
 from .orientation import RADIOLOGICAL, radiological_axial
 
@@ -20,17 +21,20 @@ __all__ = ["screw_qc_figure", "save_screw_qc"]
 
 
 def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
-                    window_hu=(-200.0, 1200.0)):
+                    detail: HaloDetail | None = None, window_hu=(-200.0, 1200.0)):
     """Build the QC figure of one screw.
 
     Parameters
     ----------
     volume : Volume
     screw : Screw
-        A detected screw (``halo`` is recomputed for the figure's profiles).
+        A detected screw.
     settings : HaloSettings
     hardware : ScrewSettings
         The screws' thread geometry and metal HU (as for the measurement).
+    detail : HaloDetail, optional
+        The screw's measurement with its profiles (:func:`~bmdpipe.screws.halo.measure_halo_details`);
+        None measures it again with the blur stored on ``screw.halo``.
     window_hu : (lo, hi)
         Grey window of the images, HU.
 
@@ -44,11 +48,9 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
     """
     from matplotlib.figure import Figure
 
-    from ..screws.halo import measure_halo_detail
-
     # the same blur the stored measurement used (shared by the scan's screws), so the picture matches it
-    d = measure_halo_detail(volume, screw, settings, hardware,
-                            blur_sigma_mm=screw.halo.blur_sigma_mm if screw.halo else None)
+    d = detail or measure_halo_detail(volume, screw, settings, hardware,
+                                      blur_sigma_mm=screw.halo.blur_sigma_mm if screw.halo else None)
     h = d.halo
     R = screw.diameter_mm / 2.0
     ang = np.degrees(d.rays.angles_rad)

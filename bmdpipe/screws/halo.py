@@ -44,7 +44,8 @@ from .detect import saturation_level
 from .esf import MODEL_GRID_MM, EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
 __all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
-           "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail", "orientation_sector"]
+           "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail", "measure_halo_details",
+           "orientation_sector"]
 
 #: a ray plane is in bone when the median of its rays' outermost mm is at least ``min_bone_hu``
 OUTER_RING_MM = 2.0
@@ -598,9 +599,9 @@ def measure_halo(volume: Volume, screw: Screw, settings: HaloSettings, hardware:
     return measure_halo_detail(volume, screw, settings, hardware, blur_sigma_mm=blur_sigma_mm).halo
 
 
-def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings,
-                   hardware: ScrewSettings) -> list[Screw]:
-    """Copies of ``screws`` with ``halo`` filled in by :func:`measure_halo`.
+def measure_halo_details(volume: Volume, screws: Sequence[Screw], settings: HaloSettings,
+                         hardware: ScrewSettings) -> list[HaloDetail]:
+    """The halo of each screw of a scan, with the profiles and fits behind it (:func:`measure_halo_detail`).
 
     The scan's blur is one PSF for all its screws: with at least ``shared_blur_min_screws``
     screws it is, per orientation sector, the median of their separate edge-spread fits (one screw's fit can trade blur
@@ -611,4 +612,11 @@ def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettin
     blur = None
     if len(screws) >= settings.shared_blur_min_screws:
         blur = tuple(np.median([[e.sigma_mm for e in fit_metal(x, settings, hardware)] for x in samples], axis=0))
-    return [replace(s, halo=_measure_samples(x, s, settings, hardware, blur).halo) for s, x in zip(screws, samples)]
+    return [_measure_samples(x, s, settings, hardware, blur) for s, x in zip(screws, samples)]
+
+
+def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings,
+                   hardware: ScrewSettings) -> list[Screw]:
+    """Copies of ``screws`` with ``halo`` filled in, measured with the scan's shared blur
+    (:func:`measure_halo_details`)."""
+    return [replace(s, halo=d.halo) for s, d in zip(screws, measure_halo_details(volume, screws, settings, hardware))]
