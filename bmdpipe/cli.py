@@ -392,5 +392,10 @@ def import_clinical_cmd(
                f"{summary.n_new_studies} new studies")
 
 
+from .stats.cli import app as _stats_app  # noqa: E402  (the sub-app's commands import their libraries lazily)
+
+app.add_typer(_stats_app, name="stats")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
