@@ -376,7 +376,8 @@ def _database(url: str):
 def import_clinical_cmd(
     csv_file: Annotated[Path, typer.Argument(help="Clinical CSV: study_id, timepoint, arm, cement, "
                                              "cage_type, odi_1..odi_10, vas_back, vas_leg, fusion_grade, "
-                                             "loosening_reader (one row per study x timepoint).", **_FILE)],
+                                             "loosening_reader, age_years, sex, bmi_kg_m2, tscore_lumbar, "
+                                             "tscore_hip (one row per study x timepoint).", **_FILE)],
     db: Database,
 ) -> None:
     """Validate the trial's clinical data and store it (all rows or none). Exit 1 on invalid rows."""

@@ -47,8 +47,8 @@ class CohortSpec:
         Region (A, B, C) -> group mean and common SD of vBMD, mg/cm3.
     region_correlation : float
         Correlation of a patient's three regions around the group means.
-    tscore_hip_loose, tscore_hip_stable, tscore_sd : float
-        DXA hip T-score (SD units) group means and SD.
+    tscore_hip_loose, tscore_hip_stable, tscore_lumbar_loose, tscore_lumbar_stable, tscore_sd : float
+        DXA T-scores (SD units): group means and their SD.
     cement_odds_ratio : float
         True odds ratio of loosening with cement vs without (cement assigned 1:1 among stable
         patients, at odds ``cement_odds_ratio`` among loosened ones).
@@ -70,6 +70,8 @@ class CohortSpec:
     region_correlation: float = 0.8
     tscore_hip_loose: float = -2.14
     tscore_hip_stable: float = -1.80
+    tscore_lumbar_loose: float = -1.90
+    tscore_lumbar_stable: float = -1.60
     tscore_sd: float = 1.0
     cement_odds_ratio: float = 0.5
     fusion_rate_peek: tuple = (0.20, 0.50, 0.75, 0.85)
@@ -87,11 +89,12 @@ class Cohort:
     ----------
     patients : DataFrame
         One row per patient: study_id, cement (bool), cage_type, vbmd_a, vbmd_b, vbmd_c
-        (mg/cm3), tscore_hip, loosened (bool, at month_12).
+        (mg/cm3), tscore_hip, tscore_lumbar, age_years, sex, bmi_kg_m2, loosened (bool, at
+        month_12).
     visits : DataFrame
         One row per patient x timepoint (baseline and :data:`FOLLOW_UPS`): the clinical CSV's
         columns (arm, cement, cage_type, odi_1..odi_10, vas_back, vas_leg, fusion_grade,
-        loosening_reader).
+        loosening_reader; the baseline covariates on the baseline row).
     screws : DataFrame
         One row per screw x follow-up: study_id, timepoint, vertebra, side, loose (bool).
     """
@@ -119,13 +122,19 @@ def _patients(rng, spec: CohortSpec) -> pd.DataFrame:
     regions = _regions(rng, spec, loose)
     p_cement_loose = spec.cement_odds_ratio / (1 + spec.cement_odds_ratio)
     cement = rng.random(n) < np.where(loose, p_cement_loose, 0.5)
-    tscore = np.where(loose, spec.tscore_hip_loose, spec.tscore_hip_stable) + spec.tscore_sd * rng.standard_normal(n)
+    def tscore(loose_mean, stable_mean):
+        return np.round(np.where(loose, loose_mean, stable_mean) + spec.tscore_sd * rng.standard_normal(n), 1)
+
     return pd.DataFrame({
         "study_id": [f"SYN{i + 1:03d}" for i in range(n)],
         "cement": cement,
         "cage_type": np.where(rng.random(n) < 0.5, "titanium_3d", "peek"),
         "vbmd_a": regions["A"], "vbmd_b": regions["B"], "vbmd_c": regions["C"],
-        "tscore_hip": tscore,
+        "tscore_hip": tscore(spec.tscore_hip_loose, spec.tscore_hip_stable),
+        "tscore_lumbar": tscore(spec.tscore_lumbar_loose, spec.tscore_lumbar_stable),
+        "age_years": np.round(rng.normal(66.0, 8.0, n).clip(40, 90)),
+        "sex": np.where(rng.random(n) < 0.7, "female", "male"),
+        "bmi_kg_m2": np.round(rng.normal(25.5, 3.5, n).clip(16, 45), 1),
         "loosened": loose,
     })
 
@@ -161,6 +170,9 @@ def _visits(rng, spec: CohortSpec, patients: pd.DataFrame, screws: pd.DataFrame)
             worse = 6.0 if loose else 0.0
             row = {"study_id": p.study_id, "timepoint": t, "arm": "cement" if p.cement else "no_cement",
                    "cement": "yes" if p.cement else "no", "cage_type": p.cage_type}
+            if t == "baseline":
+                row.update(age_years=p.age_years, sex=p.sex, bmi_kg_m2=p.bmi_kg_m2, tscore_lumbar=p.tscore_lumbar,
+                           tscore_hip=p.tscore_hip)
             sections = _odi_sections(rng, spec, odi_mean[t] + worse + rng.normal(0, 8))
             row.update({f"odi_{i + 1}": s for i, s in enumerate(sections)})
             row["vas_back"] = float(np.clip(round(vas_mean[t] + worse / 6 + rng.normal(0, 1.5), 1), 0, 10))

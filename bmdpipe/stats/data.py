@@ -3,8 +3,8 @@ synthetic cohort written into a database.
 
 From the database (:func:`load_trial`) come three frames:
 
-- ``patients``: one row per study: ``cement``, ``cage_type``, ``arm`` (the first value given at
-  any visit), ``vbmd_a``, ``vbmd_b``, ``vbmd_c`` (baseline vBMD of each region, mean over the
+- ``patients``: one row per study: ``cement``, ``cage_type``, ``arm``, ``age_years``, ``sex``,
+  ``bmi_kg_m2``, ``tscore_lumbar``, ``tscore_hip`` (the first value given at any visit), ``vbmd_a``, ``vbmd_b``, ``vbmd_c`` (baseline vBMD of each region, mean over the
   vertebrae of ``stats.vbmd_levels`` and both sides, mg/cm3), ``qct_vbmd_a`` (mean region-A
   vBMD over every vertebra measured at baseline, mg/cm3), ``qct_category``, and
   ``loosened`` (at ``stats.primary_timepoint``: any screw of the study's CT ``loosened``, or the
@@ -30,10 +30,14 @@ from ..config import StatsSettings
 from ..errors import StatsError
 
 __all__ = ["TrialData", "load_trial", "read_table", "require_column", "numeric_column", "binary_column",
-           "analysis_rows", "write_cohort", "qct_category", "QCT_CATEGORIES"]
+           "analysis_rows", "write_cohort", "qct_category", "QCT_CATEGORIES", "ARM_COLUMNS", "COVARIATES"]
 
 #: QCT categories of the mean region-A vBMD, best first
 QCT_CATEGORIES = ("normal", "low bone mass", "osteoporosis")
+
+#: per-study columns of the clinical visits (the first value given at any visit)
+ARM_COLUMNS = ("arm", "cement", "cage_type")
+COVARIATES = ("age_years", "sex", "bmi_kg_m2", "tscore_lumbar", "tscore_hip")
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE = {"0", "0.0", "false", "no", "n", "f"}
@@ -157,7 +161,7 @@ def _patients(session: Session, visits: pd.DataFrame, screws: pd.DataFrame, sett
 
     ids = sorted(session.scalars(sa.select(Study.study_id)))
     patients = pd.DataFrame(index=pd.Index(ids, name="study_id"))
-    for column in ("arm", "cement", "cage_type"):
+    for column in (*ARM_COLUMNS, *COVARIATES):
         patients[column] = _first_given(visits, column)
     patients = patients.join(_vbmd(session, settings))
     patients["qct_category"] = qct_category(patients.qct_vbmd_a.to_numpy(float), settings)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import StatsSettings
 from .cohort import FOLLOW_UPS
-from .data import QCT_CATEGORIES, TrialData
+from .data import COVARIATES, QCT_CATEGORIES, TrialData
 from .endpoints import patient_loosening, rates_by_arm, scores_by_arm, screw_rates_by_arm
 from .figures import over_time_figure, roc_figure
 from .groups import compare_groups, group_table
@@ -141,7 +141,13 @@ def _scores(rep: TrialReport, data: TrialData, arms: pd.DataFrame) -> None:
 
 def _loosening_frame(patients: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
     frame = patients.merge(arms, how="left").dropna(subset=["loosened"])
-    return frame.assign(group=frame.loosened.map({1.0: "loosened", 0.0: "stable"}))
+    numeric = {c: pd.to_numeric(frame[c], errors="coerce") for c in COVARIATES if c != "sex"}
+    return frame.assign(**numeric, group=frame.loosened.map({1.0: "loosened", 0.0: "stable"}))
+
+
+def _recorded(frame: pd.DataFrame, columns) -> list[str]:
+    """The columns of ``frame`` with at least one value."""
+    return [c for c in columns if frame[c].notna().any()]
 
 
 def _vbmd_tables(rep: TrialReport, data: TrialData, arms: pd.DataFrame) -> None:
@@ -156,8 +162,12 @@ def _vbmd_tables(rep: TrialReport, data: TrialData, arms: pd.DataFrame) -> None:
         rep.too_small(f"{n_pos} loosened and {n_neg} stable patients with vBMD; Tables 1-3 need at least "
                       f"{s.min_per_group} of each (stats.min_per_group)")
         return
-    labels, rows = compare_groups(frame, "group", [*REGIONS, "qct_vbmd_a", "cement_arm", "cage_arm"],
-                                  normality_alpha=s.normality_alpha, min_expected_count=s.min_expected_count)
+    absent = [c for c in COVARIATES if c not in _recorded(frame, COVARIATES)]
+    if absent:
+        rep.text(f"Not recorded (import-clinical columns), so left out: {', '.join(absent)}.")
+    variables = _recorded(frame, [*REGIONS, "qct_vbmd_a", *COVARIATES, "cement_arm", "cage_arm"])
+    labels, rows = compare_groups(frame, "group", variables, normality_alpha=s.normality_alpha,
+                                  min_expected_count=s.min_expected_count)
     rep.table(group_table(labels, rows), "Table 1. Patients with and without loosening (t-test or Mann-Whitney U "
               "by Shapiro-Wilk; chi-square or Fisher)")
     _odds_ratios(rep, frame)
@@ -165,36 +175,60 @@ def _vbmd_tables(rep: TrialReport, data: TrialData, arms: pd.DataFrame) -> None:
 
 
 def _odds_ratios(rep: TrialReport, frame: pd.DataFrame) -> None:
-    scaled = frame.assign(**{f"{REGIONS[r]} per 10 mg/cm3": frame[r] / 10 for r in REGIONS},
-                          cement=(frame.cement_arm == "cement").astype(float).where(frame.cement_arm.notna()))
-    per10 = [f"{REGIONS[r]} per 10 mg/cm3" for r in REGIONS]
+    per10 = {f"{REGIONS[r]} per 10 mg/cm3": frame[r] / 10 for r in REGIONS}
+    coded = {"age per 10 years": frame.age_years / 10, "female": (frame.sex == "female").astype(float),
+             "BMI (kg/m2)": frame.bmi_kg_m2, "DXA lumbar T-score": frame.tscore_lumbar,
+             "DXA hip T-score": frame.tscore_hip, "cement": (frame.cement_arm == "cement").astype(float)}
+    coded["female"] = coded["female"].where(frame.sex.notna())
+    coded["cement"] = coded["cement"].where(frame.cement_arm.notna())
+    table = frame.assign(**per10, **coded)
+    univariate = _recorded(table, [*per10, *coded])
+    adjusted = _recorded(table, [list(per10)[2], "DXA hip T-score", "cement"])
     try:
-        ratios = logistic_odds_ratios(scaled, "loosened", [*per10, "cement"], multivariable=False,
+        ratios = logistic_odds_ratios(table, "loosened", univariate, multivariable=False,
                                       ci_level=rep.settings.ci_level)
-        ratios += [r for r in logistic_odds_ratios(scaled, "loosened", [per10[2], "cement"],
-                                                   ci_level=rep.settings.ci_level) if r.model == "multivariable"]
+        ratios += [r for r in logistic_odds_ratios(table, "loosened", adjusted, ci_level=rep.settings.ci_level)
+                   if r.model == "multivariable"]
     except FitError as exc:
         rep.too_small(f"Table 2: {exc}")
         return
     rep.table(odds_ratio_table(ratios), "Table 2. Logistic regression of loosening: odds ratios with Wald CIs "
-              "(univariate; multivariable: region C and cement)")
+              f"(univariate; multivariable: {', '.join(adjusted)})")
+
+
+def _roc_predictors(frame: pd.DataFrame, min_per_group: int) -> dict[str, str]:
+    """Label -> column of the predictors with enough loosened and stable patients measured."""
+    candidates = {**{REGIONS[r]: r for r in REGIONS}, "DXA hip T-score": "tscore_hip",
+                  "DXA lumbar T-score": "tscore_lumbar"}
+    out = {}
+    for label, col in candidates.items():
+        known = frame.loosened[frame[col].notna()]
+        if min(known.sum(), (1 - known).sum()) >= min_per_group:
+            out[label] = col
+    return out
 
 
 def _roc(rep: TrialReport, frame: pd.DataFrame) -> None:
     s = rep.settings
-    curves = {REGIONS[r]: roc_analysis(frame.loosened, frame[r], direction=Direction.lower, ci_level=s.ci_level)
-              for r in REGIONS}
-    table = pd.DataFrame([{"region": k, **{c: v for c, v in r.summary().items()}} for k, r in curves.items()])
-    rep.table(table, f"Table 3. ROC of vBMD for loosening: AUC with DeLong {100 * s.ci_level:.0f} % CI; Youden "
-              "cut-off (loosening predicted at or below it, mg/cm3) with its sensitivity and specificity")
+    predictors = _roc_predictors(frame, s.min_per_group)
+    curves = {}
+    for label, col in predictors.items():
+        rows = frame.dropna(subset=[col])
+        curves[label] = roc_analysis(rows.loosened, rows[col], direction=Direction.lower, ci_level=s.ci_level)
+    table = pd.DataFrame([{"predictor": k, **r.summary()} for k, r in curves.items()])
+    rep.table(table, f"Table 3. ROC for loosening: AUC with DeLong {100 * s.ci_level:.0f} % CI; Youden cut-off "
+              "(loosening predicted at or below it; mg/cm3, T-score in SD) with its sensitivity and specificity")
     tests = []
-    for other in ("vbmd_a", "vbmd_b"):
-        c = compare_aucs(frame.loosened, frame.vbmd_c, frame[other], direction=Direction.lower, ci_level=s.ci_level)
-        tests.append({"comparison": f"C vs {other[-1].upper()}", "AUC C": c.auc_1, "AUC other": c.auc_2,
+    for label, col in predictors.items():
+        if col == "vbmd_c":
+            continue
+        rows = frame.dropna(subset=[col])
+        c = compare_aucs(rows.loosened, rows.vbmd_c, rows[col], direction=Direction.lower, ci_level=s.ci_level)
+        tests.append({"comparison": f"C vs {label}", "n": len(rows), "AUC C": c.auc_1, "AUC other": c.auc_2,
                       "difference": c.difference, "CI low": c.ci_low, "CI high": c.ci_high, "z": c.z,
                       "p": c.p_value})
     rep.table(pd.DataFrame(tests), "DeLong test of correlated AUCs (same patients)")
-    rep.figure("roc", roc_figure(curves), "ROC curves of baseline vBMD by region for loosening")
+    rep.figure("roc", roc_figure(curves), "ROC curves for loosening: baseline vBMD by region and DXA T-scores")
 
 
 def _qct(rep: TrialReport, data: TrialData) -> None:
@@ -230,8 +264,6 @@ def trial_report(data: TrialData, settings: StatsSettings | None = None, *, sour
     rep.text(f"Source: {source}. Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by bmdpipe "
              f"stats report. {len(data.patients)} studies, {len(data.visits)} clinical visits, "
              f"{len(data.screws)} screw measurements.")
-    rep.text("Not in the database, so not shown: DXA T-scores, age, sex and BMI (import-clinical has no columns "
-             "for them).")
     _endpoints(rep, data, arms)
     _scores(rep, data, arms)
     _vbmd_tables(rep, data, arms)

@@ -35,13 +35,17 @@ def report(cohort_db):
 
 def test_report_shows_the_cohorts_auc_and_methods(report):
     """Table 3 holds the AUC of region C computed directly on the cohort (near the paper's 0.736), and the report
-    names its methods: GEE for screws, DeLong, Youden; every section is present."""
+    names its methods: GEE for screws, DeLong, Youden; the hip T-score has its own ROC row; every section is
+    present."""
     rep, cohort = report
     page = rep.html("t")
     direct = roc_analysis(cohort.patients.loosened, cohort.patients.vbmd_c, direction="lower")
     assert abs(direct.auc - 0.732) < 4 * direct.auc_se
     row = re.search(r"<td>C \(screw trajectory\)</td>\s*<td>([0-9.]+)</td>", page)
     assert row and float(row.group(1)) == pytest.approx(direct.auc, abs=1e-3)
+    hip = roc_analysis(cohort.patients.loosened, cohort.patients.tscore_hip, direction="lower")
+    row = re.search(r"<td>DXA hip T-score</td>\s*<td>([0-9.]+)</td>", page)
+    assert row and float(row.group(1)) == pytest.approx(hip.auc, abs=1e-3)
     for text in ("GEE (binomial, logit link, exchangeable", "DeLong", "Youden", "Table 1.", "Table 2.", "Table 3.",
                  "QCT categories", "ODI and VAS over time", "month_24", "titanium_3d"):
         assert text in page, text
