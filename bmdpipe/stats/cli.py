@@ -135,9 +135,10 @@ def roc(
     with _errors_as_usage():
         frame, source = _table(data, db, settings)
         rows = analysis_rows(frame, outcome, [predictor] + ([compare] if compare else []), source)
-        if min(rows[outcome].sum(), (1 - rows[outcome]).sum()) < 2:
-            _fail(f"{source}, column {outcome!r}: DeLong needs at least 2 cases of each outcome class")
+    try:
         result = roc_analysis(rows[outcome], rows[predictor], direction=direction, ci_level=settings.ci_level)
+    except ValueError as exc:  # fewer than 2 cases in an outcome class
+        _fail(f"{source}, column {outcome!r}: {exc}")
     summary = result.summary()
     typer.echo(f"{predictor} for {outcome}: AUC {result.auc:.3f} ({100 * settings.ci_level:.0f} % CI "
                f"{result.auc_ci_low:.3f}-{result.auc_ci_high:.3f}, DeLong), n = {result.n_positive} positive + "

@@ -1,9 +1,11 @@
 """The trial's endpoints by arm: loosening (per patient and per screw) and fusion rates at each
 follow-up, ODI and VAS over time.
 
-Rates carry Wilson score intervals; two arms are compared by chi-square or Fisher's exact
-test per patient, and per screw by a GEE that keeps a patient's screws together
-(:func:`~bmdpipe.stats.regression.clustered_odds_ratio`).
+Per-patient rates carry Wilson score intervals and two arms are compared by chi-square or
+Fisher's exact test. Screws are clustered within patients: their rate's CI and the arms'
+odds ratio come from GEEs with robust standard errors
+(:func:`~bmdpipe.stats.regression.clustered_proportion`,
+:func:`~bmdpipe.stats.regression.clustered_odds_ratio`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from scipy import stats
 from ..config import StatsSettings
 from ..store.db import TIMEPOINTS
 from .groups import compare_groups, two_by_two_test
-from .regression import FitError, clustered_odds_ratio
+from .regression import FitError, clustered_odds_ratio, clustered_proportion
 
 __all__ = ["rates_by_arm", "screw_rates_by_arm", "scores_by_arm", "patient_loosening"]
 
@@ -70,27 +72,50 @@ def rates_by_arm(frame: pd.DataFrame, arm: str, outcome: str, settings: StatsSet
     return _by_visit(pd.DataFrame(rows))
 
 
+def _screw_rate_cells(g: pd.DataFrame, settings: StatsSettings) -> dict:
+    """n, events and the rate of loose screws with a CI clustered by patient (GEE, robust SE); too few
+    patients or events: the rate alone, the CI empty and a note saying why."""
+    n, events = len(g), int(g.loose.sum())
+    cells = {"patients": g.study_id.nunique(), "n": n, "events": events, "rate %": 100 * events / n,
+             "CI low %": np.nan, "CI high %": np.nan, "CI note": ""}
+    if cells["patients"] < settings.min_per_group:
+        cells["CI note"] = f"n too small (< {settings.min_per_group} patients)"
+        return cells
+    try:
+        _, low, high = clustered_proportion(g, "loose", "study_id", ci_level=settings.ci_level)
+        cells.update({"CI low %": 100 * low, "CI high %": 100 * high})
+    except FitError as exc:
+        cells["CI note"] = str(exc)
+    return cells
+
+
+def _arm_gee(at: pd.DataFrame, arm: str, settings: StatsSettings) -> dict:
+    """The GEE odds ratio of a loose screw between two arms (the later-sorted arm vs the first)."""
+    names = sorted(at[arm].unique())
+    gee = {"GEE OR": np.nan, "OR CI low": np.nan, "OR CI high": np.nan, "p": np.nan,
+           "OR note": f"{names[-1]} vs {names[0]}" if len(names) == 2 else ""}
+    patients = at.groupby(arm).study_id.nunique()
+    if len(patients) != 2 or patients.min() < settings.min_per_group or at.loose.sum() in (0, len(at)):
+        gee["OR note"] = f"n too small (< {settings.min_per_group} patients per arm) or one outcome only"
+        return gee
+    try:
+        r = clustered_odds_ratio(at.assign(arm_code=(at[arm] == names[-1]).astype(float)), "loose", "arm_code",
+                                 "study_id", ci_level=settings.ci_level)
+        gee.update({"GEE OR": r.odds_ratio, "OR CI low": r.ci_low, "OR CI high": r.ci_high, "p": r.p_value})
+    except FitError as exc:
+        gee["OR note"] = str(exc)
+    return gee
+
+
 def screw_rates_by_arm(screws: pd.DataFrame, arm: str, settings: StatsSettings) -> pd.DataFrame:
-    """Per arm and timepoint: screws, loose screws, rate with (unclustered Wilson) CI, and the
-    GEE odds ratio of loosening between two arms with its robust CI and p."""
+    """Per arm and timepoint: screws, loose screws, their rate with a patient-clustered CI, and
+    the GEE odds ratio of loosening between two arms with its robust CI and p."""
     rows = []
     for t, at in screws.dropna(subset=[arm, "loose"]).groupby("timepoint", sort=False):
-        names = sorted(at[arm].unique())
-        at = at.assign(loose=at.loose.astype(float), arm_code=(at[arm] == names[-1]).astype(float))
-        gee = {"GEE OR": np.nan, "OR CI low": np.nan, "OR CI high": np.nan, "p": np.nan,
-               "note": f"OR: {names[-1]} vs {names[0]}" if len(names) == 2 else ""}
-        patients = at.groupby(arm).study_id.nunique()
-        if len(patients) == 2 and patients.min() >= settings.min_per_group and 0 < at.loose.sum() < len(at):
-            try:
-                r = clustered_odds_ratio(at, "loose", "arm_code", "study_id", ci_level=settings.ci_level)
-                gee.update({"GEE OR": r.odds_ratio, "OR CI low": r.ci_low, "OR CI high": r.ci_high, "p": r.p_value})
-            except FitError as exc:
-                gee["note"] = str(exc)
-        else:
-            gee["note"] = f"n too small (< {settings.min_per_group} patients per arm) or one outcome only"
+        at = at.assign(loose=at.loose.astype(float))
+        gee = _arm_gee(at, arm, settings)
         for a, g in at.groupby(arm):
-            rows.append({"timepoint": t, "arm": a, "patients": g.study_id.nunique(),
-                         **_rate_cells(int(g.loose.sum()), len(g), settings), **gee})
+            rows.append({"timepoint": t, "arm": a, **_screw_rate_cells(g, settings), **gee})
     return _by_visit(pd.DataFrame(rows))
 
 

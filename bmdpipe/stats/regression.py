@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["OddsRatio", "logistic_odds_ratios", "odds_ratio_table", "clustered_odds_ratio"]
+__all__ = ["OddsRatio", "logistic_odds_ratios", "odds_ratio_table", "clustered_odds_ratio", "clustered_proportion"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,54 @@ def odds_ratio_table(ratios: list[OddsRatio]) -> pd.DataFrame:
                           "CI low": r.ci_low, "CI high": r.ci_high, "p": r.p_value} for r in ratios])
 
 
+def _fit_gee(rows: pd.DataFrame, outcome: str, design: pd.DataFrame, cluster: str, cov_struct, what: str):
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
+
+    with warnings.catch_warnings():
+        for w in (PerfectSeparationWarning, ConvergenceWarning, RuntimeWarning):
+            warnings.simplefilter("error", w)
+        try:
+            return sm.GEE(rows[outcome].astype(float), design, groups=rows[cluster], family=sm.families.Binomial(),
+                          cov_struct=cov_struct).fit()
+        except (PerfectSeparationWarning, ConvergenceWarning, RuntimeWarning, np.linalg.LinAlgError,
+                ValueError) as exc:
+            raise FitError(f"the GEE of {what} cannot be fitted: {exc}") from None
+
+
+def clustered_proportion(frame: pd.DataFrame, outcome: str, cluster: str, *,
+                         ci_level: float = 0.95) -> tuple[float, float, float]:
+    """Share of units with ``outcome`` (screws loose) and its CI respecting the clusters (patients).
+
+    A GEE with an intercept only, independence working correlation (so the estimate is the
+    plain share) and robust standard errors; the CI is the logit-scale Wald interval.
+
+    Returns
+    -------
+    rate, ci_low, ci_high : float
+        Proportions (0-1).
+
+    Raises
+    ------
+    FitError
+        When every unit or none has the outcome, or the model cannot be fitted.
+    """
+    import statsmodels.api as sm
+
+    rows = frame[[outcome, cluster]].dropna()
+    events = rows[outcome].astype(float).sum()
+    if events in (0, len(rows)):
+        raise FitError(f"{outcome}: {'no' if events == 0 else 'every'} unit has the outcome; no logit CI")
+    design = pd.DataFrame({"const": np.ones(len(rows))}, index=rows.index)
+    fit = _fit_gee(rows, outcome, design, cluster, sm.cov_struct.Independence(), f"{outcome} (rate)")
+    low, high = fit.conf_int(alpha=1 - ci_level).loc["const"]
+    return float(events / len(rows)), float(_expit(low)), float(_expit(high))
+
+
+def _expit(x: float) -> float:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 def clustered_odds_ratio(frame: pd.DataFrame, outcome: str, predictor: str, cluster: str, *,
                          ci_level: float = 0.95) -> OddsRatio:
     """Odds ratio of a per-unit outcome (a screw's loosening) for a predictor, the units
@@ -115,17 +163,8 @@ def clustered_odds_ratio(frame: pd.DataFrame, outcome: str, predictor: str, clus
         When the GEE cannot be fitted.
     """
     import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
     rows = frame[[outcome, predictor, cluster]].dropna()
-    with warnings.catch_warnings():
-        for w in (PerfectSeparationWarning, ConvergenceWarning, RuntimeWarning):
-            warnings.simplefilter("error", w)
-        try:
-            model = sm.GEE(rows[outcome].astype(float), _design(rows, [predictor]), groups=rows[cluster],
-                           family=sm.families.Binomial(), cov_struct=sm.cov_struct.Exchangeable())
-            fit = model.fit()
-        except (PerfectSeparationWarning, ConvergenceWarning, RuntimeWarning, np.linalg.LinAlgError,
-                ValueError) as exc:
-            raise FitError(f"the GEE of {outcome} on {predictor} cannot be fitted: {exc}") from None
+    fit = _fit_gee(rows, outcome, _design(rows, [predictor]), cluster, sm.cov_struct.Exchangeable(),
+                   f"{outcome} on {predictor}")
     return _ratios(fit, [predictor], "GEE", len(rows), ci_level)[0]

@@ -87,10 +87,11 @@ def _endpoints(rep: TrialReport, data: TrialData, arms: pd.DataFrame) -> None:
     per_patient = patient_loosening(data.screws, follow).merge(
         follow[["study_id", "timepoint", "fused"]], on=["study_id", "timepoint"], how="outer").merge(arms, how="left")
     screws = data.screws.merge(arms, how="left")
-    rep.text("Rates with Wilson %.0f %% CIs; arms compared by chi-square, or Fisher's exact test when an expected "
-             "count is below %g. Per-screw loosening is clustered within patients: it is compared by a GEE "
-             "(binomial, logit link, exchangeable working correlation within the patient, robust standard "
-             "errors); its rate CI is per screw, unclustered." % (100 * s.ci_level, s.min_expected_count))
+    rep.text("Per patient: rates with Wilson %.0f %% CIs; arms compared by chi-square, or Fisher's exact test "
+             "when an expected count is below %g. Per screw: a patient's screws are clustered, so the arms are "
+             "compared by a GEE (binomial, logit link, exchangeable working correlation within the patient, "
+             "robust standard errors) and each rate's CI comes from an intercept-only GEE with robust standard "
+             "errors (logit scale)." % (100 * s.ci_level, s.min_expected_count))
     panels: dict[str, dict] = {"loosened": {}, "fused": {}}
     for arm, label in ARMS.items():
         rep.heading(label, 3)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from bmdpipe.stats.regression import FitError, clustered_odds_ratio, logistic_odds_ratios
+from bmdpipe.stats.regression import FitError, clustered_odds_ratio, clustered_proportion, logistic_odds_ratios
 
 
 def _two_by_two(a, b, c, d):
@@ -61,3 +61,19 @@ def test_perfect_separation_is_a_fit_error():
     frame = pd.DataFrame({"x": np.arange(20.0), "y": (np.arange(20) >= 10).astype(float)})
     with pytest.raises(FitError, match="x"):
         logistic_odds_ratios(frame, "y", ["x"])
+
+
+def test_clustered_proportion_counts_patients_not_screws():
+    """Four identical screws per patient: the rate is the plain share and its robust CI is the patients' logit
+    Wald CI (the sandwich variance reduces to 1 / (N p (1 - p)) with N patients), not the screws'."""
+    patients = _two_by_two(20, 30, 0, 0).assign(study_id=lambda f: [f"P{i}" for i in range(len(f))])
+    screws = patients.loc[patients.index.repeat(4)].reset_index(drop=True)
+    rate, low, high = clustered_proportion(screws, "case", "study_id")
+    p, n = 20 / 50, 50
+    half = norm.ppf(0.975) / np.sqrt(n * p * (1 - p))
+    expit = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    assert rate == pytest.approx(p, abs=1e-12)
+    assert low == pytest.approx(expit(np.log(p / (1 - p)) - half), rel=1e-6)
+    assert high == pytest.approx(expit(np.log(p / (1 - p)) + half), rel=1e-6)
+    with pytest.raises(FitError, match="no unit has the outcome"):
+        clustered_proportion(screws.assign(case=0), "case", "study_id")

@@ -109,3 +109,12 @@ def test_report_and_roc_from_the_database(cohort_db, tmp_path):
     res = runner.invoke(app, ["stats", "roc", "--db", url, "--predictor", "vbmd_c", "--outcome", "loosened"])
     want = roc_analysis(cohort.patients.loosened, cohort.patients.vbmd_c)
     assert res.exit_code == 0 and f"AUC {want.auc:.3f}" in res.output
+
+
+def test_roc_one_case_of_a_class(cohort_csv, tmp_path):
+    """A single loosened patient: exit 2, DeLong needs two of each class."""
+    path, patients = cohort_csv
+    few = tmp_path / "few.csv"
+    pd.concat([patients[patients.loosened].head(1), patients[~patients.loosened]]).to_csv(few, index=False)
+    res = runner.invoke(app, ["stats", "roc", "--data", str(few), "--predictor", "vbmd_c", "--outcome", "loosened"])
+    assert res.exit_code == 2 and "at least 2 positive" in res.output and "'loosened'" in res.output
