@@ -107,3 +107,14 @@ def test_table1_cohort_auc_near_the_paper():
         aucs.append(r.auc)
         ses.append(r.auc_se)
     assert abs(np.mean(aucs) - truth) < 3 * np.mean(ses) / np.sqrt(20)
+
+
+def test_hanley_mcneil_worked_example():
+    """Hanley & McNeil (Radiology 1982) Table 1: CT ratings 1-5 of 58 normal and 51 abnormal cases; published
+    AUC 0.893 and SE 0.032 (their exponential approximation; the DeLong SE agrees to within 10 %)."""
+    normal = np.repeat([1, 2, 3, 4, 5], [33, 6, 6, 11, 2])
+    abnormal = np.repeat([1, 2, 3, 4, 5], [3, 2, 2, 11, 33])
+    y = np.r_[np.zeros(58, bool), np.ones(51, bool)]
+    r = roc_analysis(y, np.r_[normal, abnormal], direction="higher")
+    assert r.auc == pytest.approx(0.893, abs=1e-3)
+    assert r.auc_se == pytest.approx(0.032, rel=0.10)
