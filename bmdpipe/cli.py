@@ -376,7 +376,8 @@ def _database(url: str):
 def import_clinical_cmd(
     csv_file: Annotated[Path, typer.Argument(help="Clinical CSV: study_id, timepoint, arm, cement, "
                                              "cage_type, odi_1..odi_10, vas_back, vas_leg, fusion_grade, "
-                                             "loosening_reader (one row per study x timepoint).", **_FILE)],
+                                             "loosening_reader, age_years, sex, bmi_kg_m2, tscore_lumbar, "
+                                             "tscore_hip (one row per study x timepoint).", **_FILE)],
     db: Database,
 ) -> None:
     """Validate the trial's clinical data and store it (all rows or none). Exit 1 on invalid rows."""
@@ -390,6 +391,11 @@ def import_clinical_cmd(
             raise typer.Exit(EXIT_FAILED) from None
     typer.echo(f"{summary.n_rows} rows: {summary.n_inserted} visits added, {summary.n_replaced} replaced, "
                f"{summary.n_new_studies} new studies")
+
+
+from .stats.cli import app as _stats_app  # noqa: E402  (the sub-app's commands import their libraries lazily)
+
+app.add_typer(_stats_app, name="stats")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -360,6 +360,23 @@ class StoreSettings(_Section):
     sqlite_lock_timeout_s: float = Field(gt=0)
 
 
+class StatsSettings(_Section):
+    """Trial statistics (``bmdpipe stats``): test choices, QCT categories, endpoint rules."""
+
+    section: ClassVar[str] = "stats"
+    ci_level: float = Field(gt=0, lt=1)
+    alpha: float = Field(gt=0, lt=1)
+    normality_alpha: float = Field(gt=0, lt=1)
+    min_expected_count: float = Field(gt=0)
+    min_per_group: int = Field(ge=2)
+    primary_timepoint: str
+    vbmd_levels: tuple[str, ...]
+    qct_normal_min_mg_cm3: float
+    qct_osteoporosis_below_mg_cm3: float
+    fused_max_bridwell_grade: int = Field(ge=1, le=4)
+    odi_max_missing_sections: int = Field(ge=0, le=9)
+
+
 class Settings(_Frozen):
     """All pipeline settings. Sections mirror ``configs/default.yaml``."""
 
@@ -375,6 +392,7 @@ class Settings(_Frozen):
     noise: NoiseSettings = Field(default_factory=NoiseSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

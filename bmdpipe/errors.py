@@ -65,3 +65,9 @@ class StoreError(BmdpipeError):
     """Results could not be written to CSV / database."""
 
     stage = "store"
+
+
+class StatsError(BmdpipeError, ValueError):
+    """A statistics input (CSV file, database, column) cannot be analysed as asked."""
+
+    stage = "stats"

@@ -13,6 +13,11 @@ odi_1 ... odi_10   Oswestry Disability Index section scores 0-5; empty = not ans
 vas_back, vas_leg  visual analogue scale 0-10
 fusion_grade       Bridwell grade I, II, III, IV (or 1-4)
 loosening_reader   the reader's screw-loosening call: yes / no
+age_years          age at surgery, years (0-120)
+sex                female / male (also f / m)
+bmi_kg_m2          body-mass index, kg/m2 (10-80)
+tscore_lumbar      DXA T-score of the lumbar spine, SD units (-8 to 6)
+tscore_hip         DXA T-score of the hip (total hip or femoral neck as the trial fixes), SD units (-8 to 6)
 =================  ===================================================================
 
 ``odi_index`` is computed: sum / (5 x answered sections) x 100 (%), empty when no section
@@ -126,11 +131,36 @@ def _bridwell(value: Any) -> Any:
     return grade
 
 
+def _bounded(low: float, high: float):
+    """A validator: a blank cell -> None, else a number within [low, high]."""
+    def check(value: Any) -> float | None:
+        number = _optional_number(value)
+        if number is not None and not low <= number <= high:
+            raise ValueError(f"is out of range {low:g} to {high:g}")
+        return number
+
+    return check
+
+
+_SEX = {"female": "female", "f": "female", "male": "male", "m": "male"}
+
+
+def _sex(value: Any) -> Any:
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    sex = _SEX.get(str(value).lower())
+    if sex is None:
+        raise ValueError("is not female or male")
+    return sex
+
+
 YesNo = Annotated[bool | None, BeforeValidator(_yes_no)]
 OdiScore = Annotated[int | None, BeforeValidator(_int_score)]
 Vas = Annotated[float | None, BeforeValidator(_vas)]
 Bridwell = Annotated[int | None, BeforeValidator(_bridwell)]
 Text = Annotated[str | None, BeforeValidator(_blank_to_none)]
+TScore = Annotated[float | None, BeforeValidator(_bounded(-8.0, 6.0))]
 
 
 class ClinicalRow(BaseModel):
@@ -157,6 +187,11 @@ class ClinicalRow(BaseModel):
     vas_leg: Vas = None
     fusion_grade: Bridwell = None
     loosening_reader: YesNo = None
+    age_years: Annotated[float | None, BeforeValidator(_bounded(0.0, 120.0))] = None
+    sex: Annotated[str | None, BeforeValidator(_sex)] = None
+    bmi_kg_m2: Annotated[float | None, BeforeValidator(_bounded(10.0, 80.0))] = None
+    tscore_lumbar: TScore = None
+    tscore_hip: TScore = None
 
     @field_validator("study_id", mode="before")
     @classmethod

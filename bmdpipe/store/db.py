@@ -245,6 +245,8 @@ class ClinicalVisit(Base):
     ODI section scores are 0-5 (None = not answered); ``odi_index`` is
     sum / (5 x answered sections) x 100 in %. VAS is 0-10. ``fusion_grade`` is the
     Bridwell grade 1-4 (I-IV). ``loosening_reader`` is the reader's loosening call.
+    Baseline covariates (usually on the baseline row): ``age_years``, ``sex`` (female / male),
+    ``bmi_kg_m2`` (kg/m2), DXA T-scores ``tscore_lumbar`` and ``tscore_hip`` (SD units).
     """
 
     __tablename__ = "clinical_visits"
@@ -270,6 +272,11 @@ class ClinicalVisit(Base):
     vas_leg: Mapped[float | None] = mapped_column(sa.Double)
     fusion_grade: Mapped[int | None] = mapped_column(sa.SmallInteger)
     loosening_reader: Mapped[bool | None] = mapped_column(sa.Boolean)
+    age_years: Mapped[float | None] = mapped_column(sa.Double)
+    sex: Mapped[str | None] = mapped_column(sa.String(16))
+    bmi_kg_m2: Mapped[float | None] = mapped_column(sa.Double)
+    tscore_lumbar: Mapped[float | None] = mapped_column(sa.Double)
+    tscore_hip: Mapped[float | None] = mapped_column(sa.Double)
     source: Mapped[str | None] = mapped_column(sa.Text)
     imported: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
 
@@ -281,6 +288,7 @@ CLINICAL_COLUMNS = (
     "study_id", "timepoint", "arm", "cement", "cage_type",
     *(f"odi_{i}" for i in range(1, 11)),
     "odi_index", "vas_back", "vas_leg", "fusion_grade", "loosening_reader",
+    "age_years", "sex", "bmi_kg_m2", "tscore_lumbar", "tscore_hip",
 )
 
 

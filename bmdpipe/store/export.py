@@ -218,6 +218,14 @@ def redcap_dictionary(levels: tuple[str, ...] = DEFAULT_LEVELS) -> list[dict[str
         _dict_row("fusion_grade", "clinical", "dropdown", "Fusion (Bridwell grade)",
                   choices="1, I | 2, II | 3, III | 4, IV", section="Imaging"),
         _dict_row("loosening_reader", "clinical", "yesno", "Screw loosening (reader's call)"),
+        _dict_row("age_years", "clinical", "text", "Age", note="years", validation="number", vmin="0",
+                  vmax="120", section="Baseline covariates"),
+        _dict_row("sex", "clinical", "radio", "Sex", choices="female, female | male, male"),
+        _dict_row("bmi_kg_m2", "clinical", "text", "Body-mass index", note="kg/m2", validation="number",
+                  vmin="10", vmax="80"),
+        _dict_row("tscore_lumbar", "clinical", "text", "DXA T-score, lumbar spine", validation="number",
+                  vmin="-8", vmax="6"),
+        _dict_row("tscore_hip", "clinical", "text", "DXA T-score, hip", validation="number", vmin="-8", vmax="6"),
     ]
     return rows
 

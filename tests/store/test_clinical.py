@@ -119,3 +119,25 @@ def test_cli_import_clinical_and_export(tmp_path, sqlite_url):
     assert res.exit_code == 2
     res = runner.invoke(app, ["export", "--db", "nonsense", "--out", str(tmp_path / "z")])
     assert res.exit_code == 2
+
+
+def test_baseline_covariates_are_validated_and_stored(tmp_path, sqlite_url):
+    """age, sex, BMI and DXA T-scores: range-checked with row-level errors, stored when valid."""
+    path = tmp_path / "cov.csv"
+    path.write_text("study_id,timepoint,age_years,sex,bmi_kg_m2,tscore_lumbar,tscore_hip\n"
+                    "S1,baseline,67,F,24.5,-1.9,-2.6\n"
+                    "S2,baseline,130,x,5,-9,7\n")
+    with pytest.raises(ClinicalImportError) as info:
+        parse_clinical_csv(path)
+    assert set(info.value.errors) == {
+        "row 3: age_years = 130 is out of range 0 to 120", "row 3: sex = x is not female or male",
+        "row 3: bmi_kg_m2 = 5 is out of range 10 to 80", "row 3: tscore_lumbar = -9 is out of range -8 to 6",
+        "row 3: tscore_hip = 7 is out of range -8 to 6"}
+    path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n")
+    engine = db.open_db(sqlite_url)
+    import_clinical(engine, path)
+    with Session(engine) as session:
+        (visit,) = db.query_clinical(session)
+    engine.dispose()
+    assert (visit["age_years"], visit["sex"], visit["bmi_kg_m2"], visit["tscore_lumbar"], visit["tscore_hip"]) == (
+        67.0, "female", 24.5, -1.9, -2.6)

@@ -29,7 +29,7 @@ def test_open_db_migrates_to_head_and_is_idempotent(sqlite_url):
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
         tables = set(sa.inspect(conn).get_table_names())
     eng.dispose()
-    assert version == "0001"
+    assert version == "0002"
     assert {t.name for t in db.Base.metadata.sorted_tables} <= tables
 
 
