@@ -1,24 +1,40 @@
 """Binary morphology with balls of a physical radius (mm) on anisotropic grids.
 
-Each operation is a Euclidean distance transform and a threshold: exactly the result of
+Each operation is a Euclidean distance transform (the ``edt`` package: exact, in float32, several
+times faster than :func:`scipy.ndimage.distance_transform_edt`) and a threshold. That is
 :mod:`scipy.ndimage`'s binary erosion or dilation with the ball of the same radius (every offset
-within ``radius_mm``, border counted as background), but its time does not grow with the ball's
-volume (a 15 mm ball on a 1.5 mm grid has about 4000 offsets, each a pass over the array).
+within ``radius_mm``; the array's border counts as background), but its time does not grow with the
+ball's volume (a 15 mm ball on a 1.5 mm grid has about 4000 offsets, each a pass over the array).
 """
 
 from __future__ import annotations
 
+import edt
 import numpy as np
-from scipy import ndimage as ndi
 
-__all__ = ["dilate_mm", "erode_mm", "open_mm"]
+__all__ = ["dilate_mm", "erode_mm", "open_mm", "distance_mm"]
+
+
+def distance_mm(mask: np.ndarray, spacing, *, border_is_outside: bool = False) -> np.ndarray:
+    """Distance (mm, float32) of each voxel of ``mask`` from the nearest voxel outside it; 0 outside.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+    spacing : sequence of float
+        Voxel size per axis, mm.
+    border_is_outside : bool
+        Count the array's border as outside (True) or ignore it (False).
+    """
+    return edt.edt(np.asarray(mask, dtype=bool), anisotropy=tuple(float(s) for s in spacing),
+                   black_border=border_is_outside)
 
 
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     """Voxels within ``radius_mm`` of ``mask`` (``spacing``: voxel size per axis, mm)."""
     if radius_mm <= 0 or not mask.any():
         return mask.astype(bool, copy=True)
-    return ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    return distance_mm(~mask, spacing) <= radius_mm
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
@@ -26,8 +42,7 @@ def erode_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     outside; ``spacing``: voxel size per axis, mm)."""
     if radius_mm <= 0:
         return mask.astype(bool, copy=True)
-    inner = (slice(1, -1),) * mask.ndim
-    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[inner] > radius_mm
+    return distance_mm(mask, spacing, border_is_outside=True) > radius_mm
 
 
 def open_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:

@@ -321,6 +321,17 @@ def load_labels(path: Path, volume: Volume, settings: AnatomySettings | None = N
     return (*labels.masks(SCHEMES[scheme]), scheme)
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every voxel of a 3-D ``mask`` (None when it is empty)."""
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str, float],
                  settings: AnatomySettings) -> list[str]:
     """Problems of resampled lumbar labels against the CT (empty list = plausible).
@@ -335,10 +346,11 @@ def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str,
             problems.append(f"{lvl}: only {100 * inside.get(lvl, 0):.0f} % of the label lies inside the CT grid "
                             "(wrong origin or labels of another series)")
             continue
-        vals = volume.array[m]
-        if vals.size == 0:
+        box = _bounding_box(m)
+        if box is None:
             problems.append(f"{lvl}: empty on the CT grid")
             continue
+        vals = volume.array[box][m[box]]
         mean = float(vals.mean())
         bone = float((vals > settings.bone_threshold_hu).mean())
         if mean < settings.label_min_mean_hu or bone < settings.label_min_bone_fraction:
@@ -347,7 +359,7 @@ def check_labels(volume: Volume, masks: dict[str, np.ndarray], inside: dict[str,
                             f">= {100 * settings.label_min_bone_fraction:.0f} %): not on a vertebra "
                             "(misaligned: wrong origin or flipped axis?)")
             continue
-        cents[lvl] = volume.index_to_lps(np.array(ndi.center_of_mass(m)))
+        cents[lvl] = volume.index_to_lps(np.argwhere(m[box]).mean(axis=0) + [b.start for b in box])
     order = sorted(cents, key=VERSE_IDS.__getitem__)  # superior to inferior
     for a, b in zip(order, order[1:]):
         za, zb = cents[a][2], cents[b][2]
@@ -447,9 +459,9 @@ def vertebrae_from_masks(masks: dict[str, np.ndarray], volume: Volume, settings:
     for lvl, m in lum.items():
         m_c = frame.to_canonical(m)
         pad = [int(np.ceil(POSTERIOR_REACH_MM / s)) for s in frame.spacing]
-        idx = np.argwhere(m_c)
-        lo = np.maximum(idx.min(0) - [2, 2, 2], 0)
-        hi = np.minimum(idx.max(0) + 3, m_c.shape)
+        box = _bounding_box(m_c)
+        lo = np.maximum(np.array([b.start for b in box]) - 2, 0)
+        hi = np.minimum(np.array([b.stop for b in box]) + 2, m_c.shape)
         # room posteriorly for posterior elements of body-only labels
         hi[1] = min(m_c.shape[1], hi[1] + pad[1] * 2)
         lo[2] = max(0, lo[2] - pad[2])

@@ -85,7 +85,7 @@ from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
-from ..morphology import dilate_mm, erode_mm, open_mm
+from ..morphology import dilate_mm, distance_mm, erode_mm, open_mm
 from ..results import Calibration, Material, ReferenceMeasurement, ReferenceOutlines
 from ..robust import robust_sd
 from ..volume import Volume
@@ -334,12 +334,12 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     masks: dict[str, np.ndarray] = {}
 
     # air: inside the field of view, far from any object
-    dist_obj = ndi.distance_transform_edt(~objects, sampling=ssp)
+    dist_obj = distance_mm(~objects, ssp)
     masks["air"] = fov & (dist_obj >= s.internal_air_margin_mm)
 
     # subcutaneous fat: fat-range band under the skin, eroded; one continuous layer, so small
     # separate pieces (a fat-like phantom rod when the phantom touches the back) are dropped
-    depth = ndi.distance_transform_edt(body, sampling=ssp)
+    depth = distance_mm(body, ssp)
     fat = body & (smooth >= s.internal_fat_min_hu) & (smooth <= s.internal_fat_max_hu) & (depth <= s.internal_fat_max_depth_mm)
     masks["fat"] = _major_components(erode_mm(fat, s.internal_erosion_mm, ssp),
                                      s.internal_fat_min_component_fraction)

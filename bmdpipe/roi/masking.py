@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..config import MaskingSettings
+from ..morphology import distance_mm
 from ..robust import MAD_TO_SD, robust_sd
 
 __all__ = ["dense_mask", "mask_roi", "robust_reference"]
@@ -142,13 +143,13 @@ def mask_roi(hu: np.ndarray, candidates: np.ndarray, support: np.ndarray, spacin
     hi = np.minimum(idx.max(0) + 1 + pad, candidates.shape)
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     cand, sup, h = candidates[sl], support[sl], hu[sl]
-    inner = ndi.distance_transform_edt(sup, sampling=spacing)
+    inner = distance_mm(sup, spacing)
     deep = cand & (inner > 2.0 * margin)
     dense, _, _ = dense_mask(h, cand, spacing, settings, reference=deep if deep.sum() >= MIN_DEEP_VOXELS else None,
                              reference_cap_hu=reference_cap_hu)
     ok = cand & (inner > margin)
     if dense.any():
-        ok &= ndi.distance_transform_edt(~dense, sampling=spacing) > margin
+        ok &= distance_mm(~dense, spacing) > margin
     kept = np.zeros_like(candidates)
     kept[sl] = ok
     return kept, n_cand - int(ok.sum())
