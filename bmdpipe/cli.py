@@ -392,5 +392,12 @@ def import_clinical_cmd(
                f"{summary.n_new_studies} new studies")
 
 
+# the review step (napari imported only inside `review`)
+from .review.cli import measure as _measure_command, review as _review_command  # noqa: E402
+
+app.command("review")(_review_command)
+app.command("measure")(_measure_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

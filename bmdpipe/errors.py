@@ -65,3 +65,9 @@ class StoreError(BmdpipeError):
     """Results could not be written to CSV / database."""
 
     stage = "store"
+
+
+class ReviewError(BmdpipeError):
+    """A series cannot be reviewed or re-measured (not in the run's outputs, its files or ROI maps gone)."""
+
+    stage = "review"
