@@ -122,8 +122,9 @@ class ReviewWidget(QWidget):
             layer = self.viewer.add_labels(self.session.maps[region], name=ROI_LAYER[region], scale=vol.spacing,
                                            opacity=0.6)
             layer.features = {"index": [k.label_code for k in keys], "roi": [k.name for k in keys]}
-            layer.events.paint.connect(self.refresh)
-            layer.events.data.connect(self.refresh)
+            # napari emits `paint` before it writes a programmatic paint: refresh once the edit is done
+            layer.events.paint.connect(self._refresh_soon)
+            layer.events.data.connect(self._refresh_soon)
         if start.screws:
             self._add_screw_axes(start)
         self.vertebra_box.clear()
@@ -143,6 +144,9 @@ class ReviewWidget(QWidget):
             lines.append(vol.lps_to_index(ends))
         self.viewer.add_shapes(lines, shape_type="line", name=SCREW_AXES_LAYER, scale=vol.spacing, edge_color="yellow",
                                edge_width=1.0)
+
+    def _refresh_soon(self, *_) -> None:
+        QTimer.singleShot(0, self.refresh)
 
     def refresh(self, *_) -> None:
         """Re-measure the edited ROIs and show every ROI's values."""
