@@ -14,9 +14,10 @@ from pathlib import Path
 import napari
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QApplication, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from ..errors import BmdpipeError
 from ..results import Region, Side
 from .io import check_reviewer, list_series, open_review, save_review
 from .model import REGIONS, ReviewSession, ellipse_slab, trajectory_cylinder
@@ -66,7 +67,7 @@ class ReviewWidget(QWidget):
         self.reviewer_edit = QLineEdit(reviewer)
         folder, open_button = QPushButton("Run folder..."), QPushButton("Open")
         folder.clicked.connect(self._choose_folder)
-        open_button.clicked.connect(lambda: self.open_series(self.series_box.currentData()))
+        open_button.clicked.connect(self._open_chosen)
         form = QFormLayout()
         form.addRow("series", self.series_box)
         form.addRow("reviewer", self.reviewer_edit)
@@ -96,6 +97,12 @@ class ReviewWidget(QWidget):
             layout.addWidget(button)
         layout.addWidget(self.status)
 
+    def _open_chosen(self) -> None:
+        try:
+            self.open_series(self.series_box.currentData())
+        except BmdpipeError as exc:  # a series whose files are gone, a bad reviewer name ...
+            self.status.setText(str(exc))
+
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "bmdpipe run output folder")
         if folder:
@@ -113,6 +120,7 @@ class ReviewWidget(QWidget):
         reviewer = check_reviewer(self.reviewer_edit.text().strip())
         start = open_review(self.out_dir, series_uid, reviewer, db_url=self.db_url)
         self.session = ReviewSession(start)
+        self.series_box.setCurrentIndex(max(self.series_box.findData(series_uid), 0))
         vol = start.volume
         self.viewer.layers.clear()
         self.viewer.add_image(vol.array, name=f"CT {vol.meta.study_id} {vol.meta.timepoint}".strip(),
@@ -251,6 +259,7 @@ def run_viewer(out_dir: Path, *, series_uid: str | None = None, reviewer: str, d
         widget.open_series(series_uid or uids[0])
     if exit_when_shown:
         def shown() -> None:
+            QApplication.processEvents()  # the window's first paint is done
             print(f"viewer shown {time.time():.3f}", flush=True)
             viewer.close()
 

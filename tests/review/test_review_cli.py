@@ -22,18 +22,27 @@ def _bmdpipe(*args, without_napari=False):
     return subprocess.run([sys.executable, *code, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def _edited_map(out, uid, region, folder, edit):
-    """Save the run's map of ``region`` under ``folder`` after ``edit(data)``, as another tool would."""
+def _edited_map(out, uid, region, folder, edit, *, flip_i=False):
+    """Save the run's map of ``region`` under ``folder`` after ``edit(data)``, as another tool would
+    (``flip_i``: stored with its first axis reversed and the affine saying so, as a tool writing in
+    another orientation does)."""
     img = nib.load(out / "rois" / f"{uid}_{region}.nii.gz")
     data = np.asarray(img.dataobj).copy()
     edit(data)
+    affine, stored = img.affine, data
+    if flip_i:
+        flip = np.eye(4)
+        flip[0, 0], flip[0, 3] = -1, data.shape[0] - 1
+        affine, stored = img.affine @ flip, data[::-1]
     folder.mkdir(exist_ok=True)
-    nib.save(nib.Nifti1Image(data, img.affine), folder / f"slicer_{region}.nii.gz")
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(stored), affine), folder / f"slicer_{region}.nii.gz")
     return data
 
 
-def test_measure_remeasures_rois_drawn_elsewhere(run_copy, tmp_path):
-    """`bmdpipe measure --rois DIR` re-measures the ROI changed in the folder's map and only that one."""
+@pytest.mark.parametrize("flip_i", [False, True])
+def test_measure_remeasures_rois_drawn_elsewhere(run_copy, tmp_path, flip_i):
+    """`bmdpipe measure --rois DIR` re-measures the ROI changed in the folder's map and only that one, also
+    from a map stored in another orientation (resampled through its affine)."""
     case, out, uid = run_copy
     before = {(r["vertebra"], r["region"], r["side"]): r for r in read_csv_rows(out / "vbmd.csv")}
 
@@ -41,7 +50,7 @@ def test_measure_remeasures_rois_drawn_elsewhere(run_copy, tmp_path):
         k = np.nonzero(data == 240)[2]
         data[..., k.min() - 1][data[..., k.min()] == 240] = 240
 
-    data = _edited_map(out, uid, "A", tmp_path / "drawn", grow_l5_a)
+    data = _edited_map(out, uid, "A", tmp_path / "drawn", grow_l5_a, flip_i=flip_i)
     proc = _bmdpipe("measure", str(out), "--series", uid, "--rois", str(tmp_path / "drawn"), "--reviewer", "EF")
     assert proc.returncode == 0, proc.stderr
     assert "L5 A center" in proc.stdout and "(manual)" in proc.stdout
