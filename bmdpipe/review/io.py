@@ -176,7 +176,9 @@ def _load_volume(stored: dict, settings: Settings):
 
 
 def _vbmd_rows(rows) -> tuple[VbmdRow, ...]:
-    return tuple(VbmdRow.from_mapping(r) for r in rows)
+    """Stored rows (of ``vbmd.csv`` or of a reading) as VbmdRows; ``reviewer`` names who drew a manual ROI only."""
+    out = (VbmdRow.from_mapping(r) for r in rows)
+    return tuple(dataclasses.replace(r, reviewer=r.reviewer if r.roi_source == "manual" else "") for r in out)
 
 
 def open_review(out_dir: Path, series_uid: str, reviewer: str, *, db_url: str | None = None) -> ReviewSeries:

@@ -122,7 +122,8 @@ def export_csvs(engine: Engine, out_dir: str | Path, *, series_uids=None) -> dic
     for name, rows in tables.items():
         counts[name] = write_csv(out_dir / name, rows, CONTRACT_COLUMNS[name])
     if readings:
-        counts[REVIEWERS_CSV] = write_csv(out_dir / REVIEWERS_CSV, readings, (*CONTRACT_COLUMNS["vbmd.csv"], "reviewer"))
+        columns = (*CONTRACT_COLUMNS["vbmd.csv"], "reviewer")
+        counts[REVIEWERS_CSV] = write_csv(out_dir / REVIEWERS_CSV, readings, columns)
     if clinical:
         counts["clinical.csv"] = write_csv(out_dir / "clinical.csv", clinical, CLINICAL_COLUMNS)
     return counts

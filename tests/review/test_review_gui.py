@@ -51,8 +51,11 @@ def test_widget_shows_ct_rois_and_their_values(widget):
     names = [layer.name for layer in viewer.layers]
     assert names[1:] == list(ROI_LAYER.values()) and names[0].startswith("CT S")
     assert tuple(viewer.layers[0].contrast_limits) == BONE_WINDOW_HU
-    features = viewer.layers[ROI_LAYER["B"]].features
-    assert dict(zip(features["index"], features["roi"]))[231] == "L4 B left"
+    b_layer = viewer.layers[ROI_LAYER["B"]]
+    assert dict(zip(b_layer.features["index"], b_layer.features["roi"]))[231] == "L4 B left"
+    voxel = np.argwhere(b_layer.data == 231)[0] * np.asarray(b_layer.scale)  # napari names the ROI under the cursor
+    viewer.dims.set_point(0, voxel[0])
+    assert b_layer.get_status(tuple(voxel), world=True)["value"] == "231; roi: L4 B left"
     assert w.series_box.itemText(0).startswith(read_csv_rows(out / "vbmd.csv")[0]["study_id"])
     table = _table(w)
     rows = {f"{r['vertebra']} {r['region']} {r['side']}": r for r in read_csv_rows(out / "vbmd.csv")}

@@ -133,7 +133,8 @@ def test_two_readers_side_by_side(run_copy):
     assert by["auto"][("L4", "B", "left")]["vbmd_mg_cm3"] != by["AB"][("L4", "B", "left")]["vbmd_mg_cm3"]
     current = _rows(out)
     assert current[("L4", "B", "left")]["reviewer"] == "AB" and current[("L5", "A", "center")]["reviewer"] == "CD"
-    assert int(current[("L5", "A", "center")]["n_voxels"]) == int((_map(reviewed_map_path(out, "CD", uid, "A")) == 240).sum())
+    cd_a = _map(reviewed_map_path(out, "CD", uid, "A"))
+    assert int(current[("L5", "A", "center")]["n_voxels"]) == int((cd_a == 240).sum())
 
     exported = out / "export"
     result = CliRunner().invoke(app, ["export", "--db", db.default_url(out), "--out", str(exported)])
@@ -141,6 +142,13 @@ def test_two_readers_side_by_side(run_copy):
     assert read_csv_rows(exported / "vbmd_reviewers.csv") == readings
     again = open_review(out, uid, "AB")  # AB reopens their own maps and rows
     assert (again.start_maps["B"] == 231).sum() == int(by["AB"][("L4", "B", "left")]["n_voxels"])
+    session = ReviewSession(again)
+    session.reset_vertebra("L4")  # AB takes the automatic L4 B left back
+    (change,) = save_review(session, out).changes
+    assert (change.before.roi_source, change.after.roi_source, change.after.reviewer) == ("manual", "auto", "")
+    restored = _rows(out)[("L4", "B", "left")]
+    assert (restored["roi_source"], restored["reviewer"]) == ("auto", "")
+    assert restored["vbmd_mg_cm3"] == by["auto"][("L4", "B", "left")]["vbmd_mg_cm3"]
 
 
 def test_reset_vertebra_gives_back_the_automatic_rows(run_copy):
