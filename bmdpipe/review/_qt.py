@@ -14,6 +14,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from qtpy.QtCore import QTimer
+from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (QApplication, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -32,6 +33,8 @@ ELLIPSE_LAYER = "ROI A ellipse"
 SCREW_LINE_LAYER = "planned screw"
 SCREW_AXES_LAYER = "screw axes"
 _COLUMNS = ("ROI", "vBMD mg/cm3", "SE mg/cm3", "voxels", "source")
+#: width of a halo map in the widget, screen pixels
+HALO_MAP_WIDTH_PX = 380
 
 
 def _fmt(x, digits: int = 1) -> str:
@@ -83,6 +86,8 @@ class ReviewWidget(QWidget):
                    "Save": self.save}
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.halo_box, self.halo_image = QComboBox(), QLabel()
+        self.halo_box.currentIndexChanged.connect(self._show_halo_map)
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         row.addWidget(folder)
@@ -96,6 +101,8 @@ class ReviewWidget(QWidget):
             button.clicked.connect(slot)
             layout.addWidget(button)
         layout.addWidget(self.status)
+        layout.addWidget(self.halo_box)
+        layout.addWidget(self.halo_image)
 
     def _open_chosen(self) -> None:
         try:
@@ -135,6 +142,11 @@ class ReviewWidget(QWidget):
             layer.events.data.connect(self._refresh_soon)
         if start.screws:
             self._add_screw_axes(start)
+        self.halo_box.clear()
+        for path in start.halo_maps:  # follow-up scans: the run's halo map of each screw
+            self.halo_box.addItem(f"halo map {path.stem.rsplit('_screw_', 1)[-1].replace('_', ' ')}", str(path))
+        self.halo_box.setVisible(bool(start.halo_maps))
+        self.halo_image.setVisible(bool(start.halo_maps))
         self.vertebra_box.clear()
         self.vertebra_box.addItems(list(dict.fromkeys(k.vertebra for k in self.session.keys)))
         a = self.session.maps["A"]
@@ -155,6 +167,11 @@ class ReviewWidget(QWidget):
 
     def _refresh_soon(self, *_) -> None:
         QTimer.singleShot(0, self.refresh)
+
+    def _show_halo_map(self, *_) -> None:
+        path = self.halo_box.currentData()
+        pixmap = QPixmap(path) if path else QPixmap()
+        self.halo_image.setPixmap(pixmap.scaledToWidth(HALO_MAP_WIDTH_PX) if not pixmap.isNull() else pixmap)
 
     def refresh(self, *_) -> None:
         """Re-measure the edited ROIs and show every ROI's values."""

@@ -242,7 +242,8 @@ def open_review(out_dir: Path, series_uid: str, reviewer: str, *, db_url: str | 
     cal = _calibration(calibration[0] if calibration else None)
     return ReviewSeries(volume=volume, calibration=cal, settings=settings, auto_maps=auto_maps,
                         start_maps=start_maps, auto_rows=auto_rows, start_rows=start_rows, reviewer=reviewer,
-                        screws=tuple(ScrewRow.from_mapping(r) for r in screws))
+                        screws=tuple(ScrewRow.from_mapping(r) for r in screws),
+                        halo_maps=tuple(sorted((out_dir / "qc").glob(f"{safe_name(series_uid)}_screw_*.png"))))
 
 
 def read_roi_folder(folder: Path, series_uid: str, volume) -> dict[str, np.ndarray]:

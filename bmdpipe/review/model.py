@@ -180,6 +180,9 @@ class ReviewSeries:
     reviewer : str
     screws : tuple of ScrewRow
         The series' screws (entry and tip, LPS mm), for display.
+    halo_maps : tuple of Path
+        The run's halo map of each screw (``qc/<uid>_screw_<vertebra>_<side>.png``: halo width by
+        angle and position along the screw, and an axial slice with the halo drawn).
     """
 
     volume: Volume
@@ -191,6 +194,7 @@ class ReviewSeries:
     start_rows: tuple[VbmdRow, ...]
     reviewer: str
     screws: tuple = ()
+    halo_maps: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,18 @@ def test_screenshot_shows_roi_colours_where_the_roi_is(widget):
     colour = np.asarray(a_layer.get_color(230))[:3] * 255
     toward = np.linalg.norm(with_roi[expected] - colour, axis=1) < np.linalg.norm(bare[expected] - colour, axis=1)
     assert toward.mean() > 0.9
+
+
+def test_follow_up_scan_shows_screw_axes_and_halo_maps(make_napari_viewer, processed_postop_run):
+    """On a follow-up scan each screw found is a line through the metal, and its halo map can be shown."""
+    case, out, uid = processed_postop_run
+    viewer = make_napari_viewer(show=True)
+    w = ReviewWidget(viewer, out, reviewer="GUI")
+    w.open_series(uid)
+    lines = viewer.layers["screw axes"].data
+    assert len(lines) == len(read_csv_rows(out / "screws.csv")) == 2
+    for line in lines:  # index (k, j, i) coordinates: the axis' middle lies in metal
+        k, j, i = np.rint(np.asarray(line, float).mean(0)).astype(int)
+        assert case.volume.array[k, j, i] > 2000
+    assert [w.halo_box.itemText(n) for n in range(w.halo_box.count())] == ["halo map L4 left", "halo map L4 right"]
+    assert not w.halo_image.pixmap().isNull() and w.halo_image.pixmap().width() == 380
