@@ -169,3 +169,16 @@ def test_follow_up_scan_shows_screw_axes_and_halo_maps(make_napari_viewer, proce
         assert case.volume.array[k, j, i] > 2000
     assert [w.halo_box.itemText(n) for n in range(w.halo_box.count())] == ["halo map L4 left", "halo map L4 right"]
     assert not w.halo_image.pixmap().isNull() and w.halo_image.pixmap().width() == 380
+
+
+def test_bmdpipe_review_opens_the_viewer(processed_run):
+    """`bmdpipe review OUT` (a new process, as a user starts it) opens the run's only series in a napari window."""
+    import subprocess
+    import sys
+
+    case, out, uid = processed_run
+    proc = subprocess.run([sys.executable, "-m", "bmdpipe.cli", "review", str(out), "--reviewer", "GUI",
+                           "--exit-when-shown"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "QT_QPA_PLATFORM": "xcb"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("viewer shown ")
