@@ -209,7 +209,11 @@ def open_review(out_dir: Path, series_uid: str, reviewer: str, *, db_url: str | 
     engine = store_db.open_db(_url(out_dir, db_url))
     try:
         with Session(engine) as session:
-            (series,) = store_db.query_series(session, series_uids=[series_uid])
+            found = store_db.query_series(session, series_uids=[series_uid])
+            if not found:
+                raise ReviewError(f"series {series_uid} is not in the database {_url(out_dir, db_url)}; give the "
+                                  "run's --db")
+            (series,) = found
             current = store_db.query_vbmd(session, series_uids=[series_uid])
             readings = store_db.query_reviewed_vbmd(session, series_uids=[series_uid])
             calibration = store_db.query_calibration(session, series_uids=[series_uid])
@@ -238,6 +242,9 @@ def open_review(out_dir: Path, series_uid: str, reviewer: str, *, db_url: str | 
         start_maps = {r: _read_map(p, volume) for r, p in zip(REGIONS, own)}
         start_rows = _vbmd_rows(by_reader[reviewer])
     else:
+        if reviewer in by_reader:
+            logger.warning("reviewer %s's saved maps of series %s are gone (%s); starting from the automatic ROIs",
+                           reviewer, series_uid, own[0].parent)
         start_maps, start_rows = auto_maps, auto_rows
     cal = _calibration(calibration[0] if calibration else None)
     return ReviewSeries(volume=volume, calibration=cal, settings=settings, auto_maps=auto_maps,
