@@ -393,6 +393,12 @@ def import_clinical_cmd(
                f"{summary.n_new_studies} new studies")
 
 
+# the review step (napari imported only inside `review`)
+from .review.cli import measure as _measure_command, review as _review_command  # noqa: E402
+
+app.command("review")(_review_command)
+app.command("measure")(_measure_command)
+
 from .stats.cli import app as _stats_app  # noqa: E402  (the sub-app's commands import their libraries lazily)
 
 app.add_typer(_stats_app, name="stats")

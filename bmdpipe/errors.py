@@ -71,3 +71,9 @@ class StatsError(BmdpipeError, ValueError):
     """A statistics input (CSV file, database, column) cannot be analysed as asked."""
 
     stage = "stats"
+
+
+class ReviewError(BmdpipeError):
+    """A series cannot be reviewed or re-measured (not in the run's outputs, its files or ROI maps gone)."""
+
+    stage = "review"

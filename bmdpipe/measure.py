@@ -18,13 +18,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from .config import PlausibilitySettings
+from .config import PlausibilitySettings, Settings
 from .noise import NoiseModel
 from .results import Calibration, Region, Roi, Side
-from .rows import VbmdRow
+from .rows import UNCALIBRATED, VbmdRow
 from .volume import Volume
 
-__all__ = ["roi_values", "measure_roi", "implausible_reason", "roi_label_map", "imprecise_roi_note",
+__all__ = ["roi_values", "measure_roi", "measure_rois", "implausible_reason", "roi_label_map", "imprecise_roi_note",
            "refused_roi_note"]
 
 
@@ -146,6 +146,21 @@ def measure_roi(volume: Volume, roi: Roi, calibration: Calibration | None = None
         return row
     return replace(row, reason=reason, vbmd_mg_cm3=nan, hu_mean=nan, hu_median=nan, hu_sd=nan,
                    vbmd_median_mg_cm3=nan, vbmd_sd_mg_cm3=nan, vbmd_se_mg_cm3=nan, vbmd_precision_sd_mg_cm3=nan)
+
+
+def measure_rois(volume: Volume, rois: Iterable[Roi], calibration: Calibration | None, noise: NoiseModel | None,
+                 settings: Settings) -> tuple[VbmdRow, ...]:
+    """The ``vbmd.csv`` rows of a series' ROIs, as ``bmdpipe run`` and the review step measure them.
+
+    :func:`measure_roi` of each ROI with the ``roi.precision_cv_percent`` and ``plausibility``
+    settings; without a calibration (it failed) each row's ``calibration`` is ``failed``
+    (:data:`~bmdpipe.rows.UNCALIBRATED`) and its densities are empty.
+    """
+    rows = tuple(measure_roi(volume, roi, calibration, noise, precision_cv_percent=settings.roi.precision_cv_percent,
+                             plausibility=settings.plausibility) for roi in rois)
+    if calibration is None:
+        rows = tuple(replace(r, calibration=UNCALIBRATED) for r in rows)
+    return rows
 
 
 def _roi_noise(noise: NoiseModel, roi: Roi) -> tuple[float, float, float]:

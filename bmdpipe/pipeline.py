@@ -21,10 +21,11 @@ from .config import Settings
 from .errors import AnatomyError, BmdpipeError, CalibrationError, NoiseError
 from .noise import NoiseModel, estimate_noise
 from .results import Calibration, Material, Screw, Side, Vertebra
-from .rows import UNCALIBRATED, CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
+from .rows import CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow, join_warnings
 from .volume import Volume
 
-__all__ = ["SeriesJob", "SeriesResult", "process_series", "process_volume"]
+__all__ = ["SeriesJob", "SeriesResult", "process_series", "process_volume", "series_noise",
+           "roi_map_nifti_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _calibrate(volume: Volume, job: SeriesJob, settings: Settings) -> Calibratio
     return cal
 
 
-def _noise(volume: Volume, settings: Settings) -> tuple[NoiseModel | None, tuple[str, ...]]:
+def series_noise(volume: Volume, settings: Settings) -> tuple[NoiseModel | None, tuple[str, ...]]:
     """The series' noise model (:func:`bmdpipe.noise.estimate_noise`) and a note when it could not be
     estimated (then None: the standard errors are left empty)."""
     try:
@@ -238,7 +239,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     ``failed``), screws, halos and QC images are made. Other stages raise
     :class:`~bmdpipe.errors.BmdpipeError` subclasses; ``process_series`` catches them.
     """
-    from .measure import imprecise_roi_note, measure_roi, refused_roi_note, roi_label_map
+    from .measure import imprecise_roi_note, measure_rois, refused_roi_note, roi_label_map
     from .roi import place_rois
 
     with _stage("calibrate"):
@@ -247,7 +248,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
         except CalibrationError as exc:
             cal, cal_error = None, exc
     with _stage("noise"):
-        noise, noise_notes = _noise(volume, settings)
+        noise, noise_notes = series_noise(volume, settings)
     with _stage("anatomy"):
         vertebrae, anatomy_notes = _vertebrae(volume, job, settings)
     with _stage("screws"):
@@ -255,10 +256,7 @@ def process_volume(volume: Volume, job: SeriesJob, settings: Settings) -> dict:
     with _stage("roi"):
         rois = place_rois(volume, vertebrae, settings, screws=screws)
     with _stage("measure"):
-        vbmd_rows = tuple(measure_roi(volume, roi, cal, noise, precision_cv_percent=settings.roi.precision_cv_percent,
-                                      plausibility=settings.plausibility) for roi in rois)
-        if cal is None:
-            vbmd_rows = tuple(replace(r, calibration=UNCALIBRATED) for r in vbmd_rows)
+        vbmd_rows = measure_rois(volume, rois, cal, noise, settings)
         screw_rows = tuple(ScrewRow.of(s, volume.meta) for s in screws)
         roi_notes = tuple(note for note in (
             refused_roi_note(vbmd_rows),

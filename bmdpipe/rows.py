@@ -180,8 +180,9 @@ class VbmdRow(_Row):
     noise SD at the ROI (HU), the series' in-plane noise correlation length (mm), the SD of
     repeat scans the QCT literature quotes at the ROI's density (mg/cm3; ROI A, phantom
     calibration), and ``reason``: why the plausibility gate refused an ROI that holds voxels (its
-    HU and density columns are then empty; ``plausibility`` settings). Values that could not be
-    measured are NaN (empty in CSV).
+    HU and density columns are then empty; ``plausibility`` settings), and ``reviewer``: who drew
+    a ``roi_source = manual`` ROI in the review step (empty for automatic ROIs). Values that could
+    not be measured are NaN (empty in CSV).
     """
 
     study_id: str
@@ -209,6 +210,7 @@ class VbmdRow(_Row):
     noise_correlation_mm: Annotated[float | None, ADDED] = None
     vbmd_precision_sd_mg_cm3: Annotated[float | None, ADDED] = None
     reason: Annotated[str, ADDED] = ""
+    reviewer: Annotated[str, ADDED] = ""
 
 
 @dataclass(frozen=True)

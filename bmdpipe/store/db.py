@@ -41,6 +41,8 @@ __all__ = [
     "VertebraMeasurement",
     "ScrewMeasurement",
     "RoiEdit",
+    "ReviewedMeasurement",
+    "AUTOMATIC_READING",
     "ClinicalVisit",
     "TIMEPOINTS",
     "MIGRATIONS_DIR",
@@ -58,6 +60,8 @@ __all__ = [
     "query_contract_rows",
     "add_roi_edit",
     "query_roi_edits",
+    "save_review",
+    "query_reviewed_vbmd",
     "query_clinical",
     "CLINICAL_COLUMNS",
 ]
@@ -236,6 +240,32 @@ class RoiEdit(Base):
         sa.Column("who", sa.String(128), nullable=False),
         sa.Column("when", sa.DateTime(timezone=True), default=_now, nullable=False),
         sa.Column("what", sa.JSON, default=dict, nullable=False),
+    )
+
+
+#: ``ReviewedMeasurement.reviewer`` of the automatic ROIs' reading (kept when a series is first reviewed)
+AUTOMATIC_READING = "auto"
+
+
+class ReviewedMeasurement(Base):
+    """One reader's complete reading of a series' ROIs (the review step): one row per vertebra x
+    region x side and reviewer, the columns of :class:`~bmdpipe.rows.VbmdRow`.
+
+    Each reviewer's reading is stored side by side with the others' (``reviewer``); the automatic
+    ROIs' reading is kept as reviewer :data:`AUTOMATIC_READING` when a series is first reviewed.
+    ``vertebra_measurements`` holds the series' current rows (the latest correction of each ROI).
+    """
+
+    __table__ = sa.Table(
+        "reviewed_measurements", Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        _series_key(),
+        sa.Column("reviewer", sa.String(128), nullable=False),
+        sa.Column("position", sa.Integer, nullable=False),
+        *_row_columns(VbmdRow),
+        sa.Column("saved", sa.DateTime(timezone=True), default=_now, nullable=False),
+        sa.Column("extra", sa.JSON, default=dict, nullable=False),
+        sa.UniqueConstraint("series_uid", "reviewer", *_required(VbmdRow)),
     )
 
 
@@ -660,6 +690,104 @@ def query_roi_edits(session: Session, series_uid: str | None = None) -> list[dic
         stmt = stmt.where(RoiEdit.series_uid == series_uid)
     cols = [c for c in RoiEdit.__table__.c.keys() if c != "id"]
     return [{c: getattr(e, c) for c in cols} for e in session.scalars(stmt)]
+
+
+def _roi_key(row: Mapping) -> tuple[str, str, str]:
+    return tuple(str(_scalar(row[c])) for c in _required(VbmdRow))
+
+
+def save_review(session: Session, series_uid: str, reviewer: str, reading: Iterable, *,
+                current: Iterable = (), edits: Iterable[Mapping] = (), when: dt.datetime | None = None) -> None:
+    """Store one reviewer's reading of a series in ONE committed transaction.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+    series_uid : str
+        The series reviewed (stored by a run).
+    reviewer : str
+        Who read it; replaces that reviewer's previous reading of the series.
+    reading : iterable of VbmdRow or mapping
+        Every ROI's row as the reviewer leaves it (edited ROIs ``roi_source = manual``).
+    current : iterable of VbmdRow or mapping
+        Rows that replace the series' current rows (``vertebra_measurements``, ``vbmd.csv``) of
+        the same vertebra, region and side: the ROIs this save changed.
+    edits : iterable of mapping
+        The audit: per changed ROI its ``vertebra, region, side`` and ``what`` (before and after
+        values ...), stored in ``roi_edits`` with ``who = reviewer`` and ``when``.
+    when : datetime, optional
+        UTC time of the save (default now).
+
+    Before the first reading of a series is stored, its current rows (then the automatic ones) are
+    kept as the reading of :data:`AUTOMATIC_READING`.
+
+    Raises
+    ------
+    StoreError
+        When the series is not in the database or a current row names an ROI it does not have;
+        nothing is stored then.
+    """
+    when = when or _now()
+    try:
+        if session.get(Series, series_uid) is None:
+            raise StoreError(f"series {series_uid} is not in the database; run `bmdpipe run` on it first")
+        stored = {_roi_key(r): r for r in query_vbmd(session, series_uids=[series_uid])}
+        readers = set(session.scalars(sa.select(ReviewedMeasurement.reviewer).where(
+            ReviewedMeasurement.series_uid == series_uid)))
+        if AUTOMATIC_READING not in readers:
+            _save_reading(session, series_uid, AUTOMATIC_READING, stored.values(), when)
+        session.execute(sa.delete(ReviewedMeasurement).where(
+            ReviewedMeasurement.series_uid == series_uid, ReviewedMeasurement.reviewer == reviewer))
+        _save_reading(session, series_uid, reviewer, reading, when)
+        for row in current:
+            _replace_current_row(session, series_uid, row, stored)
+        for edit in edits:
+            session.add(RoiEdit(series_uid=series_uid, vertebra=str(_scalar(edit["vertebra"])),
+                                region=str(_scalar(edit["region"])), side=str(_scalar(edit["side"])),
+                                who=reviewer, when=when, what=_jsonable(dict(edit["what"]))))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _save_reading(session: Session, uid: str, reviewer: str, rows: Iterable, when: dt.datetime) -> None:
+    for pos, row in enumerate(rows):
+        values, extra = _split_row(ReviewedMeasurement, row, skip=(*SERIES_IDENTITY, "reviewer"))
+        session.add(ReviewedMeasurement(series_uid=uid, reviewer=reviewer, position=pos, saved=when, extra=extra,
+                                        **values))
+    session.flush()
+
+
+def _replace_current_row(session: Session, uid: str, row: Any, stored: Mapping) -> None:
+    """Overwrite the series' stored row of the same ROI with ``row`` (its position is kept)."""
+    key = _roi_key(row if isinstance(row, Mapping) else row.as_dict())
+    if key not in stored:
+        raise StoreError(f"series {uid} has no ROI {' '.join(key)} to replace; its ROIs come from `bmdpipe run`")
+    obj = session.scalars(sa.select(VertebraMeasurement).where(
+        VertebraMeasurement.series_uid == uid,
+        *(getattr(VertebraMeasurement, c) == v for c, v in zip(_required(VbmdRow), key)))).one()
+    values, obj.extra = _split_row(VertebraMeasurement, row, skip=SERIES_IDENTITY)
+    for name, value in values.items():
+        setattr(obj, name, value)
+    session.flush()
+
+
+def query_reviewed_vbmd(session: Session, *, series_uids: Collection[str] | None = None) -> list[dict]:
+    """Every stored reading (:func:`save_review`): ``vbmd.csv`` rows with a ``reviewer`` column, one row
+    per ROI and reviewer, sorted by study, timepoint, series, reviewer."""
+    columns = contract_columns(VbmdRow)
+    out = []
+    for chunk in _chunks(series_uids):
+        stmt = _series_filter(sa.select(ReviewedMeasurement, Series.study_id, Series.timepoint).join(Series), chunk,
+                              None)
+        for obj, study_id, timepoint in session.execute(stmt):
+            values = {c: getattr(obj, c, None) for c in columns}
+            values.update(study_id=study_id, timepoint=timepoint, series_uid=obj.series_uid)
+            row = _row_dict(columns, values, obj.extra)
+            row["reviewer"] = obj.reviewer
+            out.append((_sort_key(row, obj.reviewer, obj.position), row))
+    return [row for _, row in sorted(out, key=lambda kr: kr[0])]
 
 
 # ---------------------------------------------------------------- reading

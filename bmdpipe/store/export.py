@@ -2,7 +2,10 @@
 
 ``export_csvs`` writes ``series.csv``, ``calibration.csv``, ``vbmd.csv`` and
 ``screws.csv`` exactly as ``bmdpipe run`` does (both go through the same queries), plus
-``clinical.csv`` when clinical data were imported.
+``clinical.csv`` when clinical data were imported and ``vbmd_reviewers.csv`` when ROIs were
+reviewed (``bmdpipe review`` / ``measure``): the ``vbmd.csv`` columns and ``reviewer``, one
+row per ROI and reviewer (the automatic ROIs as reviewer ``auto``), for inter-observer
+agreement.
 
 ``export_redcap`` writes a longitudinal REDCap project: one record per study
 (``record_id`` = study_id), one event per timepoint (``baseline_arm_1``,
@@ -32,10 +35,11 @@ from sqlalchemy.orm import Session
 
 from ..rows import CalibrationRow, ScrewRow, SeriesRow, SeriesStatus, VbmdRow
 from .csv import CONTRACT_COLUMNS, _format, atomic_write_bytes, write_csv
-from .db import CLINICAL_COLUMNS, TIMEPOINTS, query_clinical, query_contract_rows
+from .db import CLINICAL_COLUMNS, TIMEPOINTS, query_clinical, query_contract_rows, query_reviewed_vbmd
 
 __all__ = [
     "DICTIONARY_COLUMNS",
+    "REVIEWERS_CSV",
     "RedcapExport",
     "event_name",
     "export_csvs",
@@ -44,6 +48,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: the readings of reviewed series: one ``vbmd.csv`` row per ROI and reviewer
+REVIEWERS_CSV = "vbmd_reviewers.csv"
 
 #: REDCap data dictionary header, in REDCap's order.
 DICTIONARY_COLUMNS = (
@@ -90,7 +97,7 @@ def event_name(timepoint: str, arm: int = 1) -> str:
 
 
 def export_csvs(engine: Engine, out_dir: str | Path, *, series_uids=None) -> dict[str, int]:
-    """Write the contract CSVs (and ``clinical.csv`` if any) from the database, atomically.
+    """Write the contract CSVs (and ``clinical.csv``, ``vbmd_reviewers.csv`` if any) from the database, atomically.
 
     Parameters
     ----------
@@ -111,8 +118,12 @@ def export_csvs(engine: Engine, out_dir: str | Path, *, series_uids=None) -> dic
     with Session(engine) as session:
         tables = query_contract_rows(session, series_uids=series_uids)
         clinical = query_clinical(session) if series_uids is None else []
+        readings = query_reviewed_vbmd(session, series_uids=series_uids)
     for name, rows in tables.items():
         counts[name] = write_csv(out_dir / name, rows, CONTRACT_COLUMNS[name])
+    if readings:
+        columns = (*CONTRACT_COLUMNS["vbmd.csv"], "reviewer")
+        counts[REVIEWERS_CSV] = write_csv(out_dir / REVIEWERS_CSV, readings, columns)
     if clinical:
         counts["clinical.csv"] = write_csv(out_dir / "clinical.csv", clinical, CLINICAL_COLUMNS)
     return counts

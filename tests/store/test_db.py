@@ -29,7 +29,7 @@ def test_open_db_migrates_to_head_and_is_idempotent(sqlite_url):
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
         tables = set(sa.inspect(conn).get_table_names())
     eng.dispose()
-    assert version == "0002"
+    assert version == "0003"
     assert {t.name for t in db.Base.metadata.sorted_tables} <= tables
 
 
@@ -173,6 +173,42 @@ def test_skipped_item_and_roi_edit(engine):
     assert row["status"] == "skipped" and row["reason"] == "localizer"
     assert edit.what == {"voxels_added": 12} and edit.who == "reader1"
     assert [(e["who"], e["region"], e["what"]) for e in edits] == [("reader1", "A", {"voxels_added": 12})]
+
+
+def test_save_review_keeps_readings_side_by_side(engine, make_result):
+    """A review replaces the reviewer's reading and the changed ROIs' current rows in one transaction; the
+    automatic reading is kept once; a row naming an ROI the series lacks rolls everything back."""
+    import dataclasses
+
+    result = make_result("1.1")
+    auto = result.vbmd_rows
+    manual = dataclasses.replace(auto[1], vbmd_mg_cm3=77.0, n_voxels=10, roi_source="manual", reviewer="AB")
+    with Session(engine) as s:
+        db.save_series_result(s, result, None)
+        db.save_review(s, "1.1", "AB", (auto[0], manual, *auto[2:]), current=[manual],
+                       edits=[{"vertebra": "L3", "region": "B", "side": "left", "what": {"after": 77.0}}])
+        db.save_review(s, "1.1", "AB", (auto[0], manual, *auto[2:]), current=[manual])  # again: replaced
+        current = db.query_vbmd(s)
+        readings = db.query_reviewed_vbmd(s)
+        edits = db.query_roi_edits(s, "1.1")
+        stray = dataclasses.replace(manual, vertebra="L5")
+        with pytest.raises(StoreError, match="no ROI L5 B left"):
+            db.save_review(s, "1.1", "CD", auto, current=[stray])
+        with pytest.raises(StoreError, match="not in the database"):
+            db.save_review(s, "9.9", "CD", auto)
+        assert db.query_reviewed_vbmd(s) == readings
+    assert [(r["roi_source"], r["vbmd_mg_cm3"], r["reviewer"]) for r in current[:2]] == [
+        ("auto", 100.0, ""), ("manual", 77.0, "AB")]
+    assert current[2:] == db_rows_without(readings, "auto")[2:]
+    assert [r["reviewer"] for r in readings] == ["AB"] * len(auto) + ["auto"] * len(auto)
+    assert [r["vbmd_mg_cm3"] for r in readings if r["reviewer"] == "auto"][1] == auto[1].vbmd_mg_cm3
+    assert [(e["who"], e["vertebra"], e["what"]) for e in edits] == [("AB", "L3", {"after": 77.0})]
+
+
+def db_rows_without(readings, reviewer):
+    """The vbmd rows of one reading without its reviewer column (as vbmd.csv rows)."""
+    return [{k: v for k, v in r.items() if k != "reviewer"} | {"reviewer": ""} for r in readings
+            if r["reviewer"] == reviewer]
 
 
 def test_bad_url_is_a_store_error(tmp_path):

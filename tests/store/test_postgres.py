@@ -42,7 +42,7 @@ def test_postgres_rows_equal_sqlite(pg_url, sqlite_url, make_result, tmp_path):
             assert (tmp_path / "pg" / name).read_bytes() == (tmp_path / "lite" / name).read_bytes()
         with pg.connect() as conn:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-        assert version == "0002"
+        assert version == "0003"
     finally:
         pg.dispose()
         lite.dispose()
