@@ -134,11 +134,11 @@ def resample_labels(data: np.ndarray, affine_lps: np.ndarray, volume: Volume) ->
     data = np.asarray(data)
     if data.dtype.kind == "f":
         data = np.rint(data)
-    data = data.astype(np.uint16)
     rot, offset = t[:3, :3], t[:3, 3]
     if _is_signed_permutation(rot) and np.allclose(offset, np.rint(offset), atol=1e-4):
-        return _permuted_take(data, np.rint(rot).astype(int), np.rint(offset).astype(int), volume.shape)
-    return ndi.affine_transform(data, rot, offset=offset, output_shape=volume.shape, order=0,
+        return _permuted_take(data, np.rint(rot).astype(int), np.rint(offset).astype(int), volume.shape,
+                              dtype=np.uint16)
+    return ndi.affine_transform(data.astype(np.uint16), rot, offset=offset, output_shape=volume.shape, order=0,
                                 mode="constant", cval=0, prefilter=False)
 
 
@@ -149,11 +149,13 @@ def _is_signed_permutation(m: np.ndarray) -> bool:
     return bool(np.allclose(m, r, atol=1e-4) and np.all(np.abs(r).sum(0) == 1) and np.all(np.abs(r).sum(1) == 1))
 
 
-def _permuted_take(data: np.ndarray, rot: np.ndarray, offset: np.ndarray, shape) -> np.ndarray:
-    """``out[o] = data[rot @ o + offset]`` (0 outside ``data``) for a signed permutation ``rot``: the
-    nearest-neighbour resampling of :func:`resample_labels` by slicing alone (same result)."""
+def _permuted_take(data: np.ndarray, rot: np.ndarray, offset: np.ndarray, shape, dtype=None) -> np.ndarray:
+    """``out[o] = data[rot @ o + offset]`` (0 outside ``data``; cast to ``dtype``, default the data's) for
+    a signed permutation ``rot``: the nearest-neighbour resampling of :func:`resample_labels` by slicing
+    alone (same result)."""
     out_axis = np.abs(rot).argmax(axis=1)  # the output axis each data axis follows
-    taken = np.zeros([shape[a] for a in out_axis], dtype=data.dtype)  # output in the data's axis order
+    out = np.zeros(tuple(shape), dtype=dtype or data.dtype)
+    taken = out.transpose(out_axis)  # a view of the output in the data's axis order
     dst, src = [], []
     for a in range(3):
         sign, n_out, n_data = rot[a, out_axis[a]], shape[out_axis[a]], data.shape[a]
@@ -161,12 +163,12 @@ def _permuted_take(data: np.ndarray, rot: np.ndarray, offset: np.ndarray, shape)
         lo, hi = (-offset[a], n_data - offset[a]) if sign > 0 else (offset[a] - n_data + 1, offset[a] + 1)
         lo, hi = max(lo, 0), min(hi, n_out)
         if lo >= hi:
-            return np.zeros(tuple(shape), dtype=data.dtype)
+            return out
         dst.append(slice(lo, hi))
         first, last = sign * lo + offset[a], sign * (hi - 1) + offset[a]
         src.append(slice(first, last + 1) if sign > 0 else slice(first, last - 1 if last > 0 else None, -1))
     taken[tuple(dst)] = data[tuple(src)]
-    return np.ascontiguousarray(taken.transpose(np.argsort(out_axis)))
+    return out
 
 
 def _scheme_from_table(table: dict[int, str]) -> dict[int, str]:
@@ -219,7 +221,8 @@ def _read_label_map(path: Path):
 def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
     """Voxels per label id present in ``labels`` (integer ids; bincount when they are all in 0..65535)."""
     if labels.size and np.can_cast(labels.dtype, np.intp) and labels.min() >= 0 and labels.max() <= 65535:
-        counts = np.bincount(labels.ravel(order="K"))
+        # a slab at a time: bincount copies its input to intp (8 bytes a voxel)
+        counts = sum(np.bincount(slab.ravel(), minlength=65536) for slab in np.array_split(labels, 16))
         ids = np.flatnonzero(counts)
         return dict(zip(ids.tolist(), counts[ids].tolist()))
     ids, counts = np.unique(labels, return_counts=True)
@@ -311,6 +314,7 @@ def load_labels(path: Path, volume: Volume, settings: AnatomySettings | None = N
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise AnatomyError(f"labels {path} could not be read as NIfTI: {exc}") from exc
     labels = _LabelMap(img, data, volume)
+    del data  # memory: the map resampled onto the CT is all that is needed from here
     if table:
         mapping = _scheme_from_table(table)
         if not mapping:
