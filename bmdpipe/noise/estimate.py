@@ -55,10 +55,10 @@ def _detrended(image: np.ndarray, regions: list[np.ndarray], spacing,
         if not region.any():
             continue
         w = region.astype(np.float64)
-        weights = np.maximum(ndi.uniform_filter(w, box, mode="constant"), 1e-12)
-        w *= image  # in place (memory): w is the region's image now
-        local = ndi.uniform_filter(w, box, mode="constant")
-        del w
+        weights = ndi.uniform_filter(w, box, mode="constant")
+        np.maximum(weights, 1e-12, out=weights)
+        w *= image  # in place (memory): w is the region's image, then its local sum
+        local = ndi.uniform_filter(w, box, output=w, mode="constant")
         local /= weights
         del weights
         residual[region] = image[region] - local[region]
@@ -168,6 +168,7 @@ def estimate_noise(image: np.ndarray, spacing, settings: NoiseSettings | None = 
         block = np.asarray(image[lo:hi], dtype=np.float64)
         regions = [r[z0 - lo:z1 - lo] for r in uniform_regions(block, sp, s)]
         mask, residual = _detrended(block[z0 - lo:z1 - lo], regions, sp, s.detrend_mm)
+        del block, regions  # memory: the residuals are all the lag sums need
         if not mask.any():
             continue
         p, q = _lag_sums(mask, residual, half_window)

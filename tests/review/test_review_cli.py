@@ -93,3 +93,12 @@ def test_reviewer_names_are_checked(processed_run, name):
     case, out, uid = processed_run
     proc = _bmdpipe("measure", str(out), "--series", uid, "--rois", str(out / "rois"), "--reviewer", name)
     assert proc.returncode == 2 and "reviewer name" in proc.stderr
+
+
+def test_npe2_discovers_the_plugin_through_its_entry_point():
+    """The installed package registers its manifest (napari.manifest entry point), as `npe2 list` shows it."""
+    npe2 = pytest.importorskip("npe2", reason="the review extra is not installed: pip install -e '.[review]'")
+    manifest = npe2.PluginManifest.from_distribution("bmdpipe")
+    assert manifest.name == "bmdpipe"
+    assert [c.python_name for c in manifest.contributions.commands] == ["bmdpipe.review._qt:ReviewWidget"]
+    assert [w.command for w in manifest.contributions.widgets] == ["bmdpipe.review_widget"]
