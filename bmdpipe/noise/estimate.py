@@ -184,11 +184,12 @@ def estimate_noise(image: np.ndarray, spacing, settings: NoiseSettings | None = 
                       level=_fit_level(cells, slab_z, s), n_voxels=n_used)
 
 
-def _autocovariance(pairs: np.ndarray, products: np.ndarray, spacing: np.ndarray, s: NoiseSettings) -> np.ndarray:
+def _autocovariance(pairs: np.ndarray, products: np.ndarray, spacing: np.ndarray,
+                    s: NoiseSettings) -> np.ndarray:
     """``C`` from the lag sums: mean product minus its mean over the baseline shell, zero beyond."""
     k = np.array(pairs.shape) // 2
-    lag_mm = np.sqrt(sum(((np.arange(n) - c) * d)[tuple(slice(None) if a == i else None for a in range(3))] ** 2
-                         for i, (n, c, d) in enumerate(zip(pairs.shape, k, spacing))))
+    dz, dy, dx = np.meshgrid(*[(np.arange(n) - c) * d for n, c, d in zip(pairs.shape, k, spacing)], indexing="ij")
+    lag_mm = np.sqrt(dz * dz + dy * dy + dx * dx)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(pairs > 0, products / pairs, 0.0)
     shell = (lag_mm >= s.baseline_lag_mm) & (lag_mm <= s.max_lag_mm) & (pairs > 0)
