@@ -6,8 +6,8 @@ of the tissue it touches), optionally one per sector of orientation around the s
 (``blur_sectors``, :func:`fit_metal`): across the axial plane the metal spreads by the kernel's
 blur and the bloom of its long paths within the section, towards the sections above and below by
 the slice profile. The blur is the scanner's, so :func:`measure_screws` gives all screws of a scan
-the median of their separate fits (per sector): alone, one screw's fit can trade blur against the tissue next to it (a halo on part
-of the circumference, cortex close by). That model is
+the median of their separate fits (per sector): alone, one screw's fit can trade blur against the
+tissue next to it (a halo on part of the circumference, cortex close by). That model is
 subtracted from every voxel centre near the screw at the voxel's exact distance from the axis,
 which leaves the tissue around the metal: ``lucent_hu`` inside a halo (thread valleys included),
 bone beyond it. Interpolating rays across the metal edge instead would err by hundreds of HU at
@@ -604,9 +604,10 @@ def measure_halo_details(volume: Volume, screws: Sequence[Screw], settings: Halo
     """The halo of each screw of a scan, with the profiles and fits behind it (:func:`measure_halo_detail`).
 
     The scan's blur is one PSF for all its screws: with at least ``shared_blur_min_screws``
-    screws it is, per orientation sector, the median of their separate edge-spread fits (one screw's fit can trade blur
-    against the tissue next to it, e.g. with a halo on part of the circumference or cortex close
-    by), and every halo is then measured with it (``HaloMeasurement.blur_sigma_mm``).
+    screws it is, per orientation sector, the median of their separate edge-spread fits (one
+    screw's fit can trade blur against the tissue next to it, e.g. with a halo on part of the
+    circumference or cortex close by), and every halo is then measured with it
+    (``HaloMeasurement.blur_sigma_mm``).
     """
     samples = [sample_screw(volume, s, settings, hardware) for s in screws]
     blur = None
