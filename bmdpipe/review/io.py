@@ -124,8 +124,7 @@ def _read_map(path: Path, volume) -> np.ndarray:
         data = data[..., 0]
     if data.ndim != 3:
         raise ReviewError(f"ROI map {path} has {data.ndim} dimensions; expected a 3-D label map")
-    if data.shape == volume.shape[::-1] and np.allclose(img.affine, volume.affine_ras, atol=1e-3):
-        return np.ascontiguousarray(np.rint(data).astype(np.uint16).transpose(2, 1, 0))  # on the CT grid already
+    # a map on the CT grid (or a flipped / permuted copy of it) is sliced, not interpolated: resample_labels
     return resample_labels(data, ras_to_lps_affine(np.asarray(img.affine, float)), volume)
 
 
