@@ -8,16 +8,17 @@ from pydicom.uid import generate_uid
 
 from bmdpipe.results import PedicleAxis, Side
 from bmdpipe.volume import SeriesMeta, Volume
-from .ctphysics import simulate_slices
-from .grid import Grid
+from .cage import CageTruth, cage_fills, mark_fills, paint_graft, place_cages
+from .ctphysics import mass_attenuation, simulate_slices
+from .grid import Grid, VoxelFill
 from .pad import draw_pad, paint_pad_and_table
 from .phantom import draw_body, paint_abdomen, paint_body, paint_phantom_and_table, paint_vessels
 from .scanner import ScannerResponse, apply_psf, draw_scanner, make_noise
-from .screws import (ScrewTruth, add_streaks, paint_fusion_rods, paint_screw, place_screw, render_screw_metal,
-                     screw_metal_fraction, screw_metal_mask)
+from .screws import (ScrewTruth, add_streaks, paint_crosslink, paint_fusion_rods, paint_screw, place_screw,
+                     render_screw_metal, screw_metal_fraction, screw_metal_mask)
 from .spec import ORIENTATIONS, CaseSpec
 from .spine import VertebraGeom, draw_spine, paint_discs_and_canal, paint_sclerosis, paint_vertebra
-from .tissue import BONE_CODES, HYDROXYAPATITE_G_CM3, TISSUE, TISSUE_MATERIALS
+from .tissue import BONE_CODES, HYDROXYAPATITE_G_CM3, PHYSICS_ONLY_CODES, TISSUE, TISSUE_MATERIALS
 from .truth import SyntheticCase, Truth, VertebraTruth
 
 __all__ = ["make_case", "HU_MIN", "HU_MAX"]
@@ -138,18 +139,27 @@ def make_case(seed: int, spec: CaseSpec | None = None, workers: int = 1) -> Synt
     vtruth = tuple(_vertebra_truth(g) for g in verts)
     screws = _place_screws(spec, vtruth, r_screw)
     centroids = [paint_screw(grid, st, tissue, mineral, hu_fixed, scanner.tissue_hu["fibrous"]) for st in screws]
-    fusion = paint_fusion_rods(grid, screws, tissue, mineral, hu_fixed, scanner.metal_hu) if spec.fusion_rods else []
-    hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
-    del hu_fixed
+    fusion = (paint_fusion_rods(grid, screws, tissue, mineral, hu_fixed, scanner.metal_hu, spec.rod_material)
+              if spec.fusion_rods else [])
+    crosslink = paint_crosslink(grid, fusion, tissue, mineral, hu_fixed, scanner.metal_hu) if spec.crosslink else None
+    cages = _place_cages(spec, vtruth)
+    for cage in cages:
+        paint_graft(grid, cage, tissue, mineral)
 
     if spec.xray is None:
+        hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
         img = _blur_with_screw_metal(grid, scanner, screws, hu, tissue, mineral)
         artefacts = _add_artefacts_and_noise(grid, spec, scanner, img, centroids, fusion, r_art, r_noise)
     else:
-        img = _projected_image(grid, spec, screws, tissue, mineral, r_noise, workers)
+        fills = [f for cage in cages for f in cage_fills(grid, cage)]
+        img = _projected_image(grid, spec, screws, fills, tissue, mineral, r_noise, workers)
+        mark_fills(fills, tissue, mineral, hu_fixed, scanner.metal_hu)
+        hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
         _mark_screw_metal(grid, scanner, screws, hu, tissue, mineral)
         artefacts = {"n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion,
                      "xray": spec.xray}
+    del hu_fixed
+    artefacts.update(crosslink=crosslink, cages=cages)
     phi, meta = _phi_and_series_meta(seed, spec, shape[0], r_phi)
     arr, origin, direction = _orient(img, grid, spec.orientation)
     del img
@@ -181,14 +191,29 @@ def _place_screws(spec: CaseSpec, vtruth: tuple[VertebraTruth, ...], rng: np.ran
     for sp in spec.screws:
         if sp.vertebra not in by_name:
             raise ValueError(f"screw in {sp.vertebra!r} but the case levels are {spec.levels}")
-        st = place_screw(sp, by_name[sp.vertebra].pedicle(sp.side), rng)
+        v = by_name[sp.vertebra]
+        st = place_screw(sp, v.pedicle(sp.side), rng, left_lps=v.axes_lps[0])
         screws.append(st)
     return screws
 
 
+def _place_cages(spec: CaseSpec, vtruth: tuple[VertebraTruth, ...]) -> tuple[CageTruth, ...]:
+    """The cages of ``spec.cage`` in the disc below the uppermost level whose next level down also holds a
+    screw (none when ``spec.cage`` is None)."""
+    if spec.cage is None:
+        return ()
+    screwed = {sp.vertebra for sp in spec.screws}
+    for upper, lower in zip(vtruth[:-1], vtruth[1:]):
+        if upper.name in screwed and lower.name in screwed:
+            return place_cages(spec.cage, upper, lower)
+    raise ValueError(f"cage={spec.cage!r} goes between two instrumented levels, but the screws are in "
+                     f"{sorted(screwed)} of {spec.levels}: add screws to two adjacent levels")
+
+
 def _clean_hu(scanner: ScannerResponse, tissue: np.ndarray, mineral: np.ndarray, hu_fixed: np.ndarray) -> np.ndarray:
     """Noise-free HU: look-up table for soft tissues, calibration line for bone (mineral in
-    mg/cm3), ``hu_fixed`` for rods, phantom, table, metal and halos."""
+    mg/cm3), ``hu_fixed`` for rods, phantom, table, metal and halos, and the monochromatic HU at the
+    scanner's energy for hardware only the projection simulator forms (cement, CoCr, PEEK, tantalum)."""
     lut = np.zeros(256, dtype=np.float32)
     th = scanner.tissue_hu
     for name, key in (("air", "air"), ("fat", "fat"), ("soft_tissue", "muscle"), ("blood", "blood"),
@@ -199,7 +224,21 @@ def _clean_hu(scanner: ScannerResponse, tissue: np.ndarray, mineral: np.ndarray,
     hu[bone] = (scanner.intercept_hu + scanner.slope_hu_per_mg_cm3 * mineral[bone]).astype(np.float32)
     fixed = np.isin(tissue, _FIXED_CODES)
     hu[fixed] = hu_fixed[fixed]
+    hardware = np.isin(tissue, PHYSICS_ONLY_CODES)
+    if hardware.any():
+        lut = np.zeros(256, dtype=np.float32)
+        for code in PHYSICS_ONLY_CODES:
+            lut[code] = _monochromatic_hu(code, scanner.kev)
+        hu[hardware] = lut[tissue[hardware]]
     return hu
+
+
+def _monochromatic_hu(code: int, kev: float) -> float:
+    """HU of tissue ``code`` (its :data:`TISSUE_MATERIALS`) at ``kev``: 1000 (mu - mu_water) / mu_water."""
+    name = next(n for n, c in TISSUE.items() if c == code)
+    mu_water = float(mass_attenuation("water", np.array([kev]))[0])
+    mu = sum(rho * float(mass_attenuation(m, np.array([kev]))[0]) for m, rho in TISSUE_MATERIALS[name])
+    return 1000.0 * (mu - mu_water) / mu_water
 
 
 def _blur_with_screw_metal(grid: Grid, scanner: ScannerResponse, screws: list[ScrewTruth], hu: np.ndarray,
@@ -247,24 +286,30 @@ def _material_densities(tissue: np.ndarray, mineral: np.ndarray) -> dict[str, np
     return out
 
 
-def _projected_image(grid: Grid, spec: CaseSpec, screws: list[ScrewTruth], tissue: np.ndarray,
-                     mineral: np.ndarray, rng: np.random.Generator, workers: int) -> np.ndarray:
+def _projected_image(grid: Grid, spec: CaseSpec, screws: list[ScrewTruth], fills: list[VoxelFill],
+                     tissue: np.ndarray, mineral: np.ndarray, rng: np.random.Generator, workers: int) -> np.ndarray:
     """The image a scanner forms of the case (:func:`bmdpipe.synthetic.ctphysics.simulate_slices`), with the
-    screws' metal as the share of each voxel it fills; clipped to the stored HU range."""
+    screws' metal and the other ``fills`` (cage walls, marker pins) as the share of each voxel they fill;
+    clipped to the stored HU range."""
     if spec.phantom is not None or spec.pad is not None:
         raise ValueError("CaseSpec(xray=...) simulates no calibration phantom: set phantom=None and pad=None")
     dens = _material_densities(tissue, mineral)
-    dens.setdefault("titanium", np.zeros(tissue.shape, dtype=np.float32))
-    rho_ti = dict(TISSUE_MATERIALS["metal"])["titanium"]
-    for filled in [screw_metal_fraction(grid, st) for st in screws]:
-        if filled is None:
-            continue
-        sl, frac = filled
-        for m, d in dens.items():
-            d[sl] = (1.0 - frac) * d[sl] if m != "titanium" else np.maximum(d[sl], rho_ti * frac)
+    screw_fills = [VoxelFill("metal", *f) for f in [screw_metal_fraction(grid, st) for st in screws] if f is not None]
+    for fill in screw_fills + fills:
+        _add_fill(dens, fill)
     img = simulate_slices(dens, grid.spacing_zyx[1:], spec.xray, rng, workers, noise=spec.noise)
     np.clip(img, HU_MIN, HU_MAX if spec.metal_saturation else 64511.0, out=img)
     return img
+
+
+def _add_fill(dens: dict[str, np.ndarray], fill: VoxelFill) -> None:
+    """Put ``fill`` into the partial-density maps ``dens`` (in place): its material takes its share of each
+    voxel (at least that much of it), which the other materials give up."""
+    ((material, rho),) = TISSUE_MATERIALS[fill.tissue]
+    dens.setdefault(material, np.zeros(next(iter(dens.values())).shape, dtype=np.float32))
+    sl, frac = fill.slices, fill.fraction
+    for m, d in dens.items():
+        d[sl] = np.maximum(d[sl], rho * frac) if m == material else (1.0 - frac) * d[sl]
 
 
 def _add_artefacts_and_noise(grid: Grid, spec: CaseSpec, scanner: ScannerResponse, img: np.ndarray,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Grid", "rotation_matrix"]
+__all__ = ["Grid", "VoxelFill", "rotation_matrix", "voxel_fraction"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +58,48 @@ class Grid:
         Y = self.ys[jy].astype(np.float32)[None, :, None]
         X = self.xs[ix].astype(np.float32)[None, None, :]
         return (kz, jy, ix), (Z, Y, X)
+
+    def fine_box(self, lo_xyz, hi_xyz, n: int):
+        """The voxels inside [lo, hi] (mm) sampled ``n`` times finer: index slices (k, j, i) and ogrid
+        coordinates (Z, Y, X) of each voxel's n^3 sub-samples (the middle one at its centre, n in a row
+        along each axis); None when the box misses the grid."""
+        bx = self.box(lo_xyz, hi_xyz)
+        if bx is None:
+            return None
+        sl, (Z, Y, X) = bx
+        sub = (np.arange(n) - (n - 1) / 2.0) / n  # sub-voxel offsets (voxels)
+        sp = self.spacing_zyx
+
+        def fine(c, h):
+            return (c.ravel()[:, None] + sub[None, :] * h).ravel().astype(np.float32)
+
+        return sl, (fine(Z, sp[0])[:, None, None], fine(Y, sp[1])[None, :, None], fine(X, sp[2])[None, None, :])
+
+    def fill_fraction(self, lo_xyz, hi_xyz, inside, n: int):
+        """The share of each voxel in [lo, hi] (mm) that a solid fills (0..1), from n^3 sub-samples:
+        ``(slices, float32 fraction)`` or None off the grid. ``inside(Z, Y, X)`` says which points (mm, ogrid
+        coordinates) lie in the solid. This is the partial volume a projector sees."""
+        fb = self.fine_box(lo_xyz, hi_xyz, n)
+        if fb is None:
+            return None
+        sl, coords = fb
+        return sl, voxel_fraction(np.broadcast_to(inside(*coords), tuple(c.size for c in coords)), n)
+
+
+@dataclass(frozen=True, eq=False)
+class VoxelFill:
+    """Hardware as the share of each voxel it fills: ``fraction`` (float32, 0..1) over the index ``slices``
+    (k, j, i) of a box, made of the single-material tissue ``tissue`` (a key of ``tissue.TISSUE_MATERIALS``)."""
+
+    tissue: str
+    slices: tuple[slice, slice, slice]
+    fraction: np.ndarray
+
+
+def voxel_fraction(occupancy: np.ndarray, n: int) -> np.ndarray:
+    """Mean of each voxel's n^3 sub-samples of a boolean occupancy (:meth:`Grid.fine_box` layout), float32."""
+    nz, ny, nx = (d // n for d in occupancy.shape)
+    return occupancy.reshape(nz, n, ny, n, nx, n).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
 def rotation_matrix(rx_deg: float, ry_deg: float, rz_deg: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Titanium pedicle screws with halos, sclerotic rims, blooming and streaks (synthetic CT).
+"""Titanium pedicle screws with halos, sclerotic rims, cement, rods, blooming and streaks (synthetic CT).
 
 Screw frame: axis ``d`` from the entry point (t = 0) to the tip (t = length); around it the
 angle ``phi`` is measured from ``e1`` = the component of +z (superior) perpendicular to ``d``
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .grid import Grid
+from .grid import Grid, voxel_fraction
 from .spec import loosened_rule
 from .tissue import BONE_CODES, TISSUE
 
 __all__ = ["ScrewTruth", "place_screw", "paint_screw", "screw_metal_mask", "render_screw_metal", "paint_fusion_rods",
-           "add_streaks", "screw_metal_fraction", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
+           "paint_crosslink", "segment_distance2", "add_streaks", "screw_metal_fraction", "THREAD_DEPTH_MM", "THREAD_PITCH_MM",
            "HEAD_LENGTH_MM", "HEAD_RADIUS_MM", "RIM_THICKNESS_MM"]
 
 THREAD_DEPTH_MM = 0.9
@@ -35,7 +35,13 @@ METAL_SUPERSAMPLE = 3
 
 @dataclass(frozen=True)
 class ScrewTruth:
-    """Ground truth of one screw (LPS mm). ``loosened`` follows :func:`spec.loosened_rule`."""
+    """Ground truth of one screw (LPS mm). ``loosened`` follows :func:`spec.loosened_rule`.
+
+    ``halo_width_mm`` is the lucent band's width: from the thread crests, and on the cemented part of an
+    ``augmented`` screw (``t >= length_mm / 2``) from the cement mantle's outer surface
+    (``cement_mantle_mm`` beyond the crests). ``breach`` ('medial', 'lateral' or None) and ``breach_mm``: the
+    side and depth by which the crests pass the pedicle's outer surface at the isthmus.
+    """
 
     vertebra: str
     side: str
@@ -51,6 +57,10 @@ class ScrewTruth:
     loosened: bool
     head_length_mm: float = HEAD_LENGTH_MM
     core_diameter_mm: float = 0.0
+    augmented: bool = False
+    cement_mantle_mm: float = 0.0
+    breach: str | None = None
+    breach_mm: float = 0.0
 
     @property
     def direction(self) -> np.ndarray:
@@ -58,8 +68,13 @@ class ScrewTruth:
         return d / np.linalg.norm(d)
 
 
-def place_screw(spec, pedicle_axis, rng: np.random.Generator) -> ScrewTruth:
-    """Screw from ``spec`` (ScrewSpec) along a pedicle axis (results.PedicleAxis, LPS)."""
+def place_screw(spec, pedicle_axis, rng: np.random.Generator, left_lps=(1.0, 0.0, 0.0)) -> ScrewTruth:
+    """Screw from ``spec`` (ScrewSpec) along a pedicle axis (results.PedicleAxis, LPS).
+
+    A breach (``spec.breach``) shifts the screw perpendicular to the axis, in the plane of the axis and the
+    vertebra's left direction ``left_lps`` (unit vector, LPS), by ``isthmus_width / 2 - radius + breach_mm``
+    medially or laterally, so that its crests pass the pedicle's outer surface by ``breach_mm`` at the isthmus.
+    """
     angle = float(rng.uniform(0.0, 360.0))
     if spec.halo_angle_deg is not None:
         angle = float(spec.halo_angle_deg)
@@ -68,6 +83,12 @@ def place_screw(spec, pedicle_axis, rng: np.random.Generator) -> ScrewTruth:
     d = target - entry
     full = float(np.linalg.norm(d))
     d /= full
+    if spec.breach is not None:
+        lateral = (1.0 if spec.side == "left" else -1.0) * np.asarray(left_lps, dtype=float)
+        lateral -= (lateral @ d) * d
+        lateral /= np.linalg.norm(lateral)
+        shift = pedicle_axis.isthmus_width_mm / 2.0 - spec.diameter_mm / 2.0 + spec.breach_mm
+        entry = entry + (shift if spec.breach == "lateral" else -shift) * lateral
     length = float(spec.length_mm) if spec.length_mm is not None else full
     tip = entry + length * d
     return ScrewTruth(
@@ -76,7 +97,9 @@ def place_screw(spec, pedicle_axis, rng: np.random.Generator) -> ScrewTruth:
         halo_width_mm=float(spec.halo_width_mm), halo_arc_fraction=float(spec.halo_arc_fraction),
         halo_angle_deg=angle, sclerotic_rim=bool(spec.sclerotic_rim), rim_mg_cm3=float(spec.rim_mg_cm3),
         loosened=loosened_rule(spec.halo_width_mm, spec.halo_arc_fraction),
-        core_diameter_mm=float(spec.diameter_mm - 2 * THREAD_DEPTH_MM))
+        core_diameter_mm=float(spec.diameter_mm - 2 * THREAD_DEPTH_MM), augmented=bool(spec.cement_mantle_mm > 0),
+        cement_mantle_mm=float(spec.cement_mantle_mm), breach=spec.breach,
+        breach_mm=float(spec.breach_mm) if spec.breach is not None else 0.0)
 
 
 def _frame(d: np.ndarray):
@@ -111,16 +134,17 @@ def _screw_geometry(s: ScrewTruth, Z, Y, X):
     return t, r, phi, shaft | head
 
 
-def _metal_box(grid: Grid, s: ScrewTruth, margin_mm: float):
+def _metal_bounds(s: ScrewTruth, margin_mm: float):
+    """LPS box (lo, hi) mm around the screw's metal plus ``margin_mm``."""
     e, tip, d = np.asarray(s.entry_lps), np.asarray(s.tip_lps), s.direction
     pts = np.array([e - HEAD_LENGTH_MM * d, tip])
     reach = max(s.diameter_mm / 2.0, HEAD_RADIUS_MM) + margin_mm
-    return grid.box(pts.min(0) - reach, pts.max(0) + reach)
+    return pts.min(0) - reach, pts.max(0) + reach
 
 
 def screw_metal_mask(grid: Grid, s: ScrewTruth):
     """Voxels whose centre lies in the screw's metal: ``(slices, bool mask)`` or None off the grid."""
-    bx = _metal_box(grid, s, 1.0)
+    bx = grid.box(*_metal_bounds(s, 1.0))
     if bx is None:
         return None
     sl, (Z, Y, X) = bx
@@ -131,17 +155,10 @@ def _fine_occupancy(grid: Grid, s: ScrewTruth, margin_mm: float, n: int):
     """The screw's metal on a grid ``n`` times finer than the voxels, over its box plus ``margin_mm``:
     ``(slices, bool occupancy)`` with each voxel's n^3 sub-samples (the middle one at its centre) in a
     row along each axis; None off the grid."""
-    bx = _metal_box(grid, s, margin_mm)
-    if bx is None:
+    fb = grid.fine_box(*_metal_bounds(s, margin_mm), n)
+    if fb is None:
         return None
-    sl, (Z, Y, X) = bx
-    sub = (np.arange(n) - (n - 1) / 2.0) / n  # sub-voxel offsets (voxels)
-    sp = grid.spacing_zyx
-
-    def fine(c, h):
-        return (c.ravel()[:, None] + sub[None, :] * h).ravel().astype(np.float32)
-
-    Zf, Yf, Xf = fine(Z, sp[0])[:, None, None], fine(Y, sp[1])[None, :, None], fine(X, sp[2])[None, None, :]
+    sl, (Zf, Yf, Xf) = fb
     return sl, _screw_geometry(s, Zf, Yf, Xf)[3]
 
 
@@ -152,10 +169,7 @@ def screw_metal_fraction(grid: Grid, s: ScrewTruth, supersample: int = METAL_SUP
     if fine is None:
         return None
     sl, occ = fine
-    n = supersample
-    nz, ny, nx = (d // n for d in occ.shape)
-    frac = occ.reshape(nz, n, ny, n, nx, n).mean(axis=(1, 3, 5), dtype=np.float32)
-    return sl, frac
+    return sl, voxel_fraction(occ, supersample)
 
 
 def render_screw_metal(grid: Grid, s: ScrewTruth, base_hu: np.ndarray, metal_hu: float, psf_fwhm_mm: float,
@@ -190,17 +204,22 @@ def render_screw_metal(grid: Grid, s: ScrewTruth, base_hu: np.ndarray, metal_hu:
 
 
 def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu: float) -> dict[int, tuple[float, float]]:
-    """Paint the halo and sclerotic rim of one screw, in place (the metal itself is added to the
-    blurred image by :func:`render_screw_metal` and to the truth by :func:`screw_metal_mask`).
+    """Paint the cement mantle, halo and sclerotic rim of one screw, in place (the metal itself is added to
+    the blurred image by :func:`render_screw_metal` and to the truth by :func:`screw_metal_mask`).
+
+    The cement (augmented screws) fills the bone within ``cement_mantle_mm`` of the crests along the distal
+    half of the shaft and as far beyond the tip; the halo then lies outside it (at the cement-bone interface)
+    there and at the crests along the proximal half, the rim outside the halo.
 
     Returns ``{k: (x, y)}``: the in-plane centroid (LPS mm) of this screw's metal in every
     axial slice ``k`` of the canonical grid that it crosses (used for streaks).
     """
     R = s.diameter_mm / 2.0
-    reach = R + s.halo_width_mm + RIM_THICKNESS_MM + 2.0
+    m = s.cement_mantle_mm
+    reach = R + m + s.halo_width_mm + RIM_THICKNESS_MM + 2.0
     reach = max(reach, HEAD_RADIUS_MM + 1.0)
     e, d, tip = np.asarray(s.entry_lps), s.direction, np.asarray(s.tip_lps)
-    pts = np.array([e - HEAD_LENGTH_MM * d, tip + s.halo_width_mm * d])
+    pts = np.array([e - HEAD_LENGTH_MM * d, tip + (m + s.halo_width_mm) * d])
     bx = grid.box(pts.min(0) - reach, pts.max(0) + reach)
     if bx is None:
         return {}
@@ -208,19 +227,27 @@ def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu
     t, r, phi, metal = _screw_geometry(s, Z, Y, X)
     tis, mn, hf = tissue[sl], mineral[sl], hu_fixed[sl]
     bone = np.isin(tis, BONE_CODES)
-    along = (t >= 0) & (t <= s.length_mm + s.halo_width_mm)
+    cemented = t >= s.length_mm / 2.0 if m > 0 else np.zeros_like(t, dtype=bool)
+    if m > 0:
+        mantle = bone & cemented & (t <= s.length_mm + m) & (r <= R + m)
+        tis[mantle] = TISSUE["cement"]
+        mn[mantle] = 0.0
+        bone &= ~mantle
+    r_interface = np.where(cemented, R + m, R)  # where the implant meets bone: crests or the mantle's surface
+    t_end = s.length_mm + m
+    along = (t >= 0) & (t <= t_end + s.halo_width_mm)
     dphi = np.abs(np.angle(np.exp(1j * (phi - np.deg2rad(s.halo_angle_deg)))))
     in_arc = dphi <= np.pi * s.halo_arc_fraction + 1e-9
     if s.halo_width_mm > 0 and s.halo_arc_fraction > 0:
-        # everything within crest + width: the thread valleys, and under the metal (the base image
+        # everything within the interface + width: the thread valleys, and under the metal (the base image
         # that the rendered metal replaces, see render_screw_metal); the truth marks metal later
-        halo = bone & along & in_arc & (r <= R + s.halo_width_mm)
+        halo = bone & along & in_arc & (r <= r_interface + s.halo_width_mm)
         tis[halo] = TISSUE["halo"]
         mn[halo] = 0.0
         hf[halo] = fibrous_hu
     if s.sclerotic_rim:
-        r0 = R + s.halo_width_mm
-        along_r = (t >= 0) & (t <= s.length_mm + s.halo_width_mm + RIM_THICKNESS_MM)
+        r0 = r_interface + s.halo_width_mm
+        along_r = (t >= 0) & (t <= t_end + s.halo_width_mm + RIM_THICKNESS_MM)
         rim = np.isin(tis, BONE_CODES) & along_r & in_arc & (r > r0) & (r <= r0 + RIM_THICKNESS_MM)
         tis[rim] = TISSUE["sclerotic_rim"]
         mn[rim] = s.rim_mg_cm3
@@ -232,16 +259,43 @@ def paint_screw(grid: Grid, s: ScrewTruth, tissue, mineral, hu_fixed, fibrous_hu
 
 
 FUSION_ROD_DIAMETER_MM = 5.5
+CROSSLINK_DIAMETER_MM = 5.0
+#: Tissue code of each rod alloy (:attr:`spec.CaseSpec.rod_material`).
+ROD_TISSUE = {"titanium": TISSUE["metal"], "cobalt_chrome": TISSUE["cobalt_chrome"]}
 
 
-def paint_fusion_rods(grid: Grid, screws, tissue, mineral, hu_fixed, metal_hu: float) -> list[dict]:
-    """Titanium rods (5.5 mm) joining the screw heads of each side (>= 2 screws), in place.
+def segment_distance2(a, b, Z, Y, X) -> np.ndarray:
+    """Squared distance (mm2) of points (ogrid Z, Y, X mm) from the segment a-b (LPS mm)."""
+    a = np.asarray(a, dtype=float)
+    d = np.asarray(b, dtype=float) - a
+    L = float(np.linalg.norm(d))
+    d = d / L
+    qx, qy, qz = X - a[0], Y - a[1], Z - a[2]
+    t = np.clip(qx * d[0] + qy * d[1] + qz * d[2], 0.0, L)
+    return (qx - t * d[0]) ** 2 + (qy - t * d[1]) ** 2 + (qz - t * d[2]) ** 2
+
+
+def _paint_rod(grid: Grid, a, b, diameter_mm: float, code: int, tissue, mineral, hu_fixed, hu: float) -> None:
+    """A rod of ``diameter_mm`` along the segment a-b (LPS mm; round ends) painted as tissue ``code``, in place."""
+    r = diameter_mm / 2.0
+    bx = grid.box(np.minimum(a, b) - r - 1, np.maximum(a, b) + r + 1)
+    if bx is None:
+        return
+    sl, (Z, Y, X) = bx
+    m = segment_distance2(a, b, Z, Y, X) <= r * r
+    tissue[sl][m] = code
+    mineral[sl][m] = 0.0
+    hu_fixed[sl][m] = hu
+
+
+def paint_fusion_rods(grid: Grid, screws, tissue, mineral, hu_fixed, metal_hu: float,
+                      material: str = "titanium") -> list[dict]:
+    """Rods (5.5 mm, titanium or cobalt-chrome) joining the screw heads of each side (>= 2 screws), in place.
 
     The rod runs through the head centres (``entry - HEAD_LENGTH_MM / 2 * d``) and 8 mm beyond
-    the end screws. Returns one dict per rod (side, polyline points LPS mm, diameter).
+    the end screws. Returns one dict per rod (side, polyline points LPS mm, diameter, material).
     """
     out = []
-    r = FUSION_ROD_DIAMETER_MM / 2.0
     for side in ("left", "right"):
         ss = [s for s in screws if s.side == side]
         if len(ss) < 2:
@@ -252,22 +306,29 @@ def paint_fusion_rods(grid: Grid, screws, tissue, mineral, hu_fixed, metal_hu: f
         ext1 = pts[-1] + 8.0 * (pts[-1] - pts[-2]) / np.linalg.norm(pts[-1] - pts[-2])
         poly = np.vstack([ext0, pts, ext1])
         for a, b in zip(poly[:-1], poly[1:]):
-            bx = grid.box(np.minimum(a, b) - r - 1, np.maximum(a, b) + r + 1)
-            if bx is None:
-                continue
-            sl, (Z, Y, X) = bx
-            d = b - a
-            L = float(np.linalg.norm(d))
-            d = d / L
-            qx, qy, qz = X - a[0], Y - a[1], Z - a[2]
-            t = np.clip(qx * d[0] + qy * d[1] + qz * d[2], 0.0, L)
-            dist2 = (qx - t * d[0]) ** 2 + (qy - t * d[1]) ** 2 + (qz - t * d[2]) ** 2
-            m = dist2 <= r * r
-            tissue[sl][m] = TISSUE["metal"]
-            mineral[sl][m] = 0.0
-            hu_fixed[sl][m] = metal_hu
-        out.append({"side": side, "points_lps": poly.tolist(), "diameter_mm": FUSION_ROD_DIAMETER_MM})
+            _paint_rod(grid, a, b, FUSION_ROD_DIAMETER_MM, ROD_TISSUE[material], tissue, mineral, hu_fixed, metal_hu)
+        out.append({"side": side, "points_lps": poly.tolist(), "diameter_mm": FUSION_ROD_DIAMETER_MM,
+                    "material": material})
     return out
+
+
+def paint_crosslink(grid: Grid, rods: list[dict], tissue, mineral, hu_fixed, metal_hu: float) -> dict | None:
+    """A titanium transverse rod (5 mm) joining the left and right fusion rods (:func:`paint_fusion_rods`)
+    midway along the construct (between its two middle screw heads on each side), in place.
+
+    Returns its truth (end points on the rods' axes LPS mm, diameter, material), or None without two rods.
+    """
+    if len(rods) < 2:
+        return None
+
+    def middle(rod):
+        heads = np.asarray(rod["points_lps"])[1:-1]  # the polyline without its two end extensions
+        i = (len(heads) - 1) // 2
+        return (heads[i] + heads[i + 1]) / 2.0
+
+    a, b = (middle(rod) for rod in rods)
+    _paint_rod(grid, a, b, CROSSLINK_DIAMETER_MM, TISSUE["metal"], tissue, mineral, hu_fixed, metal_hu)
+    return {"points_lps": [a.tolist(), b.tolist()], "diameter_mm": CROSSLINK_DIAMETER_MM, "material": "titanium"}
 
 
 def add_streaks(grid: Grid, img: np.ndarray, centroids, amplitude_hu: float, width_mm: float) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .ctphysics import XraySpec
 
 __all__ = ["ScrewSpec", "PadSpec", "CaseSpec", "ORIENTATIONS", "MINDWAYS_RODS", "HA_RODS", "loosened_rule",
-           "pad_definition"]
+           "pad_definition", "BREACHES", "ROD_MATERIALS", "CAGE_MATERIALS"]
 
 #: Certificate values (K2HPO4 mg/cm3, water mg/cm3) of one Mindways Model 3 CT phantom (science.md).
 MINDWAYS_RODS: tuple[tuple[str, float, float], ...] = (
@@ -57,7 +57,8 @@ class ScrewSpec:
     side : str
         ``'left'`` (patient's left, +x) or ``'right'``.
     halo_width_mm : float
-        Radiolucent band width around the thread crests, mm (0..3).
+        Radiolucent band width, mm (0..3): around the thread crests, and on an augmented screw's cemented part
+        from the mantle's outer surface outwards (at the cement-bone interface).
     halo_arc_fraction : float
         Fraction of the circumference that is lucent (0..1), centred at ``halo_angle_deg``.
     halo_angle_deg : float or None
@@ -71,6 +72,15 @@ class ScrewSpec:
         Shaft length from the entry point, mm; None = to the pedicle-axis target (80 % body depth).
     rim_mg_cm3 : float
         Mineral density of the sclerotic rim (material units).
+    cement_mantle_mm : float
+        Cement augmentation: radial thickness of a PMMA/BaSO4 mantle beyond the thread crests around the
+        distal half of the shaft (and as far beyond the tip), mm (real mantles ~2-5); 0 = not augmented.
+        The cement displaces bone. Needs ``CaseSpec.xray``.
+    breach : 'medial', 'lateral' or None
+        The screw shifted across the pedicle so that its shaft leaves the pedicle's outer surface by
+        ``breach_mm`` at the isthmus, towards the canal (medial) or the soft tissue (lateral).
+    breach_mm : float
+        How far the thread crests pass the pedicle's outer surface at the isthmus, mm (2-4 typical).
     """
 
     vertebra: str = "L4"
@@ -82,6 +92,24 @@ class ScrewSpec:
     diameter_mm: float = 6.5
     length_mm: float | None = None
     rim_mg_cm3: float = 600.0
+    cement_mantle_mm: float = 0.0
+    breach: str | None = None
+    breach_mm: float = 3.0
+
+    def __post_init__(self):
+        if self.cement_mantle_mm < 0:
+            raise ValueError(f"cement_mantle_mm must be >= 0 (0 = not augmented), got {self.cement_mantle_mm}")
+        if self.breach not in BREACHES:
+            raise ValueError(f"breach {self.breach!r} unknown; use one of {BREACHES}")
+        if self.breach is not None and self.breach_mm <= 0:
+            raise ValueError(f"breach_mm must be > 0 for a breach, got {self.breach_mm}")
+
+
+#: Directions of a pedicle breach (:attr:`ScrewSpec.breach`); None = inside the pedicle.
+BREACHES = (None, "medial", "lateral")
+#: Rod materials (:attr:`CaseSpec.rod_material`) and interbody cage materials (:attr:`CaseSpec.cage`).
+ROD_MATERIALS = ("titanium", "cobalt_chrome")
+CAGE_MATERIALS = (None, "titanium", "peek")
 
 
 @dataclass(frozen=True)
@@ -225,7 +253,15 @@ class CaseSpec:
     streaks : bool
         Photon-starvation streaks between screws.
     fusion_rods : bool
-        5.5 mm titanium rods joining the screw heads of each side (post-op realism; metal, not screws).
+        5.5 mm rods joining the screw heads of each side (post-op realism; metal, not screws).
+    rod_material : str
+        ``'titanium'`` or ``'cobalt_chrome'`` (CoCrMo; needs ``xray``): the fusion rods' alloy.
+    crosslink : bool
+        A 5 mm titanium transverse rod joining the left and right fusion rods midway along the construct
+        (needs ``fusion_rods`` and two screws on each side).
+    cage : 'titanium', 'peek' or None
+        Two box cages (PLIF) in the disc space between the two uppermost levels that both hold a screw:
+        hollow, filled with bone graft; PEEK cages carry tantalum marker pins. Needs ``xray``.
     xray : XraySpec or None
         Form the image by projection physics (:mod:`bmdpipe.synthetic.ctphysics`: spectrum, attenuation
         tables, Poisson noise, FBP) instead of the painted model (PSF, metal HU, painted streaks, added
@@ -267,10 +303,28 @@ class CaseSpec:
     metal_saturation: bool = True
     streaks: bool = True
     fusion_rods: bool = False
+    rod_material: str = "titanium"
+    crosslink: bool = False
+    cage: str | None = None
     xray: XraySpec | None = None
     study_date: str | None = None
     orientation: str = "HFS"
     anatomy_jitter: bool = True
+
+    def __post_init__(self):
+        if self.rod_material not in ROD_MATERIALS:
+            raise ValueError(f"rod_material {self.rod_material!r} unknown; use one of {ROD_MATERIALS}")
+        if self.cage not in CAGE_MATERIALS:
+            raise ValueError(f"cage {self.cage!r} unknown; use one of {CAGE_MATERIALS}")
+        if self.crosslink and not self.fusion_rods:
+            raise ValueError("crosslink=True joins the fusion rods: set fusion_rods=True")
+        if self.xray is None:
+            physics_only = [name for name, on in (
+                ("rod_material='cobalt_chrome'", self.rod_material != "titanium"), (f"cage={self.cage!r}", self.cage),
+                ("cement_mantle_mm > 0", any(s.cement_mantle_mm > 0 for s in self.screws))) if on]
+            if physics_only:
+                raise ValueError(f"{', '.join(physics_only)} is formed only by projection physics (the painted "
+                                 "model has no HU for it): set xray=XraySpec(...)")
 
     @property
     def resolved_material(self) -> str:
