@@ -8,7 +8,7 @@ ids on the same grid, L3=22, L4=23, L5=24, whole vertebra incl. posterior elemen
 ``case.truth`` (:class:`Truth`: ``mineral_mg_cm3`` noise-free mineral density in the case material,
 0 outside bone; ``tissue`` codes of :data:`TISSUE` (0 air, 1 fat, 2 soft tissue, 3 blood,
 4 cancellous, 5 cortex, 6 sclerosis, 7 disc, 8 canal, 9 rod, 10 phantom body, 11 table, 12 metal,
-13 halo, 14 sclerotic rim); ``part`` (1 body, 2 left pedicle, 3 right pedicle, 4 posterior);
+13 halo, 14 sclerotic rim, 15-19 construct hardware below); ``part`` (1 body, 2 left pedicle, 3 right pedicle, 4 posterior);
 ``hu_clean`` (noise-free un-blurred HU); ``scanner`` (slope/intercept of ``HU = intercept +
 slope * mineral``, kev, noise, PSF, tissue HU); ``vertebrae`` (body centre/size, central density,
 ``pedicles`` = left/right :class:`bmdpipe.results.PedicleAxis` in LPS); ``phantom`` (rods with
@@ -26,13 +26,20 @@ The scanner is physically consistent: an effective energy (kev) sets the HU of s
 slope, and a small gain/offset error of the HU scale applies to all materials.
 Orientations (``CaseSpec.orientation``): HFS (identity), HFS_zdown, FFS, HFP, FFP; anatomy is
 defined in LPS, so only the array layout / direction changes. ``CaseSpec(fusion_rods=True)`` adds
-titanium rods between the screw heads. ``CaseSpec(pad=PadSpec("qrm-bdc-6"))`` draws the calibration pad
+titanium rods between the screw heads (``rod_material="cobalt_chrome"``, ``crosslink=True``: a transverse rod
+joining them). With ``xray``: ``ScrewSpec(cement_mantle_mm=3.0)`` augments a screw with PMMA/BaSO4 cement
+around the distal half of its shaft (its halo then lies at the cement-bone interface there), and
+``CaseSpec(cage="peek")`` (or ``"titanium"``) puts two box cages with bone graft (PEEK: tantalum markers) in
+the disc between the first two instrumented levels; ``ScrewSpec(breach="medial")`` (or ``"lateral"``) shifts
+a screw through the pedicle wall. Their truth: ``truth.screws`` (``augmented``, ``cement_mantle_mm``,
+``breach``, ``breach_mm``), ``truth.artefacts`` (``fusion_rods``, ``crosslink``, ``cages``), tissue codes
+15 cement, 16 cobalt-chrome, 17 PEEK, 18 tantalum, 19 bone graft. ``CaseSpec(pad=PadSpec("qrm-bdc-6"))`` draws the calibration pad
 from the range of real pads instead (size, curvature, rod order, a water-equivalent or faint rod,
 cupping, a streak, the field of view cutting its end; see :class:`PadSpec`).
 ``CaseSpec(xray=XraySpec(kernel="sharp"), phantom=None)`` forms the image by projection physics instead of
 the painted model (:mod:`bmdpipe.synthetic.ctphysics`: spekpy spectrum, xraydb attenuation, Poisson noise,
 astra FBP; ~1.4 s a slice on one core, ``make_case(..., workers=2)`` spreads the slices). Modules: spec,
-scanner, grid, spine, phantom, pad, screws, ctphysics, case, truth, tissue, dicom.
+scanner, grid, spine, phantom, pad, screws, cage, ctphysics, case, truth, tissue, dicom.
 """
 
 from .case import HU_MAX, HU_MIN, case_scanner, make_case

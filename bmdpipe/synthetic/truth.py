@@ -61,7 +61,9 @@ class Truth:
     tissue : uint8 array
         Codes of :data:`bmdpipe.synthetic.tissue.TISSUE`: 0 air, 1 fat, 2 soft tissue/muscle,
         3 blood, 4 cancellous, 5 cortex, 6 sclerosis, 7 disc, 8 canal/CSF, 9 phantom rod,
-        10 phantom body, 11 table, 12 metal, 13 halo, 14 sclerotic rim.
+        10 phantom body, 11 table, 12 metal (titanium), 13 halo, 14 sclerotic rim, 15 cement, 16 cobalt-chrome,
+        17 PEEK, 18 tantalum, 19 bone graft. Cage walls and marker pins (sub-voxel; formed as partial volumes)
+        are marked where they fill at least half a voxel.
     part : uint8 array
         Vertebra part of labelled voxels: 0 none, 1 body, 2 left pedicle, 3 right pedicle,
         4 posterior elements.

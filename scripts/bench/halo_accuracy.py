@@ -7,9 +7,10 @@ and the mean absolute error of the maximum halo width (issue 5's done-when figur
 
 ``--suite physics`` forms the images by projection physics instead (bmdpipe.synthetic.ctphysics: a
 120 kVp-class spectrum, attenuation tables, Poisson noise, FBP with a standard or sharp kernel), with
-0.7 mm pixels, rods on both sides, 5.5-7.5 mm screws, bone 50-180 mg/cm3, a third of the screws without a halo;
-it prints calls, sensitivity, specificity, width and diameter errors by kernel, and seconds per screw
-(issue 19).
+0.7 mm pixels, rods on both sides, 5.5-7.5 mm screws, bone 50-180 mg/cm3, a third of the screws without a halo,
+and the construct's hardware: cement-augmented screws (a third), breaches, titanium or cobalt-chrome rods,
+crosslinks, titanium or PEEK cages; it prints calls, sensitivity, specificity, width and diameter errors by
+kernel and by hardware type, and seconds per screw (issue 19).
 
 Run:  .venv/bin/python scripts/bench/halo_accuracy.py [--cases 8] [--seed 100] [--suite physics --workers 2]
 """
@@ -63,7 +64,10 @@ def case_spec(rng: np.random.Generator, n_case: int, levels=("L3", "L4", "L5")) 
 
 def physics_case_spec(rng: np.random.Generator, n_case: int) -> CaseSpec:
     """A follow-up case formed by projection physics: two adjacent levels, a screw on each side joined
-    by rods, kernel standard and sharp in turn, tube and dose drawn from the clinical range."""
+    by rods, kernel standard and sharp in turn, tube and dose drawn from the clinical range. Hardware: a
+    third of the screws cement-augmented (mantle 2-5 mm), 15 % of the others breaching the pedicle
+    (2-4 mm, medial or lateral), a crosslink in half the cases; titanium and cobalt-chrome rods in turn by
+    pairs of cases (so with either kernel), and no cage, titanium or PEEK cages in turn."""
     top = int(rng.integers(0, 2))
     levels = (("L3", "L4"), ("L4", "L5"))[top]
     screws = []
@@ -71,13 +75,19 @@ def physics_case_spec(rng: np.random.Generator, n_case: int) -> CaseSpec:
         for sd in ("left", "right"):
             w = 0.0 if rng.uniform() < 1.0 / 3.0 else float(np.round(rng.uniform(0.3, 3.0), 2))
             arc = 1.0 if rng.uniform() < 0.5 else float(np.round(rng.uniform(0.3, 0.95), 2))
+            mantle = float(np.round(rng.uniform(2.0, 5.0), 1)) if rng.uniform() < 1.0 / 3.0 else 0.0
+            breach = str(rng.choice(["medial", "lateral"])) if mantle == 0 and rng.uniform() < 0.15 else None
             screws.append(ScrewSpec(vertebra=lv, side=sd, halo_width_mm=w, halo_arc_fraction=arc,
                                     sclerotic_rim=bool(w > 0 and rng.uniform() < 0.3),
-                                    diameter_mm=float(rng.choice([5.5, 6.0, 6.5, 7.0, 7.5]))))
+                                    diameter_mm=float(rng.choice([5.5, 6.0, 6.5, 7.0, 7.5])),
+                                    cement_mantle_mm=mantle, breach=breach,
+                                    breach_mm=float(np.round(rng.uniform(2.0, 4.0), 1))))
     xray = XraySpec(kvp=float(rng.choice([100.0, 120.0, 140.0])), filtration_mm_al=float(rng.uniform(5.0, 9.0)),
                     incident_photons=float(10 ** rng.uniform(np.log10(5e4), np.log10(4e5))),
                     kernel=("standard", "sharp")[n_case % 2])
     return CaseSpec(levels=levels, screws=tuple(screws), phantom=None, fusion_rods=True, xray=xray,
+                    rod_material=("titanium", "cobalt_chrome")[n_case // 2 % 2],
+                    crosslink=bool(rng.uniform() < 0.5), cage=(None, "titanium", "peek")[n_case % 3],
                     spacing_mm=(1.0, 0.7, 0.7),
                     cancellous_mg_cm3=(50.0, 180.0), metal_saturation=bool(rng.uniform() < 0.7),
                     orientation=("HFS", "FFS", "HFP", "HFS_zdown")[n_case % 4])
@@ -124,9 +134,11 @@ def main(argv=None) -> int:
             row = dict(case=c, vertebra=ts.vertebra, side=ts.side, width=ts.halo_width_mm, arc=ts.halo_arc_fraction,
                        rim=ts.sclerotic_rim, loosened=ts.loosened, diameter=ts.diameter_mm, found=fs is not None,
                        sat=spec.metal_saturation, orient=spec.orientation, seconds=dt / max(len(case.truth.screws), 1),
-                       kernel=spec.xray.kernel if spec.xray else "painted")
+                       kernel=spec.xray.kernel if spec.xray else "painted", augmented=ts.augmented,
+                       mantle=ts.cement_mantle_mm, breach=ts.breach, cage=spec.cage, crosslink=spec.crosslink,
+                       rod=spec.rod_material)
             if fs is not None:
-                row.update(f_vertebra=fs.vertebra, f_side=fs.side.value, f_diameter=fs.diameter_mm,
+                row.update(f_augmented=getattr(fs, "augmented", None), f_vertebra=fs.vertebra, f_side=fs.side.value, f_diameter=fs.diameter_mm,
                            f_max=fs.halo.widest_arc_mm, f_mean=fs.halo.mean_width_mm,
                            f_frac=fs.halo.circumference_fraction, f_loose=fs.halo.loosened,
                            f_rim=fs.halo.sclerotic_rim,
@@ -136,7 +148,8 @@ def main(argv=None) -> int:
             if args.verbose:
                 print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()})
         print(f"case {c}: {len(found)} screws found / {len(case.truth.screws)} true, "
-              f"sat={spec.metal_saturation} {spec.orientation}, {dt:.1f} s", file=sys.stderr)
+              f"sat={spec.metal_saturation} {spec.orientation}, cage={spec.cage} crosslink={spec.crosslink} "
+              f"rods={spec.rod_material}, {dt:.1f} s", file=sys.stderr)
     n = len(rows)
     found = [r for r in rows if r["found"]]
     assigned = [r for r in found if r["f_vertebra"] == r["vertebra"] and r["f_side"] == r["side"]]
@@ -157,12 +170,26 @@ def main(argv=None) -> int:
           f"tip err median {np.median([r['tip_err'] for r in found]):.2f} mm")
     for kernel in sorted({r["kernel"] for r in rows}):
         print(_call_summary(kernel, [r for r in rows if r["kernel"] == kernel]))
+    if args.suite == "physics":
+        for name, has in HARDWARE_TYPES.items():
+            some = [r for r in rows if has(r)]
+            if some:
+                print(_call_summary(name, some))
     print(_call_summary("all", rows))
     for r in found:
         if r["f_loose"] != r["loosened"] or abs(r["f_max"] - r["width"]) > 0.5:
             print("  miss:", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()})
     print(f"total {time.time() - t_total:.0f} s")
     return 0
+
+
+#: Hardware types the physics suite's calls are summarised by: name -> does a row's screw or case have it.
+HARDWARE_TYPES = {
+    "cemented": lambda r: r["augmented"], "uncemented": lambda r: not r["augmented"],
+    "breach": lambda r: r["breach"] is not None, "cage-ti": lambda r: r["cage"] == "titanium",
+    "cage-peek": lambda r: r["cage"] == "peek", "crosslink": lambda r: r["crosslink"],
+    "rod-ti": lambda r: r["rod"] == "titanium", "rod-cocr": lambda r: r["rod"] == "cobalt_chrome",
+}
 
 
 def _call_summary(name: str, rows: list[dict]) -> str:
@@ -175,7 +202,7 @@ def _call_summary(name: str, rows: list[dict]) -> str:
     w = np.array([abs(r["f_max"] - r["width"]) for r in found]) if found else np.array([np.nan])
     d = np.array([abs(r["f_diameter"] - r["diameter"]) for r in found]) if found else np.array([np.nan])
     n_right = sum(map(right, rows))
-    return (f"{name:9s} screws {len(rows):3d}  calls right {n_right}/{len(rows)} "
+    return (f"{name:10s} screws {len(rows):3d}  calls right {n_right}/{len(rows)} "
             f"({100.0 * n_right / max(len(rows), 1):.1f} %)  sensitivity {sum(map(right, pos))}/{len(pos)}"
             f"  specificity {sum(map(right, neg))}/{len(neg)}  width MAE {w.mean():.2f} mm  diameter MAE "
             f"{d.mean():.2f} mm  {np.mean([r['seconds'] for r in rows]):.1f} s/screw (detect + measure)")
