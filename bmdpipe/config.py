@@ -295,6 +295,7 @@ class HaloSettings(_Section):
     section: ClassVar[str] = "halo"
     min_width_mm: float = Field(gt=0)
     min_circumference_fraction: float = Field(gt=0, le=1)
+    min_measured_fraction: float = Field(ge=0, le=1)
     n_angles: int = Field(ge=8)
     position_step_mm: float = Field(gt=0)
     radial_step_mm: float = Field(gt=0)

@@ -236,18 +236,30 @@ class HaloMeasurement:
         Mean width over the valid angles (halo-free angles count 0).
     circumference_fraction : float
         Share of the valid angles whose smoothed width reaches ``halo.min_width_mm``.
-    loosened : bool
-        ``widest_arc_mm >= min_width_mm`` and ``circumference_fraction >= min_circumference_fraction``.
+    loosened : bool or None
+        ``widest_arc_mm >= min_width_mm`` and ``circumference_fraction >= min_circumference_fraction``;
+        None (indeterminate, ``reason`` says why) when too little of the circumference could be
+        measured for a call (``halo.min_measured_fraction``).
+    widest_arc_se_mm : float or None
+        Standard error of ``widest_arc_mm`` from the spread of the widest arc's width along the screw
+        (its cells of ``halo.block_length_mm`` taken as independent), mm.
+    measured_fraction : float
+        Share of the circumference whose width could be measured (in bone, off metal streaks).
+    reason : str
+        Why ``loosened`` is None; empty otherwise.
     """
 
     widest_arc_mm: float
     mean_width_mm: float
     circumference_fraction: float
-    loosened: bool
+    loosened: bool | None
     sclerotic_rim: bool = False
     location: str = ""  # e.g. "tip", "mid", "entry"
     width_map_mm: np.ndarray | None = None  # (n_positions, n_angles) for QC
     blur_sigma_mm: tuple[float, ...] | None = None  # scanner blur per orientation sector the halo was measured with (None = fitted per screw)
+    widest_arc_se_mm: float | None = None
+    measured_fraction: float = 1.0
+    reason: str = ""
 
 
 @dataclass(frozen=True)

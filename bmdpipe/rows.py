@@ -222,7 +222,10 @@ class ScrewRow(_Row):
     span ~35 deg; shorter spikes are ray exits or streaks), mm. ``halo_mean_mm`` is the mean
     width over the angles, ``halo_circumference_fraction`` the share of the circumference
     where the (smoothed) width reaches ``halo.min_width_mm``. Halo columns are empty when
-    the halo could not be measured.
+    the halo could not be measured. ``loosened`` is empty (indeterminate) when too little of
+    the circumference could be measured for a call; ``reason`` says why.
+    ``halo_max_se_mm`` is the standard error of ``halo_max_mm`` and ``halo_measured_fraction``
+    the share of the circumference measured (in bone, off metal streaks).
     """
 
     study_id: str
@@ -242,6 +245,9 @@ class ScrewRow(_Row):
     halo_mean_mm: float | None
     halo_circumference_fraction: float | None
     loosened: bool | None
+    halo_max_se_mm: Annotated[float | None, ADDED] = None
+    halo_measured_fraction: Annotated[float | None, ADDED] = None
+    reason: Annotated[str, ADDED] = ""
 
     #: decimals of the lengths (0.1 mm) and of the diameter and coordinates (0.01 mm) written
     LENGTH_DECIMALS: ClassVar[int] = 1
@@ -263,7 +269,10 @@ class ScrewRow(_Row):
             halo_max_mm=None if h is None else h.widest_arc_mm,
             halo_mean_mm=None if h is None else h.mean_width_mm,
             halo_circumference_fraction=None if h is None else h.circumference_fraction,
-            loosened=None if h is None else bool(h.loosened),
+            loosened=None if h is None or h.loosened is None else bool(h.loosened),
+            halo_max_se_mm=None if h is None else h.widest_arc_se_mm,
+            halo_measured_fraction=None if h is None else h.measured_fraction,
+            reason="" if h is None else h.reason,
         )
 
 

@@ -63,7 +63,8 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
     fig.colorbar(im, ax=ax1, label="halo width (mm)")
     ax1.set_xlabel("angle (deg)")
     ax1.set_title(f"widest arc {h.widest_arc_mm:.1f} mm, mean {h.mean_width_mm:.1f} mm, "
-                  f"{100 * h.circumference_fraction:.0f} % circ., loosened={h.loosened}", fontsize=8)
+                  f"{100 * h.circumference_fraction:.0f} % circ., "
+                  + (f"loosened={h.loosened}" if h.loosened is not None else "call indeterminate"), fontsize=8)
     _show_axial_slice(ax2, volume, screw, R, R + h.widest_arc_mm, window_hu)
     fig.tight_layout()
     return fig

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import ndtri
 
 from ..config import HaloSettings, ScrewSettings
 from ..errors import ScrewError
@@ -224,6 +225,27 @@ def _accepted_edge(d: np.ndarray, r: np.ndarray, start: np.ndarray, level: np.nd
     return edge, plateau
 
 
+def _edge_inside_start(d: np.ndarray, r: np.ndarray, start: np.ndarray, edge: np.ndarray, plateau: np.ndarray,
+                       lucent_hu: float, sigma_mm: np.ndarray) -> np.ndarray:
+    """Edges found at the search start moved to where a blurred step would put them.
+
+    A ray whose tissue is already above half-way at ``start`` has its edge somewhere inside; read as
+    ``start`` it would give every screw without a halo a width of ``edge_start_mm``. A step from
+    ``lucent_hu`` to the bone beyond (``plateau``) blurred by a Gaussian of SD ``sigma_mm`` reaches the
+    tissue's share ``f`` of the way at ``edge + sigma * Phi^-1(f)``; that puts the edge at
+    ``start - sigma * Phi^-1(f)`` (``f`` clipped to [0.5, 0.999]: at most 3.1 sigma further in).
+    """
+    at_start = np.isfinite(edge) & (edge <= start + 1e-9) & np.isfinite(plateau) & (plateau > lucent_hu)
+    if not at_start.any():
+        return edge
+    k = np.clip(np.searchsorted(r, start[at_start]), 0, r.size - 1)
+    share = (d[at_start, :][np.arange(k.size), k] - lucent_hu) / (plateau[at_start] - lucent_hu)
+    share = np.clip(np.nan_to_num(share, nan=0.5), 0.5, 0.999)
+    out = edge.copy()
+    out[at_start] = start[at_start] - sigma_mm[at_start] * ndtri(share)
+    return out
+
+
 def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray, *, crest_radius_mm: float,
                 bone_hu: float, sigma_mm, settings: HaloSettings) -> RayFit:
     """Halo width of every ray: where the tissue beyond the metal rises half-way to bone.
@@ -283,6 +305,7 @@ def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray,
         level = np.where(np.isfinite(plateau), H + 0.5 * np.maximum(plateau - H, settings.min_contrast_hu), base)
         edge, plateau = _accepted_edge(ds, r, start, level, gap=gap, plateau_mm=settings.rim_width_mm,
                                        tries=settings.edge_tries, stay_level=np.minimum(level, base))
+    edge = _edge_inside_start(ds, r, start, edge, plateau, H, 0.5 * gap)
     width = np.where(np.isnan(edge), np.nan, np.clip(edge - crest_radius_mm, 0.0, settings.max_width_mm))
     outer = np.where(np.isfinite(edge), edge, np.inf)
     rim = _quantile_between(ds, r, outer + 0.5 * gap, outer + settings.rim_width_mm)
@@ -550,14 +573,39 @@ def _summarise(w_ang: np.ndarray, bone_ang: np.ndarray, rim_ang: np.ndarray, val
         pk = positions_mm[int(np.argmax(prof_pos))] / length
         loc = "entry" if pk < 1 / 3 else ("mid" if pk < 2 / 3 else "tip")
     rim_excess = np.nan_to_num(rim_ang - bone_ang, nan=0.0)
-    haloed = valid & (np.nan_to_num(w_ang) >= 0.5 * thr)
-    rim = bool(haloed.any() and np.count_nonzero(haloed & (rim_excess >= settings.rim_min_contrast_hu))
-               >= settings.rim_min_fraction * np.count_nonzero(haloed))
-    loosened = bool(max_w >= thr and frac >= settings.min_circumference_fraction)
+    # over all measured angles: a rim lies just beyond the edge however narrow the halo (those of 0.5-0.7 mm
+    # with a rim read 0.4-0.5 mm, below any width cut-off)
+    rim = bool(valid.any() and np.count_nonzero(valid & (rim_excess >= settings.rim_min_contrast_hu))
+               >= settings.rim_min_fraction * np.count_nonzero(valid))
+    loosened: bool | None = bool(max_w >= thr and frac >= settings.min_circumference_fraction)
+    measured = float(np.count_nonzero(valid) / valid.size)
+    reason = ""
+    if measured < settings.min_measured_fraction:
+        loosened = None
+        reason = (f"halo measurable on {100 * measured:.0f} % of the circumference (bone off metal streaks); "
+                  f"a call needs {100 * settings.min_measured_fraction:.0f} %")
+    arc = valid & (w_s >= 0.5 * peak) if peak > 0 else valid
+    se = _widest_arc_se(wmap[:, arc], positions_mm, settings)
     return HaloMeasurement(widest_arc_mm=round(max_w, 2), mean_width_mm=round(mean_w, 2),
                            circumference_fraction=round(frac, 3), loosened=loosened, sclerotic_rim=rim,
                            location=loc, width_map_mm=wmap.astype(np.float32),
-                           blur_sigma_mm=None if blur_sigma_mm is None else tuple(float(b) for b in blur_sigma_mm))
+                           blur_sigma_mm=None if blur_sigma_mm is None else tuple(float(b) for b in blur_sigma_mm),
+                           widest_arc_se_mm=None if se is None else round(se, 2), measured_fraction=round(measured, 3),
+                           reason=reason)
+
+
+def _widest_arc_se(arc_widths: np.ndarray, positions_mm: np.ndarray, settings: HaloSettings) -> float | None:
+    """Standard error (mm) of the widest arc's width, a median along the screw: 1.2533 SD / sqrt(n) of
+    the arc's mean width per ray plane, with n the planes over ``block_length_mm`` (the cells pool that
+    length, so neighbouring planes are not independent). None with fewer than two planes."""
+    fin = np.isfinite(arc_widths)
+    per_plane = np.where(fin, arc_widths, 0.0).sum(axis=1) / np.maximum(fin.sum(axis=1), 1)
+    per_plane = per_plane[fin.any(axis=1)]
+    if per_plane.size < 2:
+        return None
+    step = float(positions_mm[1] - positions_mm[0]) if positions_mm.size > 1 else settings.block_length_mm
+    n = max(1.0, per_plane.size * step / settings.block_length_mm)
+    return float(1.2533 * np.std(per_plane, ddof=1) / np.sqrt(n))
 
 
 def _circular_median(x: np.ndarray, size: int) -> np.ndarray:

@@ -84,3 +84,11 @@ def test_empty_bins_are_bridged():
     count[:, ::2] = 0.0
     fit = edge_widths(prof * count, count, RADII, crest_radius_mm=R, bone_hu=BONE, sigma_mm=SIGMA, settings=SET)
     assert fit.width_mm[0] == pytest.approx(1.5, abs=0.08)
+
+
+@pytest.mark.parametrize("width", [0.0, 0.2, 0.3, 0.5])
+def test_narrow_and_absent_halos_read_their_width_not_the_search_start(width):
+    """The edge is searched from ``edge_start_mm`` (0.5 mm) beyond the crests; a ray already at bone
+    there used to read exactly that, so a screw without a halo read 0.5 mm. The edge inside the start
+    is placed where the blurred step puts it, so growth over follow-ups starts from about zero."""
+    assert _widths(_halo(width)).width_mm[0] == pytest.approx(width, abs=0.06)
