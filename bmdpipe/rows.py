@@ -222,7 +222,8 @@ class ScrewRow(_Row):
     span ~35 deg; shorter spikes are ray exits or streaks), mm. ``halo_mean_mm`` is the mean
     width over the angles, ``halo_circumference_fraction`` the share of the circumference
     where the (smoothed) width reaches ``halo.min_width_mm``. Halo columns are empty when
-    the halo could not be measured.
+    the halo could not be measured. ``augmented`` (added after the contract's columns): a
+    cement mantle wraps the screw's distal shaft (:attr:`bmdpipe.results.Screw.augmented`).
     """
 
     study_id: str
@@ -242,6 +243,7 @@ class ScrewRow(_Row):
     halo_mean_mm: float | None
     halo_circumference_fraction: float | None
     loosened: bool | None
+    augmented: Annotated[bool, ADDED] = False
 
     #: decimals of the lengths (0.1 mm) and of the diameter and coordinates (0.01 mm) written
     LENGTH_DECIMALS: ClassVar[int] = 1
@@ -264,6 +266,7 @@ class ScrewRow(_Row):
             halo_mean_mm=None if h is None else h.mean_width_mm,
             halo_circumference_fraction=None if h is None else h.circumference_fraction,
             loosened=None if h is None else bool(h.loosened),
+            augmented=bool(screw.augmented),
         )
 
 
