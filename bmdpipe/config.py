@@ -289,6 +289,13 @@ class ScrewSettings(_Section):
     axis_fit_range: tuple[float, float]
     nominal_diameter_mm: float | None
     max_distance_from_vertebra_mm: float = Field(ge=0)
+    cement_min_hu: float
+    cement_min_thickness_mm: float = Field(gt=0)
+    cement_min_circumference: float = Field(gt=0, le=1)
+    cement_min_sleeve_mm: float = Field(gt=0)
+    cement_min_clean_shaft_mm: float = Field(gt=0)
+    cement_margin_mm: float = Field(ge=0)
+    cement_search_radius_mm: float = Field(gt=2)
 
 
 class HaloSettings(_Section):

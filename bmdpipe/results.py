@@ -264,7 +264,12 @@ class HaloMeasurement:
 
 @dataclass(frozen=True)
 class Screw:
-    """A pedicle screw detected on CT (LPS mm)."""
+    """A pedicle screw detected on CT (LPS mm).
+
+    ``augmented``: a sleeve of cement (or other dense material) wraps the distal shaft
+    (:func:`bmdpipe.screws.detect.detect_screws`); ``cement_mantle_mm`` is the sleeve's
+    thickness beyond the thread crests, mm (None when not augmented).
+    """
 
     entry_lps: tuple[float, float, float]
     tip_lps: tuple[float, float, float]
@@ -274,3 +279,5 @@ class Screw:
     side: Side = Side.center
     halo: HaloMeasurement | None = None
     n_voxels: int = 0
+    augmented: bool = False
+    cement_mantle_mm: float | None = None

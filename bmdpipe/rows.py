@@ -223,9 +223,11 @@ class ScrewRow(_Row):
     width over the angles, ``halo_circumference_fraction`` the share of the circumference
     where the (smoothed) width reaches ``halo.min_width_mm``. Halo columns are empty when
     the halo could not be measured. ``loosened`` is empty (indeterminate) when too little of
-    the circumference could be measured for a call; ``reason`` says why.
-    ``halo_max_se_mm`` is the standard error of ``halo_max_mm`` and ``halo_measured_fraction``
-    the share of the circumference measured (in bone, off metal streaks).
+    the circumference could be measured for a call; ``reason`` says why. Added after the
+    contract's columns: ``augmented``, a cement mantle wraps the screw's distal shaft
+    (:attr:`bmdpipe.results.Screw.augmented`); ``halo_max_se_mm``, the standard error of
+    ``halo_max_mm``; ``halo_measured_fraction``, the share of the circumference measured (in bone,
+    off metal streaks).
     """
 
     study_id: str
@@ -245,6 +247,7 @@ class ScrewRow(_Row):
     halo_mean_mm: float | None
     halo_circumference_fraction: float | None
     loosened: bool | None
+    augmented: Annotated[bool, ADDED] = False
     halo_max_se_mm: Annotated[float | None, ADDED] = None
     halo_measured_fraction: Annotated[float | None, ADDED] = None
     reason: Annotated[str, ADDED] = ""
@@ -270,6 +273,7 @@ class ScrewRow(_Row):
             halo_mean_mm=None if h is None else h.mean_width_mm,
             halo_circumference_fraction=None if h is None else h.circumference_fraction,
             loosened=None if h is None or h.loosened is None else bool(h.loosened),
+            augmented=bool(screw.augmented),
             halo_max_se_mm=None if h is None else h.widest_arc_se_mm,
             halo_measured_fraction=None if h is None else h.measured_fraction,
             reason="" if h is None else h.reason,

@@ -7,6 +7,14 @@ line fitting, so that screws touching a rod or each other become separate object
 is classified: screws are straight, cylindrical and run within ``max_axis_tilt_deg`` of the
 axial plane; rods run cranio-caudally; cages and cement are bulky, not cylindrical.
 
+A cement-augmented screw is a clean cylinder over its proximal shaft and wrapped in a wider
+sleeve of cement over its distal part. On a 3071-clipped scale cement and titanium read alike
+(and on an extended scale they differ by little: 4000-5500 HU cement against 5000-7000 HU
+titanium on the physics suite), so the sleeve is found by geometry: a bulky run whose head end
+is a clean shaft is a screw, and along every screw the sleeve is where the bright material
+reaches ``cement_min_thickness_mm`` farther from the axis than on its clean shaft, all round
+(:func:`find_sleeve`). Its axis and thread diameter then come from the clean shaft alone.
+
 All geometry is LPS mm (see :mod:`bmdpipe.volume`); the side of a screw comes from LPS x
 (+x = patient's left), never from array index order.
 """
@@ -25,7 +33,7 @@ from ..volume import Volume
 from .assign import assign_screws
 
 __all__ = ["metal_mask", "saturation_level", "MetalRun", "find_metal_runs", "detect_screws",
-           "screw_frame"]
+           "screw_frame", "find_sleeve", "mantle_thickness"]
 
 
 def saturation_level(values: np.ndarray, *, metal_threshold_hu: float, min_fraction: float,
@@ -77,7 +85,8 @@ class MetalRun:
         Median over 2-mm slabs along the run of the metal voxels in a shell just outside the
         run's cylinder relative to the run's own (large for cages, cement and blocks).
     kind : str
-        ``'screw'``, ``'rod'``, ``'bulky'`` (cage/cement/other) or ``'short'``.
+        ``'screw'`` (cement-augmented ones included), ``'rod'``, ``'bulky'`` (cage/cement/other)
+        or ``'short'``.
     """
 
     start_lps: np.ndarray
@@ -154,6 +163,21 @@ RUN_END_SLACK_MM = 1.0
 #: the bulk test compares shell and run voxels in slabs of this length along the run: a screw's
 #: tulip head (~10-13 mm, science.md) at one end does not make a screw bulky, mm
 BULK_SLAB_MM = 2.0
+#: sectors around the axis in which a sleeve's cover is counted (30 degrees each)
+SLEEVE_SECTORS = 12
+#: a sector of a metal run's shell counts as covered with at least this share of the mean voxels per sector
+SLEEVE_SECTOR_MIN_SHARE = 0.25
+#: the sleeve is searched in slabs of this length along the axis and radial bins of this width, mm
+SLEEVE_SLAB_MM = 1.0
+SLEEVE_RADIAL_STEP_MM = 0.5
+#: the clean shaft a sleeve is compared with lies in this first share of the run (the tapered tip,
+#: thinner than the shaft, stays out), from head to tip
+SLEEVE_REFERENCE_TO = 0.75
+#: a mantle's outer surface is where its radial profile falls half-way from the cement to the bone;
+#: the cement's level is read from this far beyond the thread crests (past the metal's blur), mm, in
+#: radial bins of MANTLE_RADIAL_STEP_MM
+MANTLE_PLATEAU_FROM_MM = 1.0
+MANTLE_RADIAL_STEP_MM = 0.25
 
 
 def _best_line(p: np.ndarray, settings: ScrewSettings, rng: np.random.Generator):
@@ -209,12 +233,18 @@ def _run_members(p: np.ndarray, c0: np.ndarray, a0: np.ndarray, settings: ScrewS
     return member, c0, a0, t, d2, t0, t1
 
 
-def _bulk_fraction(pts: np.ndarray, c0, a0, t_member: np.ndarray, t0: float, t1: float,
-                   settings: ScrewSettings) -> float:
-    """Median over slabs along the run of (metal voxels in a shell around the run) / (run voxels).
+def _slab_bulk(pts: np.ndarray, c0, a0, t_member: np.ndarray, t0: float, t1: float, settings: ScrewSettings):
+    """Per slab of ``BULK_SLAB_MM`` along the run: (metal voxels in a shell around the run) / (run voxels).
 
     The shell counts ALL the component's voxels (also those already assigned to other runs), so
     that the remnants of a block, a cage or cement are not mistaken for screws.
+
+    Returns
+    -------
+    ratios : (S,) ndarray
+        Shell / run voxels of each slab, from ``t0`` to ``t1``.
+    shell_t, shell_offsets : (K,) and (K, 3) ndarray
+        Positions along the run (mm) and perpendicular offsets (LPS mm) of the shell's voxels.
     """
     r_in = settings.inlier_radius_mm
     t_all = (pts - c0) @ a0
@@ -223,7 +253,54 @@ def _bulk_fraction(pts: np.ndarray, c0, a0, t_member: np.ndarray, t0: float, t1:
     slab_edges = np.arange(t0, t1 + BULK_SLAB_MM, BULK_SLAB_MM)
     n_sh = np.histogram(t_all[shell], slab_edges)[0]
     n_in = np.histogram(t_member, slab_edges)[0]
-    return float(np.median(n_sh / np.maximum(n_in, 1))) if n_in.size else 0.0
+    offsets = pts[shell] - c0 - np.outer(t_all[shell], a0)
+    return n_sh / np.maximum(n_in, 1), t_all[shell], offsets
+
+
+def _longest_true(flags: np.ndarray) -> tuple[int, int]:
+    """First index and length of the longest stretch of True in ``flags`` ((0, 0) when none)."""
+    padded = np.r_[False, np.asarray(flags, dtype=bool), False].astype(np.int8)
+    d = np.diff(padded)
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    if starts.size == 0:
+        return 0, 0
+    k = int(np.argmax(ends - starts))
+    return int(starts[k]), int(ends[k] - starts[k])
+
+
+def _sector_cover(offsets: np.ndarray, axis: np.ndarray) -> float:
+    """Share of ``SLEEVE_SECTORS`` sectors around ``axis`` holding at least ``SLEEVE_SECTOR_MIN_SHARE`` of the
+    mean number of the offsets per sector (a line pulled towards a plate beside a shaft puts a few of the
+    shaft's own voxels into the far sectors: they do not make a sleeve)."""
+    if len(offsets) == 0:
+        return 0.0
+    u, v = screw_frame(axis)
+    theta = np.arctan2(offsets @ v, offsets @ u)
+    sector = ((theta + np.pi) / (2 * np.pi) * SLEEVE_SECTORS).astype(int) % SLEEVE_SECTORS
+    counts = np.bincount(sector, minlength=SLEEVE_SECTORS)
+    return float(np.mean(counts >= SLEEVE_SECTOR_MIN_SHARE * counts.mean()))
+
+
+def _sleeved_screw_run(ratios: np.ndarray, shell_t: np.ndarray, shell_offsets: np.ndarray, a0: np.ndarray,
+                       t0: float, settings: ScrewSettings) -> bool:
+    """A bulky run that is a cement-augmented screw: from the head end (posterior, larger LPS y) a clean
+    shaft of at least ``cement_min_clean_shaft_mm`` (slabs not bulky), then, to the tip end, a mostly bulky
+    stretch of at least ``cement_min_sleeve_mm`` whose shell voxels cover ``cement_min_circumference`` of the
+    sectors around the axis (a sleeve, not a plate or a cage's wall beside a line)."""
+    head_first = a0[1] < 0  # t grows towards the head when the axis points posteriorly
+    order = np.arange(ratios.size) if head_first else np.arange(ratios.size)[::-1]
+    clean = ratios[order] <= settings.max_bulk_fraction
+    first, n_clean = _longest_true(clean)
+    n_sleeve = ratios.size - (first + n_clean)
+    if (n_clean * BULK_SLAB_MM < settings.cement_min_clean_shaft_mm
+            or n_sleeve * BULK_SLAB_MM < settings.cement_min_sleeve_mm):
+        return False
+    distal = order[first + n_clean:]
+    if np.median(ratios[distal]) <= settings.max_bulk_fraction:
+        return False
+    lo, hi = t0 + distal.min() * BULK_SLAB_MM, t0 + (distal.max() + 1) * BULK_SLAB_MM
+    inside = (shell_t >= lo) & (shell_t <= hi)
+    return _sector_cover(shell_offsets[inside], a0) >= settings.cement_min_circumference
 
 
 def _run_kind(length: float, n_member: int, bulk: float, tilt_deg: float, min_pts: int,
@@ -269,10 +346,13 @@ def find_metal_runs(points_lps: np.ndarray, settings: ScrewSettings, *, rng: np.
             break
         member, c0, a0, t, d2, t0, t1 = _run_members(p, *line, settings)
         n_member = int(np.count_nonzero(member))
-        bulk = _bulk_fraction(pts, c0, a0, t[member], t0, t1, settings)
+        ratios, shell_t, shell_offsets = _slab_bulk(pts, c0, a0, t[member], t0, t1, settings)
+        bulk = float(np.median(ratios)) if ratios.size else 0.0
         radius = float(np.sqrt(2.0 * d2[member].mean())) if n_member else 0.0
         tilt = float(np.degrees(np.arcsin(min(1.0, abs(a0[2])))))  # angle to the axial plane
         kind = _run_kind(t1 - t0, n_member, bulk, tilt, min_pts, settings)
+        if kind == "bulky" and _sleeved_screw_run(ratios, shell_t, shell_offsets, a0, t0, settings):
+            kind = _run_kind(t1 - t0, n_member, 0.0, tilt, min_pts, settings)  # a screw in its cement mantle
         runs.append(MetalRun(start_lps=c0 + t0 * a0, end_lps=c0 + t1 * a0, axis=a0.copy(),
                              n_points=n_member, radius_mm=radius, bulk_fraction=bulk, kind=kind))
         if n_member == 0:
@@ -294,6 +374,110 @@ def screw_frame(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     u /= np.linalg.norm(u)
     v = np.cross(a, u)
     return u, v
+
+
+def find_sleeve(volume: Volume, start: np.ndarray, end: np.ndarray,
+                settings: ScrewSettings) -> tuple[float, float] | None:
+    """The stretch of a screw wrapped in a sleeve of cement (or other dense material), from the image.
+
+    In slabs of ``SLEEVE_SLAB_MM`` along the axis and ``SLEEVE_SECTORS`` sectors around it, the bright
+    material's reach is the distance from the axis out to the first radial bin whose mean falls below
+    ``cement_min_hu``. The clean shaft is the stretch of ``cement_min_clean_shaft_mm`` (within the run's first
+    ``SLEEVE_REFERENCE_TO``) where the median reach is least: the metal and its blur alone. A slab is
+    sleeved when at least ``cement_min_circumference`` of its sectors reach ``cement_min_thickness_mm``
+    farther; the sleeve is the longest stretch of sleeved slabs beyond the clean shaft's start, at least
+    ``cement_min_sleeve_mm`` long.
+
+    Parameters
+    ----------
+    volume : Volume
+    start, end : (3,) ndarray
+        Axis ends, head end first, LPS mm.
+    settings : ScrewSettings
+
+    Returns
+    -------
+    (from_mm, to_mm) or None
+        Positions of the sleeve's ends along ``start`` -> ``end``, mm; None without a sleeve.
+    """
+    from .esf import voxels_near_axis
+
+    length = float(np.linalg.norm(end - start))
+    axis = (end - start) / length
+    r_max = settings.cement_search_radius_mm
+    t, r, offsets, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.0, length), r_max_mm=r_max)
+    n_slab = max(int(np.ceil(length / SLEEVE_SLAB_MM)), 1)
+    n_rad = int(np.ceil(r_max / SLEEVE_RADIAL_STEP_MM)) + 1
+    u, v = screw_frame(axis)
+    theta = np.arctan2(offsets @ v, offsets @ u)
+    sector = ((theta + np.pi) / (2 * np.pi) * SLEEVE_SECTORS).astype(int) % SLEEVE_SECTORS
+    slab = np.clip((t / SLEEVE_SLAB_MM).astype(int), 0, n_slab - 1)
+    cell = (slab * SLEEVE_SECTORS + sector) * n_rad + np.clip((r / SLEEVE_RADIAL_STEP_MM).astype(int), 0, n_rad - 1)
+    size = n_slab * SLEEVE_SECTORS * n_rad
+    count = np.bincount(cell, minlength=size)
+    total = np.bincount(cell, weights=vals, minlength=size)
+    dim = (count > 0) & (total < settings.cement_min_hu * count)  # empty bins neither end nor extend the reach
+    dim = dim.reshape(n_slab, SLEEVE_SECTORS, n_rad)
+    reach = np.where(dim.any(axis=2), dim.argmax(axis=2), n_rad) * SLEEVE_RADIAL_STEP_MM  # (slab, sector) mm
+    window = int(np.ceil(settings.cement_min_clean_shaft_mm / SLEEVE_SLAB_MM))
+    last = int(SLEEVE_REFERENCE_TO * n_slab) - window
+    if last < 0:
+        return None
+    slab_reach = np.median(reach, axis=1)
+    window_reach = [np.median(slab_reach[k:k + window]) for k in range(last + 1)]
+    ref = int(np.argmin(window_reach))
+    cover = np.mean(reach >= window_reach[ref] + settings.cement_min_thickness_mm, axis=1)
+    sleeved = cover >= settings.cement_min_circumference
+    sleeved[:ref] = False
+    first, n = _longest_true(sleeved)
+    if n * SLEEVE_SLAB_MM < settings.cement_min_sleeve_mm:
+        return None
+    return first * SLEEVE_SLAB_MM, min((first + n) * SLEEVE_SLAB_MM, length)
+
+
+def mantle_thickness(volume: Volume, start: np.ndarray, end: np.ndarray, sleeve: tuple[float, float],
+                     crest_radius_mm: float, settings: ScrewSettings) -> float | None:
+    """Thickness of a cement mantle beyond the thread crests, mm, from the sleeve's radial profile.
+
+    Over the sleeve (its ends' ``cement_margin_mm`` left out) the median HU at each distance from the axis
+    is taken; the cement's level is the median from ``MANTLE_PLATEAU_FROM_MM`` beyond the crests out to where
+    the profile first falls below ``cement_min_hu``, the bone's that of the outermost 2 mm searched. The
+    mantle's surface is the outermost radius where the profile stands half-way between them.
+
+    Returns None when the profile shows no such fall (the sleeve reaches the search radius).
+
+    Notes
+    -----
+    On a 3071-clipped scale the cement's level is the clip, below its true HU, so the half-way level sits
+    lower and the surface reads up to about half the blur's SD (~0.3-0.5 mm) outwards.
+    """
+    from .esf import voxels_near_axis
+
+    lo, hi = sleeve[0] + settings.cement_margin_mm, sleeve[1] - settings.cement_margin_mm
+    if hi <= lo:
+        lo, hi = sleeve
+    r_max = settings.cement_search_radius_mm
+    _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=(lo, hi), r_max_mm=r_max)
+    if r.size == 0:
+        return None
+    bone = float(np.median(vals[r > r_max - 2.0]))
+    k = (r / MANTLE_RADIAL_STEP_MM).astype(int)
+    bins = np.unique(k)
+    profile = ndimage.median(vals, labels=k, index=bins)
+    radii = (bins + 0.5) * MANTLE_RADIAL_STEP_MM
+    beyond = radii >= crest_radius_mm + MANTLE_PLATEAU_FROM_MM
+    fall = np.flatnonzero(beyond & (profile < settings.cement_min_hu))
+    if fall.size == 0:
+        return None
+    inner = beyond & (radii < radii[fall[0]])
+    cement = float(np.median(profile[inner])) if inner.any() else float(profile[fall[0]])
+    level = 0.5 * (cement + bone)
+    above = np.flatnonzero(profile >= level)
+    if above.size == 0 or above[-1] + 1 >= profile.size:
+        return None
+    i = above[-1]  # the outermost bin still half-way up; the surface lies between it and the next
+    r_surface = radii[i] + (profile[i] - level) / (profile[i] - profile[i + 1]) * (radii[i + 1] - radii[i])
+    return float(r_surface - crest_radius_mm)
 
 
 def _fit_end(t: np.ndarray, vals: np.ndarray, edge, lo: float, hi: float, sign: float) -> float:
@@ -346,8 +530,12 @@ def _head_end(t: np.ndarray, r: np.ndarray, vals: np.ndarray, radius: float, set
 
 
 def _shaft_edge(volume: Volume, start: np.ndarray, end: np.ndarray, settings: ScrewSettings,
-                clip_hu: float | None):
+                clip_hu: float | None, shaft_to: float | None = None):
     """Edge-spread fit of the shaft's middle (``SHAFT_FIT_RANGE``) about the axis ``start`` -> ``end``.
+
+    With ``shaft_to`` (mm along the axis: where a cement sleeve's margin begins) the fit covers the clean
+    shaft before it instead: from the configured ``axis_fit_range`` start (or ``MIN_AXIS_SPAN_MM`` before
+    ``shaft_to``, when that is earlier) to ``shaft_to``.
 
     Parameters
     ----------
@@ -357,6 +545,8 @@ def _shaft_edge(volume: Volume, start: np.ndarray, end: np.ndarray, settings: Sc
     settings : ScrewSettings
     clip_hu : float or None
         Saturation level of the image, HU (None = extended scale).
+    shaft_to : float or None
+        End of the clean shaft along the axis, mm (None: no sleeve).
 
     Returns
     -------
@@ -367,6 +557,8 @@ def _shaft_edge(volume: Volume, start: np.ndarray, end: np.ndarray, settings: Sc
 
     length = float(np.linalg.norm(end - start))
     shaft = (SHAFT_FIT_RANGE[0] * length, SHAFT_FIT_RANGE[1] * length)
+    if shaft_to is not None:
+        shaft = (max(min(settings.axis_fit_range[0] * length, shaft_to - MIN_AXIS_SPAN_MM), 0.0), shaft_to)
     _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=shaft, r_max_mm=settings.esf_max_radius_mm)
     fixed = settings.nominal_diameter_mm / 2.0 if settings.nominal_diameter_mm is not None else None
     return fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
@@ -374,10 +566,11 @@ def _shaft_edge(volume: Volume, start: np.ndarray, end: np.ndarray, settings: Sc
 
 
 def _axis_fit_span(volume: Volume, start: np.ndarray, end: np.ndarray, radius: float,
-                   settings: ScrewSettings) -> tuple[float, float]:
+                   settings: ScrewSettings, shaft_to: float | None = None) -> tuple[float, float]:
     """The shaft's stretch whose edge refines the axis: positions along ``start`` -> ``end``, mm.
 
-    The configured ``axis_fit_range`` (shares of the run, head to tip), begun no earlier than
+    The configured ``axis_fit_range`` (shares of the run, head to tip), ended at ``shaft_to`` (the
+    clean shaft's end before a cement sleeve, mm) when given and begun no earlier than
     ``HEAD_CLEARANCE_MM`` past the tulip head found about this axis, so neither the head nor a
     fusion rod through it enters the fit; unchanged when that would leave less than
     ``MIN_AXIS_SPAN_MM`` of shaft.
@@ -386,6 +579,9 @@ def _axis_fit_span(volume: Volume, start: np.ndarray, end: np.ndarray, radius: f
 
     length = float(np.linalg.norm(end - start))
     t0, t1 = settings.axis_fit_range[0] * length, settings.axis_fit_range[1] * length
+    if shaft_to is not None:
+        t1 = shaft_to
+        t0 = max(min(t0, t1 - MIN_AXIS_SPAN_MM), 0.0)
     t2, r2, _, v2 = voxels_near_axis(volume, start, end, t_range_mm=(0.0, HEAD_SEARCH_TO * length),
                                      r_max_mm=radius + HEAD_RING_MM[1])
     head = _head_end(t2, r2, v2, radius, settings, 0.0, HEAD_SEARCH_TO * length, True)
@@ -394,7 +590,8 @@ def _axis_fit_span(volume: Volume, start: np.ndarray, end: np.ndarray, radius: f
     return t0, t1
 
 
-def _axis_pass(volume: Volume, start: np.ndarray, end: np.ndarray, edge, settings: ScrewSettings):
+def _axis_pass(volume: Volume, start: np.ndarray, end: np.ndarray, edge, settings: ScrewSettings,
+               shaft_to: float | None = None):
     """One axis refinement: the edge voxels of the shaft re-selected about the current axis and fitted.
 
     Returns
@@ -408,7 +605,7 @@ def _axis_pass(volume: Volume, start: np.ndarray, end: np.ndarray, edge, setting
     from .esf import refine_axis, voxels_near_axis
 
     length = float(np.linalg.norm(end - start))
-    t0, t1 = _axis_fit_span(volume, start, end, edge.radius_mm, settings)
+    t0, t1 = _axis_fit_span(volume, start, end, edge.radius_mm, settings, shaft_to)
     ta, _, pa, va = voxels_near_axis(volume, start, end, t_range_mm=(t0, t1), r_max_mm=edge.radius_mm + AXIS_RING_MM)
     o0, o1, _ = refine_axis(ta, pa, va, edge, t_ref_mm=(t0, t1), fit_radius=False)
     slope = (o1 - o0) / (t1 - t0)
@@ -417,7 +614,7 @@ def _axis_pass(volume: Volume, start: np.ndarray, end: np.ndarray, edge, setting
 
 
 def _converged_axis(volume: Volume, start: np.ndarray, end: np.ndarray, settings: ScrewSettings,
-                    clip_hu: float | None):
+                    clip_hu: float | None, shaft_to: float | None = None):
     """Move a run's axis onto the screw's shaft, pass after pass, until it stops moving.
 
     The line through the thresholded mask can be a few tenths of a mm and, where a fusion rod or the
@@ -435,6 +632,8 @@ def _converged_axis(volume: Volume, start: np.ndarray, end: np.ndarray, settings
     settings : ScrewSettings
     clip_hu : float or None
         Saturation level of the image, HU (None = extended scale).
+    shaft_to : float or None
+        End of the clean shaft before a cement sleeve along the axis, mm (None: no sleeve).
 
     Returns
     -------
@@ -443,17 +642,29 @@ def _converged_axis(volume: Volume, start: np.ndarray, end: np.ndarray, settings
     edge : EdgeFit
         Edge fit of the shaft about it.
     """
-    edge = _shaft_edge(volume, start, end, settings, clip_hu)
+    edge = _shaft_edge(volume, start, end, settings, clip_hu, shaft_to)
     for _ in range(AXIS_MAX_PASSES):
-        o_start, o_end, shift = _axis_pass(volume, start, end, edge, settings)
+        o_start, o_end, shift = _axis_pass(volume, start, end, edge, settings, shaft_to)
         start, end = start + o_start, end + o_end
-        edge = _shaft_edge(volume, start, end, settings, clip_hu)  # radius about the new axis
+        edge = _shaft_edge(volume, start, end, settings, clip_hu, shaft_to)  # radius about the new axis
         if shift < AXIS_CONVERGED_MM:
             break
     return start, end, edge
 
 
-def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+@dataclass(frozen=True)
+class _FoundScrew:
+    """A refined screw run (LPS mm): ends, thread-crest diameter, voxels, cement sleeve."""
+
+    entry: np.ndarray
+    tip: np.ndarray
+    diameter_mm: float
+    n_voxels: int
+    augmented: bool
+    cement_mantle_mm: float | None
+
+
+def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu: float | None) -> _FoundScrew:
     """True metal ends and (thread-crest) diameter of one screw run, corrected for blooming.
 
     The run is oriented head (posterior, larger LPS y) to tip. Its axis is moved onto the shaft
@@ -462,19 +673,20 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
     thread crest. The tip comes from the voxels on the axis with the same blur; the entry is where
     the head (tulip) ends, or the metal end when there is no head.
 
-    Returns
-    -------
-    entry, tip : (3,) ndarray
-        LPS mm.
-    diameter : float
-        Thread-crest diameter, mm.
+    A screw in a cement sleeve (:func:`find_sleeve`) has its axis and radius fitted on the clean shaft
+    before the sleeve (``cement_margin_mm`` short of it). The metal's tip cannot be told from the cement
+    around it (both clip, or differ by less than the noise of a thin tapered tip): it is placed the
+    mantle's thickness (:func:`mantle_thickness`) short of the sleeve's end, i.e. the cement is taken to
+    wrap the tip as thickly as the shaft.
     """
     from .esf import voxels_near_axis
 
     start, end = run.start_lps, run.end_lps
     if start[1] < end[1]:  # head = posterior end = larger y
         start, end = end, start
-    start, end, edge = _converged_axis(volume, start, end, settings, clip_hu)
+    sleeve = find_sleeve(volume, start, end, settings)
+    shaft_to = None if sleeve is None else sleeve[0] - settings.cement_margin_mm
+    start, end, edge = _converged_axis(volume, start, end, settings, clip_hu, shaft_to)
     length = float(np.linalg.norm(end - start))
     a = (end - start) / length
     radius = edge.radius_mm
@@ -496,7 +708,14 @@ def _refine_run(volume: Volume, run: MetalRun, settings: ScrewSettings, clip_hu:
         start_pos = _fit_end(t[near], vals[near], edge, -ext, ENTRY_SEARCH_TO * length, -1.0)
         if not np.isfinite(start_pos):
             start_pos = 0.0
-    return start + start_pos * a, start + end_pos * a, 2.0 * radius
+    mantle = None
+    if sleeve is not None:
+        sleeve = find_sleeve(volume, start, end, settings) or sleeve  # about the refined axis
+        mantle = mantle_thickness(volume, start, end, sleeve, radius, settings)
+        if mantle is not None:
+            end_pos -= mantle
+    return _FoundScrew(entry=start + start_pos * a, tip=start + end_pos * a, diameter_mm=2.0 * radius,
+                       n_voxels=run.n_points, augmented=sleeve is not None, cement_mantle_mm=mantle)
 
 
 def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -505,16 +724,14 @@ def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> floa
     return float(np.linalg.norm(p - (a + u * ab)))
 
 
-def _drop_duplicates(found: list) -> list:
+def _drop_duplicates(found: list[_FoundScrew]) -> list[_FoundScrew]:
     """Drop runs lying on a larger screw's axis (a screw split in two by the line search)."""
-    order = sorted(range(len(found)), key=lambda k: -found[k][3])
-    kept: list = []
-    for k in order:
-        e, t, d, nv = found[k]
-        mid = 0.5 * (e + t)
-        if any(_point_segment_distance(mid, ke, kt) < 0.5 * kd for ke, kt, kd, _ in kept):
+    kept: list[_FoundScrew] = []
+    for f in sorted(found, key=lambda f: -f.n_voxels):
+        mid = 0.5 * (f.entry + f.tip)
+        if any(_point_segment_distance(mid, k.entry, k.tip) < 0.5 * k.diameter_mm for k in kept):
             continue
-        kept.append(found[k])
+        kept.append(f)
     return kept
 
 
@@ -538,7 +755,9 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
     list of Screw
         One per screw (entry = posterior end at the head, tip = anterior end), ordered
         superior to inferior, then right to left. ``halo`` is None (see
-        :func:`bmdpipe.screws.halo.measure_screws`). An empty list when there is no metal.
+        :func:`bmdpipe.screws.halo.measure_screws`). ``augmented`` where a cement sleeve wraps
+        the distal shaft (:func:`find_sleeve`), with its ``cement_mantle_mm``. An empty list when
+        there is no metal.
 
     Notes
     -----
@@ -558,7 +777,7 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
     slices = ndimage.find_objects(labels)
     rng = np.random.default_rng(settings.ransac_seed)
     vox_mm3 = volume.voxel_volume_mm3
-    found: list[tuple[np.ndarray, np.ndarray, float, int]] = []
+    found: list[_FoundScrew] = []
     for lab, sl in enumerate(slices, start=1):
         if sl is None:
             continue
@@ -571,12 +790,11 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
         for run in find_metal_runs(pts, settings, rng=rng):
             if run.kind != "screw":
                 continue
-            entry, tip, diameter = _refine_run(volume, run, settings, clip)
-            found.append((entry, tip, diameter, run.n_points))
-    found = _drop_duplicates(found)
-    screws = [Screw(entry_lps=tuple(float(x) for x in e), tip_lps=tuple(float(x) for x in t),
-                    length_mm=float(np.linalg.norm(t - e)), diameter_mm=float(d), n_voxels=nv)
-              for e, t, d, nv in found]
+            found.append(_refine_run(volume, run, settings, clip))
+    screws = [Screw(entry_lps=tuple(float(x) for x in f.entry), tip_lps=tuple(float(x) for x in f.tip),
+                    length_mm=float(np.linalg.norm(f.tip - f.entry)), diameter_mm=float(f.diameter_mm),
+                    n_voxels=f.n_voxels, augmented=f.augmented, cement_mantle_mm=f.cement_mantle_mm)
+              for f in _drop_duplicates(found)]
     screws = assign_screws(screws, vertebrae, volume=volume, max_distance_mm=settings.max_distance_from_vertebra_mm)
     screws.sort(key=lambda s: (-0.5 * (s.entry_lps[2] + s.tip_lps[2]), s.entry_lps[0]))
     return screws

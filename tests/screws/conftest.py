@@ -1,6 +1,7 @@
 """Small analytic screw phantoms: one titanium cylinder in a block of bone, with a lucent halo
-(full or partial arc, optional sclerotic rim), PSF blur, correlated noise, clipping at 3071 HU
-and optional photon-starvation streaks. Independent of bmdpipe.synthetic (own ground truth)."""
+(full or partial arc, optional sclerotic rim), an optional cement mantle, PSF blur, correlated
+noise, clipping at 3071 HU and optional photon-starvation streaks. Independent of
+bmdpipe.synthetic (own ground truth)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from bmdpipe.volume import Volume
 def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, diameter_mm=6.5,
                      length_mm=40.0, bone_hu=180.0, lucent_hu=30.0, rim_hu=700.0, metal_hu=6500.0,
                      clip=True, psf_fwhm_mm=1.1, noise_sd=15.0, streak=False, seed=0,
-                     spacing=(1.0, 0.8, 0.8), tilt=(20.0, 8.0), supersample=3, second_screw=False):
-    """Return ``(Volume, truth)``; ``truth`` has entry/tip LPS, diameter, width, arc, rim."""
+                     spacing=(1.0, 0.8, 0.8), tilt=(20.0, 8.0), supersample=3, second_screw=False,
+                     mantle_mm=0.0, cement_hu=4500.0):
+    """Return ``(Volume, truth)``; ``truth`` has entry/tip LPS, diameter, width, arc, rim, mantle.
+
+    ``mantle_mm`` > 0 wraps the first screw's distal half in cement (``cement_hu``) that far beyond
+    its surface, and as far beyond its tip (a flat cap)."""
     rng = np.random.default_rng(seed)
     size_mm = np.array([60.0, 60.0, 60.0])  # z, y, x
     sp = np.asarray(spacing, float)
@@ -35,7 +40,7 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
     tip = centre + a * length_mm / 2
     img = np.full(shape_f, bone_hu, np.float32)
 
-    def add_screw(entry, tip, width, arc, arc_c, rim, ax):
+    def add_screw(entry, tip, width, arc, arc_c, rim, ax, mantle=0.0):
         d = P - entry
         t = d @ ax
         perp = d - t[..., None] * ax
@@ -51,9 +56,11 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
             img[along & in_arc & (rr >= R) & (rr < R + width)] = lucent_hu
             if rim:
                 img[along & in_arc & (rr >= R + width) & (rr < R + width + 1.0)] = rim_hu
+        if mantle > 0:
+            img[(t >= L / 2) & (t <= L + mantle) & (rr < R + mantle)] = cement_hu
         img[along & (rr < R)] = metal_hu
 
-    add_screw(entry, tip, width_mm, arc, arc_center_deg, rim, a)
+    add_screw(entry, tip, width_mm, arc, arc_center_deg, rim, a, mantle_mm)
     second = None
     if second_screw:
         a2 = np.array([-a[0], a[1], a[2]])
@@ -80,7 +87,7 @@ def make_screw_block(*, width_mm=1.0, arc=1.0, arc_center_deg=0.0, rim=False, di
     origin = tuple(fine * (supersample // 2))[::-1]
     vol = Volume(array=img.astype(np.float32), spacing=tuple(sp), origin=origin)
     truth = dict(entry=entry, tip=tip, diameter_mm=diameter_mm, width_mm=width_mm, arc=arc, rim=rim,
-                 length_mm=length_mm, psf_sigma_mm=psf_fwhm_mm / 2.3548, second=second)
+                 length_mm=length_mm, psf_sigma_mm=psf_fwhm_mm / 2.3548, second=second, mantle_mm=mantle_mm)
     return vol, truth
 
 

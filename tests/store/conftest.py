@@ -129,7 +129,7 @@ def _result(uid: str, study_id: str = "S0001", timepoint: str = "baseline", *, l
                                            entry_z_mm=-100.0, tip_x_mm=x / 4, tip_y_mm=-10.0,
                                            tip_z_mm=-101.0, halo_max_mm=1.25 * scale,
                                            halo_mean_mm=0.5, halo_circumference_fraction=0.625,
-                                           loosened=scale > 0.9))
+                                           loosened=scale > 0.9, augmented=side == "left"))
     warnings = ("slice gap 0.1 mm",)
     return SeriesResult(series=series(SeriesStatus.processed, join_warnings(warnings)), study_id=study_id,
                         timepoint=timepoint, calibration_row=cal, vbmd_rows=tuple(vbmd),

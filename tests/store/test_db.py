@@ -91,6 +91,7 @@ def test_save_and_query_round_trip(engine, make_result):
     assert rows["screws.csv"] == [r.as_dict() for r in res.screw_rows]
     assert tuple(rows["screws.csv"][0]) == columns(ScrewRow)
     assert isinstance(rows["screws.csv"][0]["loosened"], bool)
+    assert [r["augmented"] for r in rows["screws.csv"]] == [True, False, True, False]  # an added column, in extra
 
 
 def test_a_mapping_row_keeps_its_own_extra_columns(engine, make_result):
