@@ -146,18 +146,8 @@ def make_case(seed: int, spec: CaseSpec | None = None, workers: int = 1) -> Synt
     for cage in cages:
         paint_graft(grid, cage, tissue, mineral)
 
-    if spec.xray is None:
-        hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
-        img = _blur_with_screw_metal(grid, scanner, screws, hu, tissue, mineral)
-        artefacts = _add_artefacts_and_noise(grid, spec, scanner, img, centroids, fusion, r_art, r_noise)
-    else:
-        fills = [f for cage in cages for f in cage_fills(grid, cage)]
-        img = _projected_image(grid, spec, screws, fills, tissue, mineral, r_noise, workers)
-        mark_fills(fills, tissue, mineral, hu_fixed, scanner.metal_hu)
-        hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
-        _mark_screw_metal(grid, scanner, screws, hu, tissue, mineral)
-        artefacts = {"n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion,
-                     "xray": spec.xray}
+    img, hu, artefacts = _form_image(grid, spec, scanner, screws, cages, centroids, fusion, tissue, mineral, hu_fixed,
+                                     r_art, r_noise, workers)
     del hu_fixed
     artefacts.update(crosslink=crosslink, cages=cages)
     phi, meta = _phi_and_series_meta(seed, spec, shape[0], r_phi)
@@ -173,6 +163,26 @@ def make_case(seed: int, spec: CaseSpec | None = None, workers: int = 1) -> Synt
               "back_y_mm": body.back_y, "vessels": vessels, "abdomen": abdomen, "table": table},
         seed=int(seed), spec=spec)
     return SyntheticCase(volume=vol, labels=flip(labels), truth=truth)
+
+
+def _form_image(grid: Grid, spec: CaseSpec, scanner: ScannerResponse, screws: list[ScrewTruth], cages: list,
+                centroids: list, fusion: list, tissue: np.ndarray, mineral: np.ndarray, hu_fixed: np.ndarray,
+                r_art: np.random.Generator, r_noise: np.random.Generator,
+                workers: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The scanner's image of the painted case: the painted model (PSF, metal HU, painted streaks, added
+    noise) or, with ``spec.xray``, projection physics. Marks the metal, cage walls and pins in ``tissue``,
+    ``mineral`` and ``hu_fixed`` (in place). Returns the image, the noise-free HU and the artefacts' truth."""
+    if spec.xray is None:
+        hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
+        img = _blur_with_screw_metal(grid, scanner, screws, hu, tissue, mineral)
+        return img, hu, _add_artefacts_and_noise(grid, spec, scanner, img, centroids, fusion, r_art, r_noise)
+    fills = [f for cage in cages for f in cage_fills(grid, cage)]
+    img = _projected_image(grid, spec, screws, fills, tissue, mineral, r_noise, workers)
+    mark_fills(fills, tissue, mineral, hu_fixed, scanner.metal_hu)
+    hu = _clean_hu(scanner, tissue, mineral, hu_fixed)
+    _mark_screw_metal(grid, scanner, screws, hu, tissue, mineral)
+    return img, hu, {"n_streaks": 0, "metal_saturation": bool(spec.metal_saturation), "fusion_rods": fusion,
+                     "xray": spec.xray}
 
 
 def _case_grid(spec: CaseSpec, verts: list[VertebraGeom]) -> Grid:
