@@ -45,7 +45,7 @@ from .detect import saturation_level
 from .esf import MODEL_GRID_MM, EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
 __all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
-           "measure_halo", "measure_screws", "HaloDetail", "measure_halo_detail", "measure_halo_details",
+           "measure_halo", "measure_screws", "HaloDetail", "cemented_planes", "measure_halo_detail", "measure_halo_details",
            "orientation_sector"]
 
 #: a ray plane is in bone when the median of its rays' outermost mm is at least ``min_bone_hu``
@@ -389,7 +389,8 @@ def sample_screw(volume: Volume, screw: Screw, settings: HaloSettings, hardware:
     if p1 - p0 < 3 * settings.position_step_mm:
         p0, p1 = SHORT_SCREW_RANGE[0] * length, SHORT_SCREW_RANGE[1] * length
     positions = np.arange(p0, p1 + 1e-9, settings.position_step_mm)
-    radii = np.arange(0.0, R + settings.search_mm + 1e-9, settings.radial_step_mm)
+    mantle = float(screw.cement_mantle_mm or 0.0) if screw.augmented else 0.0
+    radii = np.arange(0.0, R + mantle + settings.search_mm + 1e-9, settings.radial_step_mm)
     rays = sample_rays(volume, e, t, positions_mm=positions, radii_mm=radii, n_angles=settings.n_angles)
     far = radii > radii[-1] - OUTER_RING_MM
     far_ray = np.median(rays.values[:, :, far], axis=2)  # (P, A)
@@ -498,6 +499,30 @@ def binned_tissue(samples: ScrewSamples, edges: Sequence[EdgeFit], settings: Hal
     return count, tissue_sum
 
 
+def cemented_planes(count: np.ndarray, tissue_sum: np.ndarray, radii_mm: np.ndarray, *, crest_radius_mm: float,
+                    mantle_mm: float, cement_min_hu: float, settings: HaloSettings) -> np.ndarray:
+    """Ray planes inside a cement mantle: their tissue within ``mantle_mm`` beyond the thread crests
+    (metal model subtracted, median over the angles) reads at least ``cement_min_hu``.
+
+    Parameters
+    ----------
+    count, tissue_sum : (P, A, N) ndarray
+        Width-map cells: voxel weight and summed tissue HU per radius bin.
+    radii_mm : (N,) ndarray
+        Radius bin centres, mm from the axis.
+
+    Returns
+    -------
+    (P,) bool
+    """
+    inside = (radii_mm >= crest_radius_mm + settings.edge_start_mm) & (radii_mm <= crest_radius_mm + max(mantle_mm, 1.0))
+    if not inside.any():
+        return np.zeros(count.shape[0], dtype=bool)
+    c, t = count[..., inside].sum(axis=-1), tissue_sum[..., inside].sum(axis=-1)
+    level = np.where(c > 1e-3, t / np.maximum(c, 1e-9), np.nan)
+    return np.nan_to_num(np.nanmedian(level, axis=1), nan=-np.inf) >= cement_min_hu
+
+
 def _column_medians(x: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """NaN-ignoring median of each selected column of ``x`` (NaN where a column has no value)."""
     out = np.full(x.shape[1], np.nan)
@@ -520,29 +545,39 @@ def _measure_samples(samples: ScrewSamples, screw: Screw, settings: HaloSettings
         return ndimage.uniform_filter1d(ndimage.uniform_filter1d(x, nwin, axis=0, mode="nearest"), k_ang, axis=1,
                                         mode="wrap")
 
-    c_l = pooled(count)
+    c_l, t_l = pooled(count), pooled(tissue_sum)
     sigma = np.array([e.sigma_mm for e in edges])[orientation_sector(rays.angles_rad, len(edges))]
-    fit = edge_widths(pooled(tissue_sum), c_l, (np.arange(rays.radii_mm.size) + 0.5) * settings.radial_step_mm,
-                      crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu,
+    r_bins = (np.arange(rays.radii_mm.size) + 0.5) * settings.radial_step_mm
+    in_cement = np.zeros(c_l.shape[0], dtype=bool)
+    if screw.augmented and screw.cement_mantle_mm:
+        in_cement = cemented_planes(c_l, t_l, r_bins, crest_radius_mm=samples.crest_radius_mm,
+                                    mantle_mm=float(screw.cement_mantle_mm), cement_min_hu=hardware.cement_min_hu,
+                                    settings=settings)
+    fit = edge_widths(t_l, c_l, r_bins, crest_radius_mm=samples.crest_radius_mm, bone_hu=samples.bone_hu,
                       sigma_mm=np.broadcast_to(sigma, c_l.shape[:-1]),
                       settings=settings)
     usable_share = pooled(samples.usable_rays.astype(float))
     # tissue beyond the edge far brighter than the screw's bone is metal's streak or bloom (the screw's own
     # sliver in the sections above and below it) or cortex, not bone: such a cell cannot show a halo
     bright = fit.bone_hu > samples.bone_hu + settings.bright_artefact_hu
-    cell = ((usable_share > MIN_USABLE_SHARE) & in_bone[:, None] & (c_l.sum(axis=-1) > 0) & np.isfinite(fit.width_mm)
-            & ~bright)
+    # the cement-bone interface of an augmented screw is not measured (the cement's bloom): its uncemented shaft is
+    cell = ((usable_share > MIN_USABLE_SHARE) & in_bone[:, None] & ~in_cement[:, None] & (c_l.sum(axis=-1) > 0)
+            & np.isfinite(fit.width_mm) & ~bright)
     wmap = np.where(cell, fit.width_mm, np.nan)
     # per angle: median over the positions along the screw (the vertebral body's many positions
     # outvote the few in a narrow pedicle, where cortex and canal lie within the rays)
     n_cells = cell.sum(axis=0)
-    valid = n_cells >= max(2.0, settings.min_valid_fraction * np.count_nonzero(in_bone))
+    valid = n_cells >= max(2.0, settings.min_valid_fraction * np.count_nonzero(in_bone & ~in_cement))
     if not valid.any():
         valid = n_cells > 0
     w_ang = _column_medians(wmap, valid)
     bone_ang = _column_medians(np.where(cell, fit.bone_hu, np.nan), valid)
     rim_ang = _column_medians(np.where(cell, fit.rim_hu, np.nan), valid)
     halo = _summarise(w_ang, bone_ang, rim_ang, valid, wmap, rays.positions_mm, screw, settings, blur_sigma_mm)
+    if in_cement.any():
+        note = (f"cement-bone interface not measured: halo read on the uncemented "
+                f"{np.count_nonzero(in_bone & ~in_cement) * settings.position_step_mm:.0f} mm of the shaft")
+        halo = replace(halo, reason="; ".join(x for x in (halo.reason, note) if x))
     return HaloDetail(halo=halo, edges=edges, rays=rays, in_bone=in_bone, streak=samples.streak,
                       angle_width_mm=w_ang, angle_bone_hu=bone_ang, angle_rim_hu=rim_ang,
                       valid_angles=valid, clip_hu=samples.clip_hu)

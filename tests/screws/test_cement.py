@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bmdpipe.config import ScrewSettings
+from bmdpipe.config import HaloSettings, ScrewSettings
 from bmdpipe.results import Vertebra, level_name
-from bmdpipe.rows import ScrewRow
-from bmdpipe.screws import detect_screws
+from bmdpipe.rows import ScrewRow, contract_columns
+from bmdpipe.screws import detect_screws, measure_screws
 from bmdpipe.screws.detect import find_metal_runs, find_sleeve
 
 MANTLE_MM = 3.5
@@ -82,7 +82,20 @@ def test_only_the_cemented_screw_is_augmented(physics_case):
     assert plain.cement_mantle_mm is None
     rows = [ScrewRow.of(s, case.volume.meta) for s in (cemented, plain)]
     assert [r.augmented for r in rows] == [True, False]
-    assert list(rows[0].as_dict())[-1] == "augmented"
+    assert list(rows[0].as_dict())[len(contract_columns(ScrewRow))] == "augmented"
+
+
+def test_the_cement_is_not_read_as_a_halo(physics_case):
+    """Neither screw has a halo. The cemented one's sleeve planes are left out of its width map (the
+    cement's bloom is not bone) and ``reason`` says its halo was read on the uncemented shaft; the plain
+    screw's map keeps its planes in bone and has no reason."""
+    case, found = physics_case
+    by_side = {s.side.value: s for s in measure_screws(case.volume, found, HaloSettings(), ScrewSettings())}
+    cemented, plain = by_side["left"].halo, by_side["right"].halo
+    assert "cement-bone interface not measured" in cemented.reason and plain.reason == ""
+    measured_planes = lambda h: int(np.isfinite(h.width_map_mm).any(axis=1).sum())  # noqa: E731
+    assert measured_planes(cemented) < 0.75 * cemented.width_map_mm.shape[0]
+    assert measured_planes(plain) > measured_planes(cemented)
 
 
 def test_the_sleeve_starts_at_the_shaft_half_way(physics_case):
