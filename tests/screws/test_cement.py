@@ -7,27 +7,14 @@ bmdpipe.synthetic, and on point clouds; a painted case without cement flags noth
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
+from bmdpipe.anatomy.labels import vertebrae_from_label_map
 from bmdpipe.config import HaloSettings, ScrewSettings
-from bmdpipe.results import Vertebra, level_name
 from bmdpipe.rows import ScrewRow, contract_columns
 from bmdpipe.screws import detect_screws, measure_screws
 from bmdpipe.screws.detect import find_metal_runs, find_sleeve
 
 MANTLE_MM = 3.5
-
-
-def _vertebrae(volume, labels):
-    out = []
-    for vid, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or not 1 <= vid <= 26:
-            continue
-        m = labels[sl] == vid
-        c = np.argwhere(m).mean(axis=0) + [s.start for s in sl]
-        out.append(Vertebra(name=level_name(vid), verse_id=vid, offset=tuple(s.start for s in sl), mask=m,
-                            centroid_lps=tuple(float(x) for x in volume.index_to_lps(c))))
-    return out
 
 
 def _axis_errors(found, entry, tip):
@@ -51,7 +38,7 @@ def physics_case():
     spec = CaseSpec(levels=("L4",), phantom=None, spacing_mm=(2.0, 1.0, 1.0), screws=screws,
                     xray=XraySpec(n_views=300), anatomy_jitter=False, metal_saturation=True)
     case = make_case(3, spec)
-    found = detect_screws(case.volume, ScrewSettings(), vertebrae=_vertebrae(case.volume, case.labels))
+    found = detect_screws(case.volume, ScrewSettings(), vertebrae=vertebrae_from_label_map(case.labels, case.volume))
     return case, found
 
 
@@ -164,7 +151,7 @@ def test_a_painted_case_without_cement_flags_no_screw():
                                           (0.0, 1.5, 2.5, 0.0)))
     case = make_case(7, CaseSpec(levels=("L4", "L5"), phantom=None, spacing_mm=(1.5, 0.8, 0.8), screws=screws,
                                  fusion_rods=True))
-    found = detect_screws(case.volume, ScrewSettings(), vertebrae=_vertebrae(case.volume, case.labels))
+    found = detect_screws(case.volume, ScrewSettings(), vertebrae=vertebrae_from_label_map(case.labels, case.volume))
     assert len(found) == 4
     assert not any(s.augmented for s in found)
     assert all(s.cement_mantle_mm is None for s in found)
