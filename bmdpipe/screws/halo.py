@@ -305,8 +305,9 @@ def edge_widths(tissue_sum: np.ndarray, count: np.ndarray, radii_mm: np.ndarray,
         level = np.where(np.isfinite(plateau), H + 0.5 * np.maximum(plateau - H, settings.min_contrast_hu), base)
         edge, plateau = _accepted_edge(ds, r, start, level, gap=gap, plateau_mm=settings.rim_width_mm,
                                        tries=settings.edge_tries, stay_level=np.minimum(level, base))
-    edge = _edge_inside_start(ds, r, start, edge, plateau, H, 0.5 * gap)
-    width = np.where(np.isnan(edge), np.nan, np.clip(edge - crest_radius_mm, 0.0, settings.max_width_mm))
+    inner = _edge_inside_start(ds, r, start, edge, plateau, H, 0.5 * gap)
+    width = np.where(np.isnan(inner), np.nan, np.clip(inner - crest_radius_mm, 0.0, settings.max_width_mm))
+    # rim and bone are read beyond the edge as searched (no closer to the metal than the search start)
     outer = np.where(np.isfinite(edge), edge, np.inf)
     rim = _quantile_between(ds, r, outer + 0.5 * gap, outer + settings.rim_width_mm)
     bone = _quantile_between(ds, r, outer + settings.rim_width_mm + 0.5 * gap,
