@@ -106,3 +106,38 @@ def test_row_quantile_equals_numpy_nanquantile():
         qs = (0.25, 0.5, 0.9)
         for q, got in zip(qs, _row_nanquantiles(x, qs)):
             np.testing.assert_array_equal(got, np.nanquantile(x, q, axis=1))
+
+
+def test_too_little_measurable_circumference_makes_the_call_indeterminate(screw_block):
+    """Soft tissue (20 HU) beyond 3 mm from the crests on one side of a loose screw leaves that side's
+    rays unmeasurable (their outer part is no bone). The call stands on the other side; asked for more
+    of the circumference than was measured, it is left empty with the reason (and screws.csv writes it
+    so) instead of a guess."""
+    from bmdpipe.rows import ScrewRow
+    from bmdpipe.volume import SeriesMeta
+
+    vol, tr = screw_block(width_mm=1.5, arc=1.0, seed=14)
+    entry, tip = np.asarray(tr["entry"]), np.asarray(tr["tip"])
+    axis = (tip - entry) / np.linalg.norm(tip - entry)
+    idx = np.indices(vol.array.shape).reshape(3, -1).T
+    q = vol.index_to_lps(idx) - entry
+    perp = q - np.outer(q @ axis, axis)
+    side = (perp[:, 0] < 0) & (np.linalg.norm(perp, axis=1) > tr["diameter_mm"] / 2 + 3.0)
+    vol.array[tuple(idx[side].T)] = 20.0
+    h = measure_halo(vol, _true_screw(tr), HALO, SMOOTH)
+    assert h.loosened is True and 0.3 < h.measured_fraction < 0.8 and h.reason == ""
+    strict = HALO.model_copy(update={"min_measured_fraction": h.measured_fraction + 0.05})
+    s = measure_screws(vol, [_true_screw(tr)], strict, SMOOTH)[0]
+    assert s.halo.loosened is None and "of the circumference" in s.halo.reason
+    row = ScrewRow.of(s, SeriesMeta(series_uid="1.2.3"))
+    assert row.loosened is None and row.reason == s.halo.reason
+
+
+def test_widest_arc_standard_error_matches_the_scatter_over_noise(screw_block):
+    """The same 1.5 mm halo under five noise draws: the reported standard error of the widest arc is
+    within a factor of 3 of the widths' scatter over the draws (an independent estimate of the same SD)."""
+    halos = [measure_halo(*(lambda v, t: (v, _true_screw(t)))(*screw_block(width_mm=1.5, arc=1.0, seed=s)),
+                          HALO, SMOOTH) for s in (31, 32, 33, 34, 35)]
+    scatter = float(np.std([h.widest_arc_mm for h in halos], ddof=1))
+    se = float(np.mean([h.widest_arc_se_mm for h in halos]))
+    assert se > 0 and scatter / 3.0 <= se <= 3.0 * scatter, (se, scatter)
