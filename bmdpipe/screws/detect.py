@@ -268,16 +268,20 @@ def _longest_true(flags: np.ndarray) -> tuple[int, int]:
     return int(starts[k]), int(ends[k] - starts[k])
 
 
+def _sleeve_sector(offsets: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Sector (0 ... ``SLEEVE_SECTORS`` - 1) around ``axis`` of each perpendicular offset (LPS mm)."""
+    u, v = screw_frame(axis)
+    theta = np.arctan2(offsets @ v, offsets @ u)
+    return ((theta + np.pi) / (2 * np.pi) * SLEEVE_SECTORS).astype(int) % SLEEVE_SECTORS
+
+
 def _sector_cover(offsets: np.ndarray, axis: np.ndarray) -> float:
     """Share of ``SLEEVE_SECTORS`` sectors around ``axis`` holding at least ``SLEEVE_SECTOR_MIN_SHARE`` of the
     mean number of the offsets per sector (a line pulled towards a plate beside a shaft puts a few of the
     shaft's own voxels into the far sectors: they do not make a sleeve)."""
     if len(offsets) == 0:
         return 0.0
-    u, v = screw_frame(axis)
-    theta = np.arctan2(offsets @ v, offsets @ u)
-    sector = ((theta + np.pi) / (2 * np.pi) * SLEEVE_SECTORS).astype(int) % SLEEVE_SECTORS
-    counts = np.bincount(sector, minlength=SLEEVE_SECTORS)
+    counts = np.bincount(_sleeve_sector(offsets, axis), minlength=SLEEVE_SECTORS)
     return float(np.mean(counts >= SLEEVE_SECTOR_MIN_SHARE * counts.mean()))
 
 
@@ -408,9 +412,7 @@ def find_sleeve(volume: Volume, start: np.ndarray, end: np.ndarray,
     t, r, offsets, vals = voxels_near_axis(volume, start, end, t_range_mm=(0.0, length), r_max_mm=r_max)
     n_slab = max(int(np.ceil(length / SLEEVE_SLAB_MM)), 1)
     n_rad = int(np.ceil(r_max / SLEEVE_RADIAL_STEP_MM)) + 1
-    u, v = screw_frame(axis)
-    theta = np.arctan2(offsets @ v, offsets @ u)
-    sector = ((theta + np.pi) / (2 * np.pi) * SLEEVE_SECTORS).astype(int) % SLEEVE_SECTORS
+    sector = _sleeve_sector(offsets, axis)
     slab = np.clip((t / SLEEVE_SLAB_MM).astype(int), 0, n_slab - 1)
     cell = (slab * SLEEVE_SECTORS + sector) * n_rad + np.clip((r / SLEEVE_RADIAL_STEP_MM).astype(int), 0, n_rad - 1)
     size = n_slab * SLEEVE_SECTORS * n_rad
@@ -558,11 +560,17 @@ def _shaft_edge(volume: Volume, start: np.ndarray, end: np.ndarray, settings: Sc
     length = float(np.linalg.norm(end - start))
     shaft = (SHAFT_FIT_RANGE[0] * length, SHAFT_FIT_RANGE[1] * length)
     if shaft_to is not None:
-        shaft = (max(min(settings.axis_fit_range[0] * length, shaft_to - MIN_AXIS_SPAN_MM), 0.0), shaft_to)
+        shaft = _clean_shaft_span(length, shaft_to, settings)
     _, r, _, vals = voxels_near_axis(volume, start, end, t_range_mm=shaft, r_max_mm=settings.esf_max_radius_mm)
     fixed = settings.nominal_diameter_mm / 2.0 if settings.nominal_diameter_mm is not None else None
     return fit_edge_spread(r, vals, clip_hu=clip_hu, metal_hu_prior=settings.metal_hu, fixed_radius_mm=fixed,
                            thread_depth_mm=settings.thread_depth_mm, thread_pitch_mm=settings.thread_pitch_mm)
+
+
+def _clean_shaft_span(length: float, shaft_to: float, settings: ScrewSettings) -> tuple[float, float]:
+    """The clean shaft before a cement sleeve, mm along the axis: from the configured ``axis_fit_range``
+    start (or ``MIN_AXIS_SPAN_MM`` before ``shaft_to``, when that is earlier) to ``shaft_to``."""
+    return max(min(settings.axis_fit_range[0] * length, shaft_to - MIN_AXIS_SPAN_MM), 0.0), shaft_to
 
 
 def _axis_fit_span(volume: Volume, start: np.ndarray, end: np.ndarray, radius: float,
@@ -580,8 +588,7 @@ def _axis_fit_span(volume: Volume, start: np.ndarray, end: np.ndarray, radius: f
     length = float(np.linalg.norm(end - start))
     t0, t1 = settings.axis_fit_range[0] * length, settings.axis_fit_range[1] * length
     if shaft_to is not None:
-        t1 = shaft_to
-        t0 = max(min(t0, t1 - MIN_AXIS_SPAN_MM), 0.0)
+        t0, t1 = _clean_shaft_span(length, shaft_to, settings)
     t2, r2, _, v2 = voxels_near_axis(volume, start, end, t_range_mm=(0.0, HEAD_SEARCH_TO * length),
                                      r_max_mm=radius + HEAD_RING_MM[1])
     head = _head_end(t2, r2, v2, radius, settings, 0.0, HEAD_SEARCH_TO * length, True)
