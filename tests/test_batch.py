@@ -9,10 +9,10 @@ the end-to-end test at the bottom runs the real pipeline on synthetic CT through
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -283,17 +283,30 @@ def test_local_dask_cluster_and_a_dying_worker(clean_run, tmp_path):
         assert strip(rows) == strip(ref)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _scheduler_address(scheduler_file: Path, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> str:
+    """The address a `dask scheduler` wrote once it listens; its log if it died or never did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if scheduler_file.exists():
+            try:
+                return json.loads(scheduler_file.read_text())["address"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # half-written: read again
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"dask scheduler did not come up within {timeout:.0f} s:\n{log.read_text(errors='replace')}")
 
 
 @pytest.mark.slow
 def test_existing_scheduler_with_separate_worker_processes(clean_run, tmp_path):
-    """--scheduler: a real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    """--scheduler: a real `dask scheduler` and two `dask worker` processes on 127.0.0.1.
+
+    The scheduler chooses its own port and publishes it in a scheduler file, so no other
+    process can take a port picked in advance (a CI run once connected to one that never
+    answered).
+    """
     root, in_dir, _ = clean_run
-    port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -305,16 +318,18 @@ def test_existing_scheduler_with_separate_worker_processes(clean_run, tmp_path):
                                       stderr=subprocess.STDOUT))
 
     procs: list[subprocess.Popen] = []
-    start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], "scheduler")
-    address = f"tcp://127.0.0.1:{port}"
+    scheduler_file = tmp_path / "scheduler.json"
+    start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+           "--scheduler-file", str(scheduler_file)], "scheduler")
     try:
+        address = _scheduler_address(scheduler_file, procs[0], logs / "scheduler.log")
         for i in range(2):
             start(["worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
                    "--host", "127.0.0.1", "--name", f"w{i}"], f"worker{i}")
         from distributed import Client
 
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
+        with Client(address, timeout="120s") as client:
+            client.wait_for_workers(2, timeout=180)
         summary = run(in_dir, tmp_path / "out", scheduler=address)
         assert (summary.processed, summary.failed) == (6, 1)
         assert csv_bytes(tmp_path / "out") == csv_bytes(root / "out")
