@@ -178,6 +178,10 @@ def clipped_profile(fraction: np.ndarray, r: np.ndarray, p, clip) -> np.ndarray:
     return y.mean(axis=0) - lucent
 
 
+#: blurred metal fractions a :class:`_ShaftModel` keeps (one Jacobian's points and the next step)
+_CACHED_FRACTIONS = 4
+
+
 class _ShaftModel:
     """:func:`_model` at fixed sample radii ``r``, remembering the last blur of the metal.
 
@@ -188,13 +192,18 @@ class _ShaftModel:
 
     def __init__(self, r: np.ndarray, clip, td: float, pitch: float):
         self.r, self.clip, self.td, self.pitch = r, clip, td, pitch
-        self._key, self._fraction = None, None
+        self._fractions: dict[tuple[float, float], np.ndarray] = {}
 
     def __call__(self, p) -> np.ndarray:
         key = (float(p[0]), float(p[1]))
-        if key != self._key:
-            self._key, self._fraction = key, metal_fraction(self.r, key[0], key[1], self.td, self.pitch)
-        return clipped_profile(self._fraction, self.r, p, self.clip)
+        fraction = self._fractions.get(key)
+        if fraction is None:
+            # a finite-difference Jacobian steps the radius, then the blur, then the other parameters
+            # about the same point: keep the few fractions one iteration visits
+            if len(self._fractions) >= _CACHED_FRACTIONS:
+                self._fractions.pop(next(iter(self._fractions)))
+            fraction = self._fractions[key] = metal_fraction(self.r, key[0], key[1], self.td, self.pitch)
+        return clipped_profile(fraction, self.r, p, self.clip)
 
 
 def _model(p, r, clip, td=0.0, pitch=2.8):
