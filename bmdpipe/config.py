@@ -122,6 +122,7 @@ class CalibrationSettings(_Section):
     rod_assignment_max_intercept_hu: float = Field(gt=0)
     phantom_hint_min_rods: int = Field(ge=2)
     phantom_hint_min_span_hu: float = Field(gt=0)
+    phantom_hint_slabs: int = Field(ge=2)
     rod_min_z_fraction: float = Field(ge=0, le=1)
     rod_row_span_fraction: float = Field(gt=0, le=1)
     phantom_min_rods: int = Field(ge=2)

@@ -294,14 +294,32 @@ def _fit(pairs, definition: PhantomDefinition, s: CalibrationSettings):
     return fit_linear(hu, mineral)
 
 
+def spread_slabs(volume: Volume, n_slabs: int, slab_mm: float) -> Volume:
+    """``n_slabs`` slabs of ``slab_mm`` spread evenly over ``volume``, stacked as one volume (the whole
+    volume when it is not longer than that). Slice positions are not kept: for finding objects that run
+    along z, not for geometry."""
+    per = max(1, int(round(slab_mm / volume.spacing[0])))
+    nk = volume.shape[0]
+    if n_slabs * per >= nk:
+        return volume
+    starts = np.linspace(0, nk - per, n_slabs).round().astype(int)
+    return Volume(array=np.concatenate([volume.array[k:k + per] for k in starts]), spacing=volume.spacing,
+                  meta=volume.meta)
+
+
 def phantom_hint(volume: Volume, settings: CalibrationSettings | None = None) -> str:
     """A warning when a scan calibrated without a phantom seems to hold one, else ``''``.
 
     A row of at least ``phantom_hint_min_rods`` round uniform rods (:func:`find_rods`) whose
-    core HU span at least ``phantom_hint_min_span_hu`` is a calibration phantom, not anatomy.
+    core HU span at least ``phantom_hint_min_span_hu`` is a calibration phantom, not anatomy. A
+    phantom runs through the scan, so the rods are looked for in ``phantom_hint_slabs`` slabs of
+    ``rod_slab_mm`` spread over it (:func:`spread_slabs`), not in all of it.
     """
     s = settings or CalibrationSettings()
-    rods = find_rods(volume, s)
+    # the rods of a phantom run through the scan: seen in at least two of the slabs, not just one
+    slabs = spread_slabs(volume, s.phantom_hint_slabs, s.rod_slab_mm)
+    rods = find_rods(slabs, s.model_copy(update={"rod_min_slab_fraction": max(s.rod_min_slab_fraction,
+                                                                               2.0 / s.phantom_hint_slabs)}))
     hu = sorted(r.hu_mean for r in rods)
     if len(hu) < s.phantom_hint_min_rods or hu[-1] - hu[0] < s.phantom_hint_min_span_hu:
         return ""
