@@ -208,7 +208,8 @@ def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    # zlib's fastest level: QC figures are mostly flat colour and text, and compress almost as well
+    fig.savefig(buf, format="png", dpi=100, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return buf.getvalue()
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..results import Calibration
 from ..volume import Volume
+from .layout import tight_layout_once
 from .orientation import RADIOLOGICAL, radiological_axial
 
 __all__ = ["plot_calibration", "save_calibration_qc"]
@@ -46,7 +47,7 @@ def plot_calibration(cal: Calibration, volume: Volume | None = None):
     lines = _warning_lines(cal.warnings)
     if lines:
         fig.suptitle("\n".join(lines), fontsize=7, color="darkred")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.035 * len(lines)))
+    tight_layout_once(fig, rect=(0, 0, 1, 1 - 0.035 * len(lines)))
     return fig
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from ..anatomy.frame import CanonicalFrame
 from ..results import Region, Roi, Side, Vertebra
 from ..volume import Volume
+from .layout import tight_layout_once
 
 __all__ = ["roi_figure", "REGION_COLORS"]
 
@@ -86,7 +87,7 @@ def roi_figure(volume: Volume, vertebra: Vertebra, rois: Sequence[Roi], *, windo
         ax.set_xticks([])
         ax.set_yticks([])
     _add_legend_and_summary(fig, volume, vertebra, own)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    tight_layout_once(fig, rect=(0, 0.06, 1, 0.95))
     return fig
 
 

@@ -15,6 +15,7 @@ from ..config import HaloSettings, ScrewSettings
 from ..results import Screw
 from ..screws.halo import HaloDetail, measure_halo_detail
 from ..volume import Volume
+from .layout import tight_layout_once
 from .orientation import RADIOLOGICAL, radiological_axial
 
 __all__ = ["screw_qc_figure", "save_screw_qc"]
@@ -66,7 +67,7 @@ def screw_qc_figure(volume: Volume, screw: Screw, settings: HaloSettings, hardwa
                   f"{100 * h.circumference_fraction:.0f} % circ., "
                   + (f"loosened={h.loosened}" if h.loosened is not None else "call indeterminate"), fontsize=8)
     _show_axial_slice(ax2, volume, screw, R, R + h.widest_arc_mm, window_hu)
-    fig.tight_layout()
+    tight_layout_once(fig)
     return fig
 
 
