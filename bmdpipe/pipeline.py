@@ -201,7 +201,9 @@ def roi_map_nifti_bytes(volume: Volume, label_map: np.ndarray) -> bytes:
     """Encode a label map on the CT grid as gzipped NIfTI bytes with the CT's RAS affine."""
     import gzip
 
-    return gzip.compress(volume.nifti_image(label_map).to_bytes(), compresslevel=6, mtime=0)
+    # zlib's fastest level: a label map is mostly zeros (a 111 x 512 x 512 map: 0.1 s and ~130 kB, against
+    # 0.2 s and ~30 kB at level 6)
+    return gzip.compress(volume.nifti_image(label_map).to_bytes(), compresslevel=1, mtime=0)
 
 
 def _png(fig) -> bytes:
