@@ -290,6 +290,8 @@ class ScrewSettings(_Section):
     axis_fit_range: tuple[float, float]
     nominal_diameter_mm: float | None
     max_distance_from_vertebra_mm: float = Field(ge=0)
+    max_ap_angle_deg: float = Field(gt=0, le=90)
+    max_head_depth_mm: float
     cement_min_hu: float
     cement_min_thickness_mm: float = Field(gt=0)
     cement_min_circumference: float = Field(gt=0, le=1)

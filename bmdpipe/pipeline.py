@@ -188,10 +188,10 @@ def _screws(volume: Volume, vertebrae: list[Vertebra], settings: Settings) -> tu
     screws = [s for s in found if s.vertebra]
     levels = ", ".join(v.name for v in vertebrae)
     notes = tuple(
-        f"straight metal object not in a measured vertebra ({levels}) ignored: {s.length_mm:.0f} mm long, "
-        f"{s.diameter_mm:.0f} mm wide, LPS ({', '.join(f'{c:.0f}' for c in s.entry_lps)}) to "
-        f"({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (an implant elsewhere, or a screw of a level not "
-        "measured)"
+        f"straight metal object that is not a pedicle screw of a measured vertebra ({levels}) ignored: "
+        f"{s.length_mm:.0f} mm long, {s.diameter_mm:.0f} mm wide, LPS ({', '.join(f'{c:.0f}' for c in s.entry_lps)}) "
+        f"to ({', '.join(f'{c:.0f}' for c in s.tip_lps)}) mm (a crosslink, an interbody cage, an implant elsewhere, "
+        "or a screw of a level not measured)"
         for s in found if not s.vertebra)
     details = measure_halo_details(volume, screws, settings.halo, settings.screws) if screws else []
     return [replace(s, halo=d.halo) for s, d in zip(screws, details)], details, notes

@@ -36,7 +36,7 @@ def test_hip_implant_is_not_a_pedicle_screw(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert read_csv_rows(out / "screws.csv") == []
     (series,) = read_csv_rows(out / "series.csv")
-    note = [w for w in series["reason"].split("; ") if w.startswith("straight metal object not in a measured vertebra")]
+    note = [w for w in series["reason"].split("; ") if w.startswith("straight metal object that is not a pedicle screw of a measured vertebra")]
     assert len(note) == 1 and "(L1, L2, L3, L4, L5)" in note[0]
     length = float(note[0].split("ignored: ")[1].split(" mm long")[0])
     assert 55.0 <= length <= 80.0  # a femoral stem's straight part, not a 25-65 mm pedicle screw

@@ -10,7 +10,7 @@ import numpy as np
 from ..results import Screw, Side, Vertebra
 from ..volume import Volume
 
-__all__ = ["screw_points", "box_distance_mm", "assign_screws"]
+__all__ = ["screw_points", "box_distance_mm", "pedicle_path_problem", "assign_screws"]
 
 
 def screw_points(screw: Screw, step_mm: float = 1.0) -> np.ndarray:
@@ -44,6 +44,37 @@ def box_distance_mm(points: np.ndarray, vertebra: Vertebra, volume: Volume) -> f
     hi = lo + np.asarray(vertebra.mask.shape) - 1.0
     outside = np.maximum(lo - idx, 0.0) + np.maximum(idx - hi, 0.0)
     return float(np.min(np.linalg.norm(outside * np.asarray(volume.spacing), axis=1)))
+
+
+def pedicle_path_problem(screw: Screw, vertebra: Vertebra, *, max_ap_angle_deg: float,
+                         max_head_depth_mm: float) -> str:
+    """Why a straight metal run assigned to ``vertebra`` is not one of its pedicle screws, or ``''``.
+
+    A pedicle screw runs from its head behind the vertebra, through a pedicle, into the body: its
+    axis lies within ``max_ap_angle_deg`` (degrees) of the vertebra's anterior-posterior axis (canal
+    centre to body centre; a crosslink between the rods runs left-right, ~90 degrees), and its head
+    end (``entry_lps``) lies behind the body's posterior wall, at most ``max_head_depth_mm`` (mm) in
+    front of it (an interbody cage's wall lies wholly in the disc space in front of the canal). The
+    wall is half the canal's depth in front of the canal's centre. ``''`` when the vertebra has no
+    canal or body centre to judge by.
+    """
+    if vertebra.canal_center_lps is None or vertebra.body_center_lps is None:
+        return ""
+    canal = np.asarray(vertebra.canal_center_lps, dtype=float)
+    ap = np.asarray(vertebra.body_center_lps, dtype=float) - canal
+    if np.linalg.norm(ap) == 0:
+        return ""
+    ap /= np.linalg.norm(ap)
+    axis = np.subtract(screw.tip_lps, screw.entry_lps)
+    angle = float(np.degrees(np.arccos(np.clip(abs(axis @ ap) / np.linalg.norm(axis), 0.0, 1.0))))
+    if angle > max_ap_angle_deg:
+        return f"its axis is {angle:.0f} deg from {vertebra.name}'s anterior-posterior axis (a crosslink?)"
+    if vertebra.canal_depth_mm is not None:
+        depth = float((np.asarray(screw.entry_lps) - canal) @ ap) - 0.5 * vertebra.canal_depth_mm
+        if depth > max_head_depth_mm:
+            return (f"its posterior end is {depth:.0f} mm in front of {vertebra.name}'s posterior body wall, "
+                    "not behind it (an interbody cage?)")
+    return ""
 
 
 def assign_screws(screws: Sequence[Screw], vertebrae: Sequence[Vertebra] = (), *,

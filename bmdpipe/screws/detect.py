@@ -21,7 +21,7 @@ All geometry is LPS mm (see :mod:`bmdpipe.volume`); the side of a screw comes fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +30,7 @@ from scipy import ndimage
 from ..config import ScrewSettings
 from ..results import Screw, Vertebra
 from ..volume import Volume
-from .assign import assign_screws
+from .assign import assign_screws, pedicle_path_problem
 
 __all__ = ["metal_mask", "saturation_level", "MetalRun", "find_metal_runs", "detect_screws",
            "screw_frame", "find_sleeve", "mantle_thickness"]
@@ -742,6 +742,15 @@ def _drop_duplicates(found: list[_FoundScrew]) -> list[_FoundScrew]:
     return kept
 
 
+def _unless_pedicle_screw(screw: Screw, vertebrae: Sequence[Vertebra], settings: ScrewSettings) -> Screw:
+    """``screw`` with its vertebra cleared when its path is not a pedicle screw's (:func:`pedicle_path_problem`)."""
+    vertebra = next((v for v in vertebrae if v.name == screw.vertebra), None) if screw.vertebra else None
+    if vertebra is None or not pedicle_path_problem(screw, vertebra, max_ap_angle_deg=settings.max_ap_angle_deg,
+                                                    max_head_depth_mm=settings.max_head_depth_mm):
+        return screw
+    return replace(screw, vertebra="")
+
+
 def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequence[Vertebra] = ()) -> list[Screw]:
     """Find pedicle screws in a CT volume.
 
@@ -755,7 +764,10 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
         Labelled or localised vertebrae; used to name each screw's level and side.
         Without them ``vertebra`` is ``''`` and the side is relative to the midline of all
         screws found. A straight metal run farther than ``max_distance_from_vertebra_mm`` from
-        all of them keeps ``vertebra`` '' too (other metal, or a screw of another level).
+        all of them keeps ``vertebra`` '' too (other metal, or a screw of another level), and so
+        does one whose path is not a pedicle screw's (a crosslink, an interbody cage's wall:
+        :func:`~bmdpipe.screws.assign.pedicle_path_problem`, ``max_ap_angle_deg``,
+        ``max_head_depth_mm``).
 
     Returns
     -------
@@ -802,6 +814,8 @@ def detect_screws(volume: Volume, settings: ScrewSettings, *, vertebrae: Sequenc
                     length_mm=float(np.linalg.norm(f.tip - f.entry)), diameter_mm=float(f.diameter_mm),
                     n_voxels=f.n_voxels, augmented=f.augmented, cement_mantle_mm=f.cement_mantle_mm)
               for f in _drop_duplicates(found)]
-    screws = assign_screws(screws, vertebrae, volume=volume, max_distance_mm=settings.max_distance_from_vertebra_mm)
+    screws = [_unless_pedicle_screw(s, vertebrae, settings)
+              for s in assign_screws(screws, vertebrae, volume=volume,
+                                     max_distance_mm=settings.max_distance_from_vertebra_mm)]
     screws.sort(key=lambda s: (-0.5 * (s.entry_lps[2] + s.tip_lps[2]), s.entry_lps[0]))
     return screws

@@ -1,11 +1,14 @@
 """Screw detection: metal runs, axis, ends, diameter, rods/blocks rejected, side and level."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from bmdpipe.config import ScrewSettings
-from bmdpipe.results import Side, Vertebra
+from bmdpipe.results import Screw, Side, Vertebra
 from bmdpipe.screws import detect_screws, saturation_level
+from bmdpipe.screws.assign import pedicle_path_problem
 from bmdpipe.screws.detect import find_metal_runs
 from bmdpipe.volume import Volume
 
@@ -97,4 +100,54 @@ def test_metal_away_from_every_vertebra_is_not_assigned(screw_block, gap_mm, ass
     half = np.array([10.0, 15.0, 15.0])
     centre = (30.0, 30.0, z_low - gap_mm - half[0])
     (found,) = detect_screws(vol, SMOOTH, vertebrae=[_vertebra(vol, "L4", 23, centre, half_mm=half)])
+    assert (found.vertebra == "L4") is assigned
+
+
+def _vertebra_with_canal(canal_lps, body_lps, canal_depth_mm=16.0):
+    """A vertebra known by its canal and body centres (LPS mm) and the canal's depth (mm) alone."""
+    return Vertebra(name="L4", verse_id=23, offset=(0, 0, 0), mask=np.ones((1, 1, 1), bool), centroid_lps=body_lps,
+                    canal_center_lps=canal_lps, body_center_lps=body_lps, canal_depth_mm=canal_depth_mm)
+
+
+def _run(entry, tip):
+    entry, tip = np.asarray(entry, float), np.asarray(tip, float)
+    return Screw(entry_lps=tuple(entry), tip_lps=tuple(tip), length_mm=float(np.linalg.norm(tip - entry)),
+                 diameter_mm=6.5, vertebra="L4")
+
+
+def test_pedicle_path_tells_a_screw_from_a_crosslink_and_a_cage_wall():
+    """Canal centre at y = 0, body centre 25 mm in front (LPS: anterior = -y), canal 16 mm deep, so the
+    body's posterior wall is at y = -8. A screw 20 deg off the AP axis from behind the canal into the body
+    passes; a crosslink (left-right) fails on its angle; a 23 mm cage wall whose posterior end is at
+    y = -14, 6 mm in front of the wall, fails on its depth; a screw 45 deg off still passes (50 deg)."""
+    v = _vertebra_with_canal((0.0, 0.0, 0.0), (0.0, -25.0, 0.0))
+    s = ScrewSettings()
+    check = lambda run: pedicle_path_problem(run, v, max_ap_angle_deg=s.max_ap_angle_deg,  # noqa: E731
+                                             max_head_depth_mm=s.max_head_depth_mm)
+    yaw = np.radians(20.0)
+    assert check(_run((18.0, 10.0, 0.0), (18.0 - 45 * np.sin(yaw), 10.0 - 45 * np.cos(yaw), 2.0))) == ""
+    assert check(_run((18.0, 10.0, 0.0), (-18.0, -26.0, 0.0))) == ""  # 45 deg
+    crosslink = check(_run((20.0, 12.0, 0.0), (-20.0, 12.0, 0.0)))
+    assert "90 deg" in crosslink and "crosslink" in crosslink
+    cage = check(_run((6.0, -14.0, -15.0), (6.0, -37.0, -15.0)))
+    assert "6 mm in front" in cage and "cage" in cage
+    # a vertebra without a measured canal cannot judge: nothing is refused
+    bare = Vertebra(name="L4", verse_id=23, offset=(0, 0, 0), mask=np.ones((1, 1, 1), bool), centroid_lps=(0, 0, 0))
+    assert pedicle_path_problem(_run((20.0, 12.0, 0.0), (-20.0, 12.0, 0.0)), bare, max_ap_angle_deg=50.0,
+                                max_head_depth_mm=0.0) == ""
+
+
+@pytest.mark.parametrize("canal_y_offset_mm,assigned", [(10.0, True), (-20.0, False)])
+def test_metal_run_wholly_in_front_of_the_canal_is_not_a_pedicle_screw(screw_block, canal_y_offset_mm, assigned):
+    """The block's screw with a vertebra whose canal centre lies 10 mm in front of the screw's posterior
+    end (the end behind the body's wall: a pedicle screw) or 20 mm behind it (the whole run in front of the
+    wall, like an interbody cage's wall) and the body centre 25 mm in front of the canal."""
+    vol, tr = screw_block(width_mm=0.0, seed=3)
+    (s,) = detect_screws(vol, SMOOTH)
+    entry = np.asarray(s.entry_lps)
+    canal = entry + np.array([0.0, -canal_y_offset_mm, 0.0])
+    body = canal + np.array([0.0, -25.0, 0.0])
+    v = replace(_vertebra(vol, "L4", 23, tuple(0.5 * (entry + np.asarray(s.tip_lps)))), canal_center_lps=tuple(canal),
+                body_center_lps=tuple(body), canal_depth_mm=16.0)
+    (found,) = detect_screws(vol, SMOOTH, vertebrae=[v])
     assert (found.vertebra == "L4") is assigned
