@@ -219,14 +219,22 @@ def _read_label_map(path: Path):
 
 
 def _voxel_counts(labels: np.ndarray) -> dict[int, int]:
-    """Voxels per label id present in ``labels`` (integer ids; bincount when they are all in 0..65535)."""
+    """Voxels per non-zero label id in ``labels`` (integer ids, or floats rounded to them), counted in
+    the box that holds the non-zero voxels (bincount when the ids are all in 0..65535)."""
+    ids = np.abs(labels) >= 0.5 if labels.dtype.kind == "f" else labels != 0
+    box = tuple(slice(int(a[0]), int(a[-1]) + 1) if a.size else slice(0, 0)
+                for a in (np.flatnonzero(ids.any(axis=tuple(j for j in range(ids.ndim) if j != i)))
+                          for i in range(ids.ndim)))
+    labels = labels[box]
+    if labels.dtype.kind == "f":
+        labels = np.rint(labels).astype(np.int64)
     if labels.size and np.can_cast(labels.dtype, np.intp) and labels.min() >= 0 and labels.max() <= 65535:
-        # a slab at a time: bincount copies its input to intp (8 bytes a voxel)
-        counts = sum(np.bincount(slab.ravel(), minlength=65536) for slab in np.array_split(labels, 16))
-        ids = np.flatnonzero(counts)
-        return dict(zip(ids.tolist(), counts[ids].tolist()))
-    ids, counts = np.unique(labels, return_counts=True)
-    return dict(zip(ids.tolist(), counts.tolist()))
+        counts = np.bincount(labels.ravel(), minlength=65536)
+        counts[0] = 0
+        nonzero = np.flatnonzero(counts)
+        return dict(zip(nonzero.tolist(), counts[nonzero].tolist()))
+    values, counts = np.unique(labels, return_counts=True)
+    return {v: c for v, c in zip(values.tolist(), counts.tolist()) if v != 0}
 
 
 class _LabelMap:
@@ -235,7 +243,7 @@ class _LabelMap:
     def __init__(self, img, data: np.ndarray, volume: Volume):
         self.resampled = resample_labels(data, _lps_affine(img), volume)
         self.ratio_vox = abs(np.linalg.det(img.affine[:3, :3])) / volume.voxel_volume_mm3
-        self.n_src = _voxel_counts(np.rint(data).astype(np.int64) if data.dtype.kind == "f" else data)
+        self.n_src = _voxel_counts(data)
         self.n_res = _voxel_counts(self.resampled)
 
     def masks(self, mapping: dict[int, str]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
