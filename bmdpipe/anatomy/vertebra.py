@@ -37,7 +37,7 @@ from scipy import ndimage as ndi
 
 from ..config import AnatomySettings
 from ..errors import AnatomyError
-from ..morphology import erode_mm, open_mm
+from ..morphology import erode_mm, fill_holes, open_mm
 from ..results import VERSE_IDS, PedicleAxis, Side, Vertebra
 from ..volume import Volume
 from .frame import CanonicalFrame
@@ -264,7 +264,7 @@ def _vertebral_body(mask: np.ndarray, sp, settings: AnatomySettings, name: str,
         sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
         ant = np.array([ndi.center_of_mass(lab == i)[1] for i in range(1, n + 1)])
         body = lab == (int(np.argmax(sizes - 1e-3 * ant)) + 1)
-    return ndi.binary_fill_holes(body)
+    return fill_holes(body)
 
 
 @dataclass(frozen=True)
@@ -376,7 +376,7 @@ def vertebra_geometry(volume: Volume, frame: CanonicalFrame, mask_c: np.ndarray,
         When no vertebral body can be found in the mask.
     """
     sp = frame.spacing
-    mask = ndi.binary_fill_holes(mask_c)
+    mask = fill_holes(mask_c)
     body = _vertebral_body(mask, sp, settings, name, body_posterior_limit)
     ext = _body_extent(body, sp)
     y_lam, canal_depth, y_canal, canal_w = _canal(mask, ext, sp, settings)

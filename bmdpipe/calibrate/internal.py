@@ -85,7 +85,7 @@ from scipy import ndimage as ndi
 
 from ..config import CalibrationSettings
 from ..errors import CalibrationError
-from ..morphology import dilate_mm, distance_mm, erode_mm, open_mm
+from ..morphology import dilate_mm, distance_mm, erode_mm, fill_holes, open_mm
 from ..results import Calibration, Material, ReferenceMeasurement, ReferenceOutlines
 from ..robust import robust_sd
 from ..volume import Volume
@@ -326,9 +326,9 @@ def _tissue_masks(volume: Volume, s: CalibrationSettings) -> tuple[np.ndarray, d
     # body: largest object after an opening that detaches the table and the phantom
     opened = open_mm(objects, s.internal_body_opening_mm, ssp)
     body = _largest_component(opened)
-    body = ndi.binary_fill_holes(body) if body.any() else body
+    body = fill_holes(body) if body.any() else body
     for k in range(body.shape[0]):
-        body[k] = ndi.binary_fill_holes(body[k])
+        body[k] = fill_holes(body[k])
     if body.sum() < 1000:
         raise CalibrationError("phantomless calibration: no patient body found in the image")
     masks: dict[str, np.ndarray] = {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..anatomy.frame import CanonicalFrame
 from ..errors import RoiError
+from ..morphology import fill_holes
 from ..results import Region, Roi, Side, Vertebra
 from ..volume import Volume
 
@@ -53,7 +53,7 @@ class VertebraBox:
         body[ins] = body_c
         if not mask.any():
             raise RoiError(f"{vertebra.name}: empty vertebra mask; no ROI can be placed")
-        return cls(volume, frame, vertebra, tuple(int(v) for v in lo), hu, ndi.binary_fill_holes(mask), body)
+        return cls(volume, frame, vertebra, tuple(int(v) for v in lo), hu, fill_holes(mask), body)
 
     def lps_to_box(self, lps) -> np.ndarray:
         return self.frame.lps_to_canonical(self.volume, np.asarray(lps, float)) - np.asarray(self.offset)
