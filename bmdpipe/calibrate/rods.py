@@ -215,6 +215,27 @@ def disc_values(img: np.ndarray, y: float, x: float, r_in: float, r_out: float |
     return img[y0:y1, x0:x1][m]
 
 
+def disc_values_by_slice(arr: np.ndarray, ks: np.ndarray, ys: np.ndarray, xs: np.ndarray, r: float,
+                         offsets: bool = False) -> list:
+    """:func:`disc_values` of the disc of radius ``r`` (px) around (``ys[i]``, ``xs[i]``) on slice ``ks[i]``
+    of ``arr``, for every ``i`` at once (the same values in the same order; the box's grid is built
+    once for all slices). Centres must not be negative."""
+    n = int(np.ceil(r)) + 1
+    box = np.arange(-n, n + 2)  # disc_values' box: int(c) - n .. int(c) + n + 1
+    rows = ys.astype(int)[:, None] + box[None, :]  # (K, B)
+    cols = xs.astype(int)[:, None] + box[None, :]
+    inside = ((rows >= 0) & (rows < arr.shape[1]))[:, :, None] & ((cols >= 0) & (cols < arr.shape[2]))[:, None, :]
+    dy = rows[:, :, None] - ys[:, None, None]
+    dx = cols[:, None, :] - xs[:, None, None]
+    take = (np.hypot(dy, dx) <= r) & inside  # (K, B, B)
+    values = arr[ks[:, None, None], np.clip(rows, 0, arr.shape[1] - 1)[:, :, None],
+                 np.clip(cols, 0, arr.shape[2] - 1)[:, None, :]]
+    if not offsets:
+        return [values[i][take[i]] for i in range(len(ks))]
+    dy, dx = np.broadcast_to(dy, take.shape), np.broadcast_to(dx, take.shape)
+    return [(values[i][take[i]], dy[i][take[i]], dx[i][take[i]]) for i in range(len(ks))]
+
+
 def core_gradient_hu(values: np.ndarray, dy_px: np.ndarray, dx_px: np.ndarray, core_radius_px: float) -> float:
     """HU change across a rod core's diameter from a least-squares plane ``HU = c + gy*dy + gx*dx``
     over its voxels (offsets from the centre in px): ``2 * core_radius_px * |(gy, gx)|``, HU."""
@@ -420,13 +441,14 @@ def _core_samples(arr: np.ndarray, axis: tuple[float, float, float, float], r_px
     ``CORE_OUTLIER_SDS`` robust SD of the slice's core median (a streak, a speck) are left out.
     """
     ay, by, ax, bx = axis
+    ks = np.arange(arr.shape[0])
+    ys, xs = ay * ks + by, ax * ks + bx
+    seen = (r_px <= ys) & (ys < arr.shape[1] - r_px) & (r_px <= xs) & (xs < arr.shape[2] - r_px)
+    ks, ys, xs = ks[seen], ys[seen], xs[seen]
+    cores = disc_values_by_slice(arr, ks, ys, xs, core_px, offsets=True)
+    discs = disc_values_by_slice(arr, ks, ys, xs, r_px * VISIBLE_DISC_R)
     out = []
-    for k in range(arr.shape[0]):
-        y, x = ay * k + by, ax * k + bx
-        if not (r_px <= y < arr.shape[1] - r_px and r_px <= x < arr.shape[2] - r_px):
-            continue
-        vals, dy, dx = disc_values(arr[k], y, x, core_px, offsets=True)
-        outside = disc_values(arr[k], y, x, r_px * VISIBLE_DISC_R)
+    for k, (vals, dy, dx), outside in zip(ks.tolist(), cores, discs):
         if vals.size < 3 or np.any(outside <= pad_hu):
             continue
         med = float(np.median(vals))

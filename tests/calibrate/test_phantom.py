@@ -323,3 +323,19 @@ def test_real_pad_with_a_water_equivalent_rod_is_completed_from_its_geometry():
     assert np.linalg.norm(np.subtract(inferred.center_lps, vol.index_to_lps(np.array(faint.center_kji)))) < 0.5 * faint.radius_mm
     assert cal.slope_hu_per_mg_cm3 == pytest.approx(original.slope_hu_per_mg_cm3, rel=0.01)
     assert cal.intercept_hu == pytest.approx(original.intercept_hu, abs=2.0)
+
+
+def test_disc_values_by_slice_are_disc_values_slice_by_slice():
+    """Discs of three radii around random centres, some reaching past the image's edges: the same
+    values and offsets, in the same order, as disc_values on each slice."""
+    from bmdpipe.calibrate.rods import disc_values, disc_values_by_slice
+
+    rng = np.random.default_rng(1)
+    arr = rng.normal(size=(20, 60, 70)).astype(np.float32)
+    ks, ys, xs = np.arange(20), rng.uniform(0, 60, 20), rng.uniform(0, 70, 20)
+    for r in (0.7, 2.3, 6.0):
+        for k, (v, dy, dx) in zip(ks, disc_values_by_slice(arr, ks, ys, xs, r, offsets=True)):
+            want = disc_values(arr[k], ys[k], xs[k], r, offsets=True)
+            assert all(np.array_equal(a, b) for a, b in zip((v, dy, dx), want)), (r, k)
+        assert all(np.array_equal(v, disc_values(arr[k], ys[k], xs[k], r))
+                   for k, v in zip(ks, disc_values_by_slice(arr, ks, ys, xs, r)))
