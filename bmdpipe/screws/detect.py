@@ -21,6 +21,7 @@ All geometry is LPS mm (see :mod:`bmdpipe.volume`); the side of a screw comes fr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -34,6 +35,8 @@ from .assign import assign_screws, pedicle_path_problem
 
 __all__ = ["metal_mask", "saturation_level", "MetalRun", "find_metal_runs", "detect_screws",
            "screw_frame", "find_sleeve", "mantle_thickness"]
+
+logger = logging.getLogger(__name__)
 
 
 def saturation_level(values: np.ndarray, *, metal_threshold_hu: float, min_fraction: float,
@@ -743,11 +746,16 @@ def _drop_duplicates(found: list[_FoundScrew]) -> list[_FoundScrew]:
 
 
 def _unless_pedicle_screw(screw: Screw, vertebrae: Sequence[Vertebra], settings: ScrewSettings) -> Screw:
-    """``screw`` with its vertebra cleared when its path is not a pedicle screw's (:func:`pedicle_path_problem`)."""
+    """``screw`` with its vertebra cleared (and the reason logged) when its path is not a pedicle screw's
+    (:func:`pedicle_path_problem`)."""
     vertebra = next((v for v in vertebrae if v.name == screw.vertebra), None) if screw.vertebra else None
-    if vertebra is None or not pedicle_path_problem(screw, vertebra, max_ap_angle_deg=settings.max_ap_angle_deg,
-                                                    max_head_depth_mm=settings.max_head_depth_mm):
+    problem = "" if vertebra is None else pedicle_path_problem(
+        screw, vertebra, max_ap_angle_deg=settings.max_ap_angle_deg, max_head_depth_mm=settings.max_head_depth_mm)
+    if not problem:
         return screw
+    logger.info("straight metal run from LPS (%s) to (%s) mm is not a pedicle screw of %s: %s",
+                ", ".join(f"{c:.0f}" for c in screw.entry_lps), ", ".join(f"{c:.0f}" for c in screw.tip_lps),
+                vertebra.name, problem)
     return replace(screw, vertebra="")
 
 

@@ -138,7 +138,8 @@ def test_pedicle_path_tells_a_screw_from_a_crosslink_and_a_cage_wall():
 
 
 @pytest.mark.parametrize("canal_y_offset_mm,assigned", [(10.0, True), (-20.0, False)])
-def test_metal_run_wholly_in_front_of_the_canal_is_not_a_pedicle_screw(screw_block, canal_y_offset_mm, assigned):
+def test_metal_run_wholly_in_front_of_the_canal_is_not_a_pedicle_screw(screw_block, canal_y_offset_mm, assigned,
+                                                                       caplog):
     """The block's screw with a vertebra whose canal centre lies 10 mm in front of the screw's posterior
     end (the end behind the body's wall: a pedicle screw) or 20 mm behind it (the whole run in front of the
     wall, like an interbody cage's wall) and the body centre 25 mm in front of the canal."""
@@ -149,5 +150,9 @@ def test_metal_run_wholly_in_front_of_the_canal_is_not_a_pedicle_screw(screw_blo
     body = canal + np.array([0.0, -25.0, 0.0])
     v = replace(_vertebra(vol, "L4", 23, tuple(0.5 * (entry + np.asarray(s.tip_lps)))), canal_center_lps=tuple(canal),
                 body_center_lps=tuple(body), canal_depth_mm=16.0)
-    (found,) = detect_screws(vol, SMOOTH, vertebrae=[v])
+    with caplog.at_level("INFO", logger="bmdpipe.screws.detect"):
+        (found,) = detect_screws(vol, SMOOTH, vertebrae=[v])
     assert (found.vertebra == "L4") is assigned
+    said = [r.getMessage() for r in caplog.records if "not a pedicle screw of L4" in r.getMessage()]
+    assert len(said) == (0 if assigned else 1)
+    assert assigned or "mm in front of L4's posterior body wall" in said[0]
