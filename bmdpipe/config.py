@@ -337,6 +337,7 @@ class HaloSettings(_Section):
     mar_prior_smoothing_mm: float = Field(ge=0)
     mar_keep_edge_mm: float = Field(ge=0)
     mar_crop_margin_mm: float = Field(ge=0)
+    mar_metal_blur_mm: float = Field(ge=0)
     max_smoothing: int = Field(ge=1)  # angles; circular median before the maximum
 
 

@@ -61,6 +61,7 @@ class MarParameters:
     prior_smoothing_mm: float = 1.0
     keep_edge_mm: float = 0.0
     crop_margin_mm: float = 25.0
+    metal_blur_mm: float = 0.0
 
 
 def metal_slices(array_hu: np.ndarray, metal_hu: float) -> np.ndarray:
@@ -206,6 +207,10 @@ def _nmar(image_hu: np.ndarray, metal: np.ndarray, spacing_yx_mm: tuple[float, f
         d = ndimage.distance_transform_edt(~metal, sampling=spacing_yx_mm)
         w = np.clip(1.0 - d / params.keep_edge_mm, 0.0, 1.0)
         out = w * image_hu + (1.0 - w) * out
+    if params.metal_blur_mm > 0:
+        # the metal put back with a Gaussian edge, as the halo's edge-spread model expects it
+        excess = np.where(metal, image_hu - out, 0.0)
+        out = out + ndimage.gaussian_filter(excess, params.metal_blur_mm / np.asarray(spacing_yx_mm))
     out = out.astype(np.float32)
     out[metal] = image_hu[metal]
     return out
