@@ -12,7 +12,12 @@ and the construct's hardware: cement-augmented screws (a third), breaches, titan
 crosslinks, titanium or PEEK cages; it prints calls, sensitivity, specificity, width and diameter errors by
 kernel and by hardware type, and seconds per screw (issue 19).
 
+``--cache-dir DIR`` keeps each simulated case (DIR/<suite>_s<seed>_c<n>.pkl, reused only for the same seed and
+spec), so ``--mar none`` and ``--mar nmar`` (metal artefact reduction before the halo, bmdpipe.screws.mar) can be
+compared on the same images without simulating them twice.
+
 Run:  .venv/bin/python scripts/bench/halo_accuracy.py [--cases 8] [--seed 100] [--suite physics --workers 2]
+      [--cache-dir DIR] [--mar none|nmar]
 """
 
 from __future__ import annotations
