@@ -15,13 +15,16 @@ projected here (parallel beam, ``astra-toolbox`` on CPU), as image-domain MAR me
 
 The geometry comes from the image's pixel spacing, not the scanner's: detector bins half a pixel wide,
 the box's diagonal covered, pi/2 x (pixels across) views over 180 degrees. Each slice is reprojected
-in a box holding *all* its metal grown by ``crop_margin_mm`` (``0``: the whole slice), which is ~10x
-faster than the whole slice. That is valid for parallel-beam reprojection because every ray through
-any metal of the slice (the other screw, a rod, a crosslink) crosses the box, so the trace is whole,
-and the streaks inside the box come from those rays; what the box leaves out is the body outside it
-in the line integrals of both the slice and the prior, which only changes how smooth the normalized
-sinogram is across the trace, and the slice outside the box is left as it was (its streaks too; the
-halo is read within 15 mm of a screw's axis). Slices without metal are returned unchanged.
+in a box holding *all* its metal grown by ``crop_margin_mm`` (``0``: the whole slice): 0.3 s against
+9-10 s per slice of 371 x 514 pixels. The box keeps what NMAR needs of parallel-beam reprojection:
+every ray through any metal of the slice (the other screw, a rod, a crosslink) crosses the box, so the
+trace is whole, and the streaks inside the box lie along those rays; the slice outside the box is left
+as it was (the halo is read within 15 mm of a screw's axis). It is an approximation all the same: the
+body outside the box is missing from the line integrals of both the slice and the prior, so the
+normalized sinogram bridged across the trace is not the whole slice's. Measured on a physics-suite
+slice (seed 9940, case 1), within 12 mm of the metal, box minus whole-slice result: RMS 62 / 53 / 45 /
+32 / 22 HU at margins 15 / 25 / 40 / 60 / 90 mm, against a correction of ~500-600 HU RMS.
+Slices without metal are returned unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["MarParameters", "nmar_slice", "nmar_array", "metal_slices"]
+__all__ = ["MarParameters", "nmar_slice", "nmar_array", "metal_slices", "metal_crop", "bridge_trace"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ class MarParameters:
         Bone of the prior is clamped to this (the LI image's own residual streaks are not carried over).
     prior_smoothing_mm : float
         Gaussian SD the LI image is smoothed with before it is classed (noise does not cross a class border).
+    keep_edge_mm : float
+        Distance beyond the metal over which the original image fades into the corrected one (0: none).
+    crop_margin_mm : float
+        The slice is reprojected in the box of its metal grown by this (0: the whole slice).
+    metal_blur_mm : float
+        Gaussian SD the put-back metal's edge is spread by (0: its pixels only).
     """
 
     metal_hu: float = 2500.0
