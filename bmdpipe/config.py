@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -331,6 +331,16 @@ class HaloSettings(_Section):
     rim_min_fraction: float = Field(gt=0, le=1)
     angle_smoothing: int = Field(ge=1)
     min_valid_fraction: float = Field(gt=0, le=1)
+    metal_artefact_reduction: Literal["none", "nmar"]
+    mar_metal_hu: float
+    mar_trace_margin_mm: float = Field(ge=0)
+    mar_air_hu: float
+    mar_bone_hu: float
+    mar_bone_max_hu: float
+    mar_prior_smoothing_mm: float = Field(ge=0)
+    mar_keep_edge_mm: float = Field(ge=0)
+    mar_crop_margin_mm: float = Field(ge=0)
+    mar_metal_blur_mm: float = Field(ge=0)
     max_smoothing: int = Field(ge=1)  # angles; circular median before the maximum
 
 

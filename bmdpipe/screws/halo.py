@@ -45,7 +45,8 @@ from .detect import saturation_level
 from .esf import MODEL_GRID_MM, EdgeFit, fit_edge_spread, metal_excess, voxels_near_axis
 
 __all__ = ["RayProfiles", "sample_rays", "ScrewSamples", "sample_screw", "fit_metal", "binned_tissue", "edge_widths",
-           "measure_halo", "measure_screws", "HaloDetail", "cemented_planes", "measure_halo_detail", "measure_halo_details",
+           "measure_halo", "measure_screws",
+           "reduce_metal_artefacts", "HaloDetail", "cemented_planes", "measure_halo_detail", "measure_halo_details",
            "orientation_sector"]
 
 #: a ray plane is in bone when the median of its rays' outermost mm is at least ``min_bone_hu``
@@ -691,13 +692,29 @@ def measure_halo_details(volume: Volume, screws: Sequence[Screw], settings: Halo
     screws it is, per orientation sector, the median of their separate edge-spread fits (one
     screw's fit can trade blur against the tissue next to it, e.g. with a halo on part of the
     circumference or cortex close by), and every halo is then measured with it
-    (``HaloMeasurement.blur_sigma_mm``).
+    (``HaloMeasurement.blur_sigma_mm``). With ``metal_artefact_reduction: nmar`` the halos are measured
+    on the volume after :func:`reduce_metal_artefacts`.
     """
+    if settings.metal_artefact_reduction == "nmar" and screws:
+        volume = reduce_metal_artefacts(volume, settings)
     samples = [sample_screw(volume, s, settings, hardware) for s in screws]
     blur = None
     if len(screws) >= settings.shared_blur_min_screws:
         blur = tuple(np.median([[e.sigma_mm for e in fit_metal(x, settings, hardware)] for x in samples], axis=0))
     return [_measure_samples(x, s, settings, hardware, blur) for s, x in zip(screws, samples)]
+
+
+def reduce_metal_artefacts(volume: Volume, settings: HaloSettings) -> Volume:
+    """The volume with NMAR (:mod:`bmdpipe.screws.mar`) applied to each slice that holds metal; the
+    others, and the metal's own voxels, unchanged."""
+    from .mar import MarParameters, nmar_array
+
+    params = MarParameters(metal_hu=settings.mar_metal_hu, trace_margin_mm=settings.mar_trace_margin_mm,
+                           air_hu=settings.mar_air_hu, bone_hu=settings.mar_bone_hu,
+                           bone_max_hu=settings.mar_bone_max_hu, prior_smoothing_mm=settings.mar_prior_smoothing_mm,
+                           keep_edge_mm=settings.mar_keep_edge_mm, crop_margin_mm=settings.mar_crop_margin_mm,
+                           metal_blur_mm=settings.mar_metal_blur_mm)
+    return replace(volume, array=nmar_array(volume.array, volume.spacing[1:], params))
 
 
 def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings,

@@ -12,14 +12,21 @@ and the construct's hardware: cement-augmented screws (a third), breaches, titan
 crosslinks, titanium or PEEK cages; it prints calls, sensitivity, specificity, width and diameter errors by
 kernel and by hardware type, and seconds per screw (issue 19).
 
+``--cache-dir DIR`` keeps each simulated case (DIR/<suite>_s<seed>_c<n>.pkl, reused only for the same seed and
+spec), so ``--mar none`` and ``--mar nmar`` (metal artefact reduction before the halo, bmdpipe.screws.mar) can be
+compared on the same images without simulating them twice.
+
 Run:  .venv/bin/python scripts/bench/halo_accuracy.py [--cases 8] [--seed 100] [--suite physics --workers 2]
+      [--cache-dir DIR] [--mar none|nmar]
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -79,6 +86,28 @@ def physics_case_spec(rng: np.random.Generator, n_case: int) -> CaseSpec:
                     orientation=("HFS", "FFS", "HFP", "HFS_zdown")[n_case % 4])
 
 
+def cached_case(cache_dir: Path | None, suite: str, seed: int, n_case: int, spec: CaseSpec, workers: int):
+    """``make_case(seed + n_case, spec)``, read from ``cache_dir/<suite>_s<seed>_c<n_case>.pkl`` when that file
+    holds the same spec, else simulated (and written there when ``cache_dir`` is given). A file whose spec
+    differs is re-simulated and overwritten, with a message, never reused."""
+    if cache_dir is None:
+        return make_case(seed + n_case, spec, workers=workers)
+    path = Path(cache_dir) / f"{suite}_s{seed}_c{n_case}.pkl"
+    if path.exists():
+        with open(path, "rb") as f:
+            stored = pickle.load(f)
+        if stored.get("spec") == spec and stored.get("seed") == seed + n_case:
+            return stored["case"]
+        print(f"{path}: cached spec differs from this run's; simulating again", file=sys.stderr)
+    case = make_case(seed + n_case, spec, workers=workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump({"seed": seed + n_case, "spec": spec, "case": case}, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return case
+
+
 def match(found, truth_screws):
     """Pair each true screw with the detected screw whose axis midpoint is nearest (<= 10 mm)."""
     pairs = []
@@ -101,15 +130,21 @@ def main(argv=None) -> int:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--suite", choices=("painted", "physics"), default="painted")
     ap.add_argument("--workers", type=int, default=1, help="processes for the physics simulator's slices")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="pickle each simulated case as DIR/<suite>_s<seed>_c<n>.pkl and reuse it (same spec only)")
+    ap.add_argument("--mar", choices=("none", "nmar"), default=None,
+                    help="metal artefact reduction before the halo is measured (default: the setting's)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     ss, hs = ScrewSettings(), HaloSettings()
+    if args.mar is not None:
+        hs = HaloSettings(metal_artefact_reduction=args.mar)
     rows = []
     n_found_extra = n_other_metal = 0
     t_total = time.time()
     for c in range(args.cases):
         spec = case_spec(rng, c) if args.suite == "painted" else physics_case_spec(rng, c)
-        case = make_case(args.seed + c, spec, workers=args.workers)
+        case = cached_case(args.cache_dir, args.suite, args.seed, c, spec, args.workers)
         vol = case.volume
         verts = vertebrae_from_label_map(case.labels, vol, AnatomySettings())  # as the pipeline: with geometry
         t0 = time.time()
