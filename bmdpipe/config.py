@@ -9,6 +9,7 @@ section model.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -342,6 +343,15 @@ class HaloSettings(_Section):
     mar_crop_margin_mm: float = Field(ge=0)
     mar_metal_blur_mm: float = Field(ge=0)
     max_smoothing: int = Field(ge=1)  # angles; circular median before the maximum
+
+    @model_validator(mode="after")
+    def _mar_available(self) -> HaloSettings:
+        if self.metal_artefact_reduction == "nmar" and importlib.util.find_spec("astra") is None:
+            raise ValueError("halo.metal_artefact_reduction: nmar reprojects slices with astra-toolbox, which is not "
+                             "installed: pip install 'bmdpipe[sim]', or set it to none")
+        if self.metal_artefact_reduction == "nmar" and not self.mar_air_hu < self.mar_bone_hu < self.mar_bone_max_hu:
+            raise ValueError("halo: need mar_air_hu < mar_bone_hu < mar_bone_max_hu")
+        return self
 
 
 class NoiseSettings(_Section):

@@ -84,3 +84,14 @@ def test_sections_take_their_defaults_from_the_file(tmp_path, monkeypatch):
         assert config.load_settings().halo.min_width_mm == 1.25
     finally:
         config.default_values.cache_clear()
+
+
+def test_mar_tissue_classes_must_be_ordered():
+    """NMAR's prior classes air < soft tissue < bone: thresholds out of order are refused by name."""
+    from pydantic import ValidationError
+
+    from bmdpipe.config import HaloSettings
+
+    assert HaloSettings(metal_artefact_reduction="nmar").mar_bone_hu == 100
+    with pytest.raises(ValidationError, match="mar_air_hu < mar_bone_hu < mar_bone_max_hu"):
+        HaloSettings(metal_artefact_reduction="nmar", mar_bone_hu=-600)
