@@ -522,7 +522,10 @@ def cemented_planes(count: np.ndarray, tissue_sum: np.ndarray, radii_mm: np.ndar
         return np.zeros(count.shape[0], dtype=bool)
     c, t = count[..., inside].sum(axis=-1), tissue_sum[..., inside].sum(axis=-1)
     level = np.where(c > 1e-3, t / np.maximum(c, 1e-9), np.nan)
-    return np.nan_to_num(np.nanmedian(level, axis=1), nan=-np.inf) >= cement_min_hu
+    measured = np.isfinite(level).any(axis=1)  # a plane with no cell measured is not in cement (and no warning)
+    out = np.zeros(count.shape[0], dtype=bool)
+    out[measured] = np.nanmedian(level[measured], axis=1) >= cement_min_hu
+    return out
 
 
 def _column_medians(x: np.ndarray, columns: np.ndarray) -> np.ndarray:
