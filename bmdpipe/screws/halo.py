@@ -712,12 +712,7 @@ def reduce_metal_artefacts(volume: Volume, settings: HaloSettings) -> Volume:
     others, and the metal's own voxels, unchanged."""
     from .mar import MarParameters, nmar_array
 
-    params = MarParameters(metal_hu=settings.mar_metal_hu, trace_margin_mm=settings.mar_trace_margin_mm,
-                           air_hu=settings.mar_air_hu, bone_hu=settings.mar_bone_hu,
-                           bone_max_hu=settings.mar_bone_max_hu, prior_smoothing_mm=settings.mar_prior_smoothing_mm,
-                           keep_edge_mm=settings.mar_keep_edge_mm, crop_margin_mm=settings.mar_crop_margin_mm,
-                           metal_blur_mm=settings.mar_metal_blur_mm)
-    return replace(volume, array=nmar_array(volume.array, volume.spacing[1:], params))
+    return replace(volume, array=nmar_array(volume.array, volume.spacing[1:], MarParameters.of(settings)))
 
 
 def measure_screws(volume: Volume, screws: Sequence[Screw], settings: HaloSettings,

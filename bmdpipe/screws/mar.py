@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from ..config import HaloSettings
 
 __all__ = ["MarParameters", "nmar_slice", "nmar_array", "metal_slices", "metal_crop", "bridge_trace"]
 
@@ -62,15 +66,26 @@ class MarParameters:
         Gaussian SD the put-back metal's edge is spread by (0: its pixels only).
     """
 
-    metal_hu: float = 2500.0
-    trace_margin_mm: float = 0.7
-    air_hu: float = -500.0
-    bone_hu: float = 100.0
-    bone_max_hu: float = 1500.0
-    prior_smoothing_mm: float = 1.0
-    keep_edge_mm: float = 0.0
-    crop_margin_mm: float = 25.0
-    metal_blur_mm: float = 0.0
+    metal_hu: float
+    trace_margin_mm: float
+    air_hu: float
+    bone_hu: float
+    bone_max_hu: float
+    prior_smoothing_mm: float
+    keep_edge_mm: float
+    crop_margin_mm: float
+    metal_blur_mm: float
+
+    @classmethod
+    def of(cls, settings: HaloSettings | None = None) -> MarParameters:
+        """The ``halo.mar_*`` settings (default: ``configs/default.yaml``'s)."""
+        from ..config import HaloSettings  # noqa: F811 (at run time: config imports nothing from here)
+
+        s = settings or HaloSettings()
+        return cls(metal_hu=s.mar_metal_hu, trace_margin_mm=s.mar_trace_margin_mm, air_hu=s.mar_air_hu,
+                   bone_hu=s.mar_bone_hu, bone_max_hu=s.mar_bone_max_hu, prior_smoothing_mm=s.mar_prior_smoothing_mm,
+                   keep_edge_mm=s.mar_keep_edge_mm, crop_margin_mm=s.mar_crop_margin_mm,
+                   metal_blur_mm=s.mar_metal_blur_mm)
 
 
 def metal_slices(array_hu: np.ndarray, metal_hu: float) -> np.ndarray:
@@ -159,7 +174,7 @@ def metal_crop(metal: np.ndarray, spacing_yx_mm: tuple[float, float], margin_mm:
             slice(max(0, xs.min() - mx), min(metal.shape[1], xs.max() + mx + 1)))
 
 
-def nmar_slice(image_hu: np.ndarray, spacing_yx_mm: tuple[float, float], params: MarParameters = MarParameters()
+def nmar_slice(image_hu: np.ndarray, spacing_yx_mm: tuple[float, float], params: MarParameters | None = None
                ) -> np.ndarray:
     """One axial slice after NMAR (module docstring), HU.
 
@@ -169,7 +184,8 @@ def nmar_slice(image_hu: np.ndarray, spacing_yx_mm: tuple[float, float], params:
         The reconstructed slice, HU.
     spacing_yx_mm : (dy, dx)
         Pixel size, mm (sets the projector's detector bins and views).
-    params : MarParameters
+    params : MarParameters, optional
+        Default: the settings' (:meth:`MarParameters.of`).
 
     Returns
     -------
@@ -178,6 +194,7 @@ def nmar_slice(image_hu: np.ndarray, spacing_yx_mm: tuple[float, float], params:
         metal pixels (above ``params.metal_hu``) and the rest of the slice as they were. A slice without
         metal is returned unchanged (a copy).
     """
+    params = params or MarParameters.of()
     image_hu = np.asarray(image_hu, dtype=np.float32)
     metal = image_hu > params.metal_hu
     out = image_hu.copy()
@@ -226,9 +243,10 @@ def _nmar(image_hu: np.ndarray, metal: np.ndarray, spacing_yx_mm: tuple[float, f
 
 
 def nmar_array(array_hu: np.ndarray, spacing_yx_mm: tuple[float, float],
-               params: MarParameters = MarParameters()) -> np.ndarray:
+               params: MarParameters | None = None) -> np.ndarray:
     """NMAR of every slice (axis 0) of a (nz, ny, nx) HU array that holds metal; other slices are copied
-    unchanged. Returns a new float32 array."""
+    unchanged. Returns a new float32 array (``params``: default the settings', :meth:`MarParameters.of`)."""
+    params = params or MarParameters.of()
     out = np.array(array_hu, dtype=np.float32, copy=True)
     for k in metal_slices(out, params.metal_hu):
         out[k] = nmar_slice(out[k], spacing_yx_mm, params)

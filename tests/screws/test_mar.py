@@ -48,7 +48,7 @@ def _slices(kernel: str):
 @pytest.mark.parametrize("kernel", ["standard", "sharp"])
 def test_nmar_lowers_the_error_around_titanium_and_leaves_metal_free_slices(kernel):
     image, truth, ti, r = _slices(kernel)
-    out = nmar_array(image, (PX, PX), MarParameters())
+    out = nmar_array(image, (PX, PX), MarParameters.of())
     ring = (r > 4.5) & (r < 10.0)  # soft tissue and bone 1.5-7 mm beyond the rods' surface
     rmse = lambda a: float(np.sqrt(np.mean((a[ring] - truth[ring]) ** 2)))  # noqa: E731
     before, after = rmse(image[0]), rmse(out[0])
@@ -57,10 +57,10 @@ def test_nmar_lowers_the_error_around_titanium_and_leaves_metal_free_slices(kern
     assert after < 0.5 * before
     # the metal-free slice is returned as it was, and the metal's own pixels too
     assert np.array_equal(out[1], image[1])
-    metal = image[0] > MarParameters().metal_hu
+    metal = image[0] > MarParameters.of().metal_hu
     assert metal.sum() > 0.5 * ti.sum()
     assert np.array_equal(out[0][metal], image[0][metal])
-    assert list(metal_slices(image, MarParameters().metal_hu)) == [0]
+    assert list(metal_slices(image, MarParameters.of().metal_hu)) == [0]
 
 
 def test_a_slice_without_metal_is_returned_unchanged():
