@@ -466,8 +466,10 @@ def fit_metal(samples: ScrewSamples, settings: HaloSettings, hardware: ScrewSett
 def measure_halo_detail(volume: Volume, screw: Screw, settings: HaloSettings, hardware: ScrewSettings, *,
                         blur_sigma_mm: Sequence[float] | None = None) -> HaloDetail:
     """Measure the halo around one screw; see :func:`measure_halo` (this also returns the
-    intermediate profiles and fits)."""
-    return _measure_samples(sample_screw(volume, screw, settings, hardware), screw, settings, hardware, blur_sigma_mm)
+    intermediate profiles and fits). With ``metal_artefact_reduction: nmar`` it is measured on the
+    volume after :func:`reduce_metal_artefacts`, as by :func:`measure_halo_details`."""
+    samples = sample_screw(_halo_volume(volume, settings), screw, settings, hardware)
+    return _measure_samples(samples, screw, settings, hardware, blur_sigma_mm)
 
 
 def binned_tissue(samples: ScrewSamples, edges: Sequence[EdgeFit], settings: HaloSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -698,13 +700,17 @@ def measure_halo_details(volume: Volume, screws: Sequence[Screw], settings: Halo
     (``HaloMeasurement.blur_sigma_mm``). With ``metal_artefact_reduction: nmar`` the halos are measured
     on the volume after :func:`reduce_metal_artefacts`.
     """
-    if settings.metal_artefact_reduction == "nmar" and screws:
-        volume = reduce_metal_artefacts(volume, settings)
+    volume = _halo_volume(volume, settings) if screws else volume
     samples = [sample_screw(volume, s, settings, hardware) for s in screws]
     blur = None
     if len(screws) >= settings.shared_blur_min_screws:
         blur = tuple(np.median([[e.sigma_mm for e in fit_metal(x, settings, hardware)] for x in samples], axis=0))
     return [_measure_samples(x, s, settings, hardware, blur) for s, x in zip(screws, samples)]
+
+
+def _halo_volume(volume: Volume, settings: HaloSettings) -> Volume:
+    """The volume the halos are read on: after :func:`reduce_metal_artefacts` when the settings ask for it."""
+    return reduce_metal_artefacts(volume, settings) if settings.metal_artefact_reduction == "nmar" else volume
 
 
 def reduce_metal_artefacts(volume: Volume, settings: HaloSettings) -> Volume:

@@ -84,3 +84,23 @@ def test_halo_setting_applies_nmar_to_the_volume_before_measurement():
     assert np.array_equal(got.array[1], image[1])
     assert not np.array_equal(got.array[0], image[0])
     assert got.spacing == vol.spacing
+
+
+def test_one_screw_and_the_scans_screws_are_both_read_on_the_reduced_volume(screw_block):
+    """With nmar, measuring one screw (measure_halo_detail, as the QC figure does without a detail) reads
+    the same rays as measuring the scan's screws (measure_halo_details): both on the reduced volume, whose
+    rays differ from the original's next to the metal."""
+    from bmdpipe.config import ScrewSettings
+    from bmdpipe.screws import detect_screws
+    from bmdpipe.screws.halo import measure_halo_detail, measure_halo_details, sample_screw
+
+    vol, _ = screw_block(width_mm=1.0, seed=5)
+    hardware = ScrewSettings()
+    (screw,) = detect_screws(vol, hardware)
+    on = HaloSettings(metal_artefact_reduction="nmar")
+    one = measure_halo_detail(vol, screw, on, hardware)
+    (scan,) = measure_halo_details(vol, [screw], on, hardware)
+    np.testing.assert_array_equal(one.rays.values, scan.rays.values)
+    assert one.halo.widest_arc_mm == scan.halo.widest_arc_mm
+    original = sample_screw(vol, screw, on, hardware).rays.values
+    assert not np.array_equal(one.rays.values, original)
